@@ -1,0 +1,30 @@
+"""Per-user rate limits on the shared Redis cache; rates read from settings at request time."""
+
+from django.conf import settings
+from rest_framework.throttling import SimpleRateThrottle
+
+
+class RoleScopedThrottle(SimpleRateThrottle):
+    """Counts requests per user (or per client IP for anonymous calls) in one named scope."""
+
+    scope = ""
+
+    def get_rate(self) -> str | None:
+        # Read at request time so THROTTLE_* variables and test overrides take effect.
+        return settings.THROTTLE_RATES.get(self.scope)
+
+    def get_cache_key(self, request, view) -> str:
+        ident = f"user:{request.user.pk}" if request.user and request.user.is_authenticated else self.get_ident(request)
+        return f"throttle:{self.scope}:{ident}"
+
+
+class UploadThrottle(RoleScopedThrottle):
+    scope = "upload"
+
+
+class DistributionCreateThrottle(RoleScopedThrottle):
+    scope = "distribution_create"
+
+
+class MonitorThrottle(RoleScopedThrottle):
+    scope = "monitor"

@@ -1,0 +1,3 @@
+"""Accounts API routes."""
+
+urlpatterns: list = []

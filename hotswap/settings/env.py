@@ -1,0 +1,12 @@
+"""Typed environment helpers: loud on bad values, `*_FILE` secrets, embedded defaults."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+# Where the embedded defaults keep their data (database, broker, artifacts).
+VAR_DIR = Path(environ.Env().str("HOTSWAP_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# FileAwareEnv reads SECRET_KEY from SECRET_KEY_FILE when that is set (Docker/K8s secrets).
+env = environ.FileAwareEnv()

@@ -1,0 +1,30 @@
+"""Celery: broker on the shared Redis, every periodic schedule declared here and only here."""
+
+from datetime import timedelta
+
+from hotswap.settings.env import env
+
+
+def _celery_url(redis_url: str) -> str:
+    # Celery names unix sockets redis+socket://; Django's cache and redis-py say unix://.
+    return redis_url.replace("unix://", "redis+socket://", 1) if redis_url.startswith("unix://") else redis_url
+
+
+def celery_broker_url(redis_url: str) -> str:
+    return env.str("CELERY_BROKER_URL", default="") or _celery_url(redis_url)
+
+
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+CELERY_BEAT_SCHEDULE = {
+    "abort-abandoned-uploads": {
+        "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
+        "schedule": timedelta(hours=1),
+    },
+}

@@ -1,0 +1,22 @@
+"""URL map: console, API v1, OpenAPI docs, metrics."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+handler400 = "hotswap.exceptions.json_handler400"
+handler404 = "hotswap.exceptions.json_handler404"
+handler500 = "hotswap.exceptions.json_handler500"
+
+api_v1 = [
+    path("", include("hotswap.accounts.urls")),
+    path("", include("models_app.urls")),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("django_prometheus.urls")),
+]

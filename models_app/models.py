@@ -1,0 +1,141 @@
+"""The model registry: AIModel, its ModelVersions and their artifacts."""
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$"
+SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+name_validator = RegexValidator(
+    NAME_PATTERN,
+    "Use 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.",
+)
+semver_validator = RegexValidator(
+    SEMVER_PATTERN, "Use semantic versioning MAJOR.MINOR.PATCH with an optional pre-release, e.g. 1.4.0 or 2.0.0-rc.1."
+)
+sha256_validator = RegexValidator(SHA256_PATTERN, "A SHA-256 checksum is 64 lowercase hexadecimal characters.")
+
+
+class Framework(models.TextChoices):
+    ONNX = "onnx", "ONNX"
+    TENSORFLOW = "tensorflow", "TensorFlow SavedModel"
+    TFLITE = "tflite", "TensorFlow Lite"
+    PYTORCH = "pytorch", "PyTorch"
+    COREML = "coreml", "Core ML"
+
+
+class ArtifactFormat(models.TextChoices):
+    ONNX = "onnx", "ONNX model"
+    ZIP_PACKAGE = "zip_package", "ZIP model package"
+    TFLITE = "tflite", "TFLite flatbuffer"
+    SAVEDMODEL = "savedmodel", "TensorFlow SavedModel archive"
+    PYTORCH = "pytorch", "PyTorch archive"
+    COREML = "coreml", "Core ML model"
+
+
+class Task(models.TextChoices):
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+    REGRESSION = "regression"
+    GENERATION = "generation"
+    OTHER = "other"
+
+
+class Accelerator(models.TextChoices):
+    NONE = "none", "None (CPU)"
+    GPU = "gpu", "GPU"
+    NPU = "npu", "NPU"
+    TPU = "tpu", "TPU"
+
+
+class AIModel(models.Model):
+    """A named model; its artifacts live in its versions."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True, max_length=10_000)
+    framework = models.CharField(max_length=16, choices=Framework.choices)
+    task = models.CharField(max_length=16, choices=Task.choices, default=Task.OTHER)
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="owned_models")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "AI model"
+        constraints = [
+            models.CheckConstraint(condition=Q(name__regex=NAME_PATTERN), name="aimodel_name_format"),
+            models.CheckConstraint(condition=Q(framework__in=Framework.values), name="aimodel_framework_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    """One uploaded artifact of a model, addressed as `{name}-{version}`."""
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded"
+        VALIDATING = "validating"
+        PASSED = "passed"
+        FAILED = "failed"
+        DEPRECATED = "deprecated"
+
+    ai_model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=64, validators=[semver_validator])
+    model_id = models.CharField(max_length=129, unique=True, editable=False)
+    # Semver precedence as sortable columns; a release sorts after its pre-releases.
+    major = models.PositiveIntegerField(editable=False)
+    minor = models.PositiveIntegerField(editable=False)
+    patch = models.PositiveIntegerField(editable=False)
+    prerelease = models.CharField(max_length=64, blank=True, editable=False)
+    is_release = models.BooleanField(editable=False)
+
+    storage_key = models.CharField(max_length=512, unique=True)
+    sha256 = models.CharField(max_length=64, validators=[sha256_validator])
+    size_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    detected_format = models.CharField(max_length=16, choices=ArtifactFormat.choices)
+    format_details = models.JSONField(default=dict, blank=True)
+    original_filename = models.CharField(max_length=255, blank=True)
+
+    input_schema = models.JSONField(default=list, blank=True)
+    output_schema = models.JSONField(default=list, blank=True)
+    target_device_type = models.CharField(max_length=64, blank=True)
+    min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED, db_index=True)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="uploaded_versions")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deprecated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]
+        indexes = [models.Index(fields=["ai_model", "major", "minor", "patch"], name="version_precedence_idx")]
+        constraints = [
+            models.UniqueConstraint(fields=["ai_model", "version"], name="modelversion_unique_version"),
+            models.CheckConstraint(condition=Q(sha256__regex=SHA256_PATTERN), name="modelversion_sha256_format"),
+            models.CheckConstraint(condition=Q(size_bytes__gte=1), name="modelversion_size_positive"),
+            models.CheckConstraint(condition=Q(version__regex=SEMVER_PATTERN), name="modelversion_semver"),
+            models.CheckConstraint(condition=Q(status__in=["uploaded", "validating", "passed", "failed", "deprecated"]),
+                                   name="modelversion_status_valid"),
+        ]
+        permissions = [
+            ("upload_modelversion", "Can upload model versions"),
+            ("validate_modelversion", "Can request validation of model versions"),
+            ("deprecate_modelversion", "Can deprecate model versions"),
+            ("download_modelversion", "Can download model artifacts"),
+            ("approve_modelversion", "Can approve or override a validation result"),
+        ]
+
+    def __str__(self) -> str:
+        return self.model_id

@@ -1,0 +1,3 @@
+"""Model registry API routes."""
+
+urlpatterns: list = []
