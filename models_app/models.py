@@ -2,12 +2,17 @@
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$"
-SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
+_PRERELEASE_ID = r"(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    rf"(?:-({_PRERELEASE_ID}(?:\.{_PRERELEASE_ID})*))?$"
+)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 name_validator = RegexValidator(
@@ -18,6 +23,39 @@ semver_validator = RegexValidator(
     SEMVER_PATTERN, "Use semantic versioning MAJOR.MINOR.PATCH with an optional pre-release, e.g. 1.4.0 or 2.0.0-rc.1."
 )
 sha256_validator = RegexValidator(SHA256_PATTERN, "A SHA-256 checksum is 64 lowercase hexadecimal characters.")
+
+
+TENSOR_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64",
+                 "uint8", "uint16", "uint32", "uint64", "bool", "string")
+
+
+def validate_tensor_schema(value) -> None:
+    """A declared signature: [{"name": str, "dtype": one of TENSOR_DTYPES, "shape": [int >= 1 | "symbol" | null]}]."""
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of tensors: [{\"name\", \"dtype\", \"shape\"}].")
+    seen: set[str] = set()
+    for index, tensor in enumerate(value):
+        where = f"tensor {index}"
+        if not isinstance(tensor, dict) or set(tensor) - {"name", "dtype", "shape"}:
+            raise ValidationError(f"{where}: must be an object with only name, dtype and shape.")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise ValidationError(f"{where}: name must be a non-empty string of at most 256 characters.")
+        if name in seen:
+            raise ValidationError(f"{where}: duplicate tensor name {name!r}.")
+        seen.add(name)
+        if tensor.get("dtype") not in TENSOR_DTYPES:
+            raise ValidationError(f"{where} ({name}): dtype must be one of {', '.join(TENSOR_DTYPES)}.")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or len(shape) > 16:
+            raise ValidationError(f"{where} ({name}): shape must be a list of at most 16 dimensions.")
+        for dim in shape:
+            valid_int = isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1
+            valid_symbol = isinstance(dim, str) and 0 < len(dim) <= 64
+            if not (valid_int or valid_symbol or dim is None):
+                raise ValidationError(
+                    f"{where} ({name}): each dimension is a positive integer, a symbolic name or null; got {dim!r}."
+                )
 
 
 class Framework(models.TextChoices):
@@ -105,8 +143,8 @@ class ModelVersion(models.Model):
     format_details = models.JSONField(default=dict, blank=True)
     original_filename = models.CharField(max_length=255, blank=True)
 
-    input_schema = models.JSONField(default=list, blank=True)
-    output_schema = models.JSONField(default=list, blank=True)
+    input_schema = models.JSONField(default=list, blank=True, validators=[validate_tensor_schema])
+    output_schema = models.JSONField(default=list, blank=True, validators=[validate_tensor_schema])
     target_device_type = models.CharField(max_length=64, blank=True)
     min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)

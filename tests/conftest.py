@@ -1,6 +1,7 @@
 """Shared fixtures: users in roles, API clients, a clean cache per test."""
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.cache import cache
@@ -11,8 +12,12 @@ from hotswap.accounts.roles import Role
 
 @pytest.fixture(autouse=True)
 def _clean_cache():
-    # Throttle counters live in the cache; each test starts with none.
-    cache.clear()
+    # Throttle counters live in the cache; each test starts with none. Only this run's keys are
+    # removed (FLUSHDB would wipe a parallel run's state on the shared Redis).
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=f"{settings.CACHES['default']['KEY_PREFIX']}:*", count=1000))
+    if keys:
+        client.delete(*keys)
     yield
 
 

@@ -14,6 +14,8 @@ class RolePermission(BasePermission):
     message = "Your role does not allow this operation."
 
     def has_permission(self, request: Request, view) -> bool:
+        if not hasattr(view, (request.method or "").lower()):
+            return True  # let DRF answer 405 for methods the view does not have
         user = request.user
         if not (user and user.is_authenticated and user.is_active):
             return False
@@ -24,5 +26,6 @@ class RolePermission(BasePermission):
 def required_permission(view, method: str) -> str | None:
     by_method = getattr(view, "required_permissions", None)
     if by_method is not None:
-        return by_method.get(method.upper()) or (by_method.get("GET") if method.upper() in ("HEAD", "OPTIONS") else None)
+        method = method.upper()
+        return by_method.get(method) or (by_method.get("GET") if method in ("HEAD", "OPTIONS") else None)
     return getattr(view, "required_permission", None)

@@ -22,13 +22,15 @@ _VIEW = [
 # Admin is not listed: the Admin group holds every permission there is.
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.VIEWER: _VIEW,
-    Role.MODEL_DEVELOPER: _VIEW + [
+    Role.MODEL_DEVELOPER: [
+        *_VIEW,
         "models_app.upload_modelversion",
         "models_app.validate_modelversion",
         "models_app.deprecate_modelversion",
         "models_app.download_modelversion",
     ],
-    Role.OPERATOR: _VIEW + [
+    Role.OPERATOR: [
+        *_VIEW,
         "models_app.download_modelversion",
         "devices.add_device",
         "devices.change_device",

@@ -28,3 +28,12 @@ class DistributionCreateThrottle(RoleScopedThrottle):
 
 class MonitorThrottle(RoleScopedThrottle):
     scope = "monitor"
+
+
+class LoginThrottle(RoleScopedThrottle):
+    """Counts login attempts per client IP, whichever username they try (slows password guessing)."""
+
+    scope = "login"
+
+    def get_cache_key(self, request, view) -> str:
+        return f"throttle:{self.scope}:{self.get_ident(request)}"

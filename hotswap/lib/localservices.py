@@ -88,20 +88,23 @@ class SeaweedFS:
 
     def start(self, timeout: float = 30.0) -> SeaweedFS:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "weed.log", "ab")
+        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
             [
                 weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-master.port={self.master_port}",
                 f"-volume.port={self.volume_port}", "-filer", f"-filer.port={self.filer_port}",
-                "-s3", f"-s3.port={self.s3_port}", "-volume.max=20", "-master.volumeSizeLimitMB=1024",
+                "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-volume.max=20", "-master.volumeSizeLimitMB=1024",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.s3_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start; see {self.data_dir / 'weed.log'}")
+                self.stop()
+                tail = (self.data_dir / "weed.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"SeaweedFS did not start on port {self.s3_port}:\n{tail}")
             time.sleep(0.2)
         return self
 
@@ -142,8 +145,15 @@ class SeaweedFS:
         self.process = None
 
 
-def start_seaweedfs(data_dir: Path, bucket: str) -> SeaweedFS:
-    server = SeaweedFS(data_dir).start()
+def start_seaweedfs(data_dir: Path, bucket: str, attempts: int = 3) -> SeaweedFS:
+    for attempt in range(1, attempts + 1):
+        try:
+            server = SeaweedFS(data_dir / f"run{attempt}").start()
+            break
+        except RuntimeError:
+            # Another process may have taken one of the picked ports in between: pick again.
+            if attempt == attempts:
+                raise
     atexit.register(server.stop)
     server.create_bucket(bucket)
     return server

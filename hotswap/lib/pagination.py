@@ -8,3 +8,10 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+def paginated_response(*, request, view, queryset, serializer_class):
+    """Paginates a queryset with the view's paginator and serializes the page."""
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True, context={"request": request}).data)

@@ -30,6 +30,7 @@ THROTTLE_RATES = {
     "distribution_create": env.str("THROTTLE_DISTRIBUTION_CREATE", default="20/hour"),
     "monitor": env.str("THROTTLE_MONITOR", default="600/minute"),
     "device_checkin": env.str("THROTTLE_DEVICE_CHECKIN", default="120/minute"),
+    "login": env.str("THROTTLE_LOGIN", default="30/minute"),
 }
 
 SPECTACULAR_SETTINGS = {

@@ -1,6 +1,7 @@
 """Django settings for HotSwap; every value comes from the environment with a laptop default."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import environ
 
@@ -113,6 +114,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=str(VAR_DIR / "static"))
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start without it
 # Serve straight from the finders when collectstatic has not run (dev, tests).
 WHITENOISE_USE_FINDERS = True
 
@@ -141,7 +143,6 @@ SIMPLE_JWT = {
 from hotswap.settings.api import *  # noqa: E402,F403
 from hotswap.settings.storage import *  # noqa: E402,F403
 from hotswap.settings.tasks import *  # noqa: E402,F403
-
 from hotswap.settings.tasks import celery_broker_url  # noqa: E402
 
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)

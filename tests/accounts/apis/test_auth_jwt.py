@@ -1,0 +1,93 @@
+"""POST /api/v1/auth/token and /auth/token/refresh: JWTs for people, throttled per client IP."""
+
+import pytest
+
+from hotswap.accounts.roles import Role
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "/api/v1/auth/token"
+REFRESH = "/api/v1/auth/token/refresh"
+ME = "/api/v1/auth/me"
+PASSWORD = "s3cret-Passw0rd"
+
+
+def test_it_obtains_a_pair_that_works_on_me(api_client, make_user):
+    user = make_user(Role.MODEL_DEVELOPER)
+
+    response = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD})
+
+    assert response.status_code == 200, response.content
+    access = response.json()["access"]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    me = api_client.get(ME).json()
+    assert me["username"] == user.username
+    assert me["roles"] == [Role.MODEL_DEVELOPER]
+    assert me["auth_method"] == "jwt"
+    assert me["api_token"] is None
+    assert "models_app.upload_modelversion" in me["permissions"]
+    assert "accounts.add_apitoken" not in me["permissions"]
+
+
+def test_it_refreshes_the_access_token(api_client, make_user):
+    user = make_user(Role.VIEWER)
+    refresh = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD}).json()["refresh"]
+
+    response = api_client.post(REFRESH, {"refresh": refresh})
+
+    assert response.status_code == 200, response.content
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['access']}")
+    assert api_client.get(ME).json()["username"] == user.username
+
+
+def test_it_rejects_a_bad_password_in_the_error_format(api_client, make_user):
+    user = make_user(Role.ADMIN)
+
+    response = api_client.post(LOGIN, {"username": user.username, "password": "wrong"})
+
+    assert response.status_code == 401
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details", "trace_id", "timestamp"}
+    assert body["error"]["code"] == "AUTHENTICATION_FAILED"
+    assert body["error"]["trace_id"] == response["X-Request-ID"]
+    assert "access" not in response.content.decode()
+
+
+def test_it_rejects_a_missing_password_as_a_validation_error(api_client, make_user):
+    response = api_client.post(LOGIN, {"username": make_user().username})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == [{"field": "password", "message": "This field is required."}]
+
+
+def test_it_rejects_a_bad_refresh_token(api_client):
+    response = api_client.post(REFRESH, {"refresh": "not-a-jwt"})
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "AUTHENTICATION_FAILED"
+
+
+def test_it_rejects_a_tampered_access_token(api_client, make_user):
+    user = make_user(Role.VIEWER)
+    access = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD}).json()["access"]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {access[:-2]}xx")
+
+    assert api_client.get(ME).status_code == 401
+
+
+def test_it_throttles_logins_per_client_ip(api_client, make_user, settings):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "login": "2/minute"}
+    user = make_user(Role.VIEWER)
+
+    statuses = [api_client.post(LOGIN, {"username": user.username, "password": "wrong"}).status_code
+                for _ in range(2)]
+    # Even the right password is refused once the address has used up its attempts.
+    response = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD})
+
+    assert statuses == [401, 401]
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "RATE_LIMITED"
+    assert 0 < int(response["Retry-After"]) <= 60
+    other_ip = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD}, REMOTE_ADDR="10.0.0.9")
+    assert other_ip.status_code == 200

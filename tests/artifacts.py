@@ -1,0 +1,199 @@
+"""Builders for real model artifacts in memory, so the test-suite never commits binaries."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import stat
+import tarfile
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Shape = Sequence[int]
+
+
+def onnx_model_bytes(
+    *,
+    inputs: Sequence[tuple[str, Shape]] = (("input", [1, 4]),),
+    hidden: int = 8,
+    outputs: Sequence[tuple[str, Shape]] = (("output", [1, 2]),),
+    batch_symbolic: bool = False,
+    opset: int = 17,
+    big_initializer_bytes: int = 0,
+) -> bytes:
+    """A Flatten → MatMul/Add → Relu → MatMul/Add graph per output (summing the inputs), checker-valid."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+
+    def weight(name: str, *shape: int) -> str:
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+        return name
+
+    def dims(shape: Shape) -> list[int | str]:
+        return ["batch", *shape[1:]] if batch_symbolic else list(shape)
+
+    hidden_sum = "hidden_sum"
+    for i, (name, shape) in enumerate(inputs):
+        nodes.append(helper.make_node("Flatten", [name], [f"flat{i}"], axis=1))
+        term = hidden_sum if len(inputs) == 1 else f"term{i}"
+        nodes.append(helper.make_node("MatMul", [f"flat{i}", weight(f"w_in{i}", math.prod(shape[1:]), hidden)], [term]))
+        if len(inputs) > 1:
+            acc = "zero" if i == 0 else f"acc{i - 1}"
+            nodes.append(helper.make_node("Add", [acc, term], [hidden_sum if i == len(inputs) - 1 else f"acc{i}"]))
+    if len(inputs) > 1:
+        inits.append(numpy_helper.from_array(np.zeros(hidden, np.float32), "zero"))
+    nodes.append(helper.make_node("Add", [hidden_sum, weight("b_hidden", hidden)], ["pre_relu"]))
+    nodes.append(helper.make_node("Relu", ["pre_relu"], ["hidden"]))
+    for j, (name, shape) in enumerate(outputs):
+        width = math.prod(shape[1:])
+        flat = name if len(shape) == 2 else f"flat_out{j}"
+        nodes.append(helper.make_node("MatMul", ["hidden", weight(f"w_out{j}", hidden, width)], [f"mm_out{j}"]))
+        nodes.append(helper.make_node("Add", [f"mm_out{j}", weight(f"b_out{j}", width)], [flat]))
+        if len(shape) != 2:
+            target = numpy_helper.from_array(np.array([0, *shape[1:]], np.int64), f"shape_out{j}")
+            inits.append(target)
+            nodes.append(helper.make_node("Reshape", [flat, target.name], [name]))
+    if big_initializer_bytes:
+        # Random, so the padding doesn't compress away inside ZIP packages.
+        pad = rng.random(big_initializer_bytes // 4, dtype=np.float32)
+        inits.append(numpy_helper.from_array(pad, "padding"))
+    graph = helper.make_graph(
+        nodes,
+        "hotswap_test",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims(shape)) for name, shape in inputs],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims(shape)) for name, shape in outputs],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hotswap-tests")
+    # ir_version 8 is what onnxruntime releases of the last years all load.
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def zip_bytes(entries: dict[str | zipfile.ZipInfo, bytes], *, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A ZIP archive holding the given entries (a ZipInfo key sets names, modes and flags as given)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_package_bytes(
+    model_bytes: bytes,
+    *,
+    model_file: str = "model.onnx",
+    manifest: dict | bytes | None = None,
+    extra_entries: dict[str, bytes] | None = None,
+) -> bytes:
+    """A ZIP model package: manifest.json (default names model_file) plus the model file."""
+    manifest = {"model_file": model_file} if manifest is None else manifest
+    raw = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    return zip_bytes({"manifest.json": raw, model_file: model_bytes, **(extra_entries or {})})
+
+
+def tflite_bytes(*, version: int = 3) -> bytes:
+    """A minimal real flatbuffer: root offset, 'TFL3', a vtable and a root table holding Model.version."""
+    vtable = (6).to_bytes(2, "little") + (8).to_bytes(2, "little") + (4).to_bytes(2, "little") + b"\0\0"
+    table = (16 - 8).to_bytes(4, "little", signed=True) + version.to_bytes(4, "little")
+    return (16).to_bytes(4, "little") + b"TFL3" + vtable + table
+
+
+_SAVEDMODEL_FILES = {
+    "saved_model.pb": b"\x08\x01\x12\x00",
+    "variables/variables.index": b"\0" * 16,
+    "variables/variables.data-00000-of-00001": b"\0" * 64,
+}
+
+
+def savedmodel_zip_bytes(*, root: str = "saved_model/") -> bytes:
+    return zip_bytes({f"{root}{name}": data for name, data in _SAVEDMODEL_FILES.items()})
+
+
+def savedmodel_tar_bytes(*, root: str = "saved_model/") -> bytes:
+    return tar_bytes({f"{root}{name}": data for name, data in _SAVEDMODEL_FILES.items()})
+
+
+def tar_bytes(entries: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> bytes:
+    """An uncompressed tar of regular files, plus optional symlinks {name: target}."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (symlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def pytorch_zip_bytes() -> bytes:
+    """The torch.save layout (stored, not deflated, as torch writes it); data.pkl is never a real pickle."""
+    entries = {"archive/data.pkl": b"\x80\x02}q\x00.", "archive/version": b"3\n", "archive/data/0": b"\0" * 16}
+    return zip_bytes(entries, compression=zipfile.ZIP_STORED)
+
+
+def _tag(field: int, wire: int) -> bytes:
+    value, out = field << 3 | wire, bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def coreml_mlmodel_bytes(*, model_type_field: int = 500) -> bytes:
+    """A Core ML Model message: specificationVersion 5, an empty description, an empty model-type message."""
+    return _tag(1, 0) + b"\x05" + _tag(2, 2) + b"\x00" + _tag(model_type_field, 2) + b"\x00"
+
+
+def mlpackage_zip_bytes() -> bytes:
+    root = "Model.mlpackage/"
+    return zip_bytes(
+        {
+            f"{root}Manifest.json": b'{"fileFormatVersion": "1.0.0"}',
+            f"{root}Data/com.apple.CoreML/model.mlmodel": coreml_mlmodel_bytes(model_type_field=502),
+        }
+    )
+
+
+def zip_bomb_bytes(*, uncompressed_bytes: int = 200 * 1024**2) -> bytes:
+    """One deflated entry of zeros, written in chunks so building it stays small in memory."""
+    buffer, chunk = io.BytesIO(), bytes(1024**2)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", b'{"model_file": "model.onnx"}')
+        with archive.open("model.onnx", "w", force_zip64=True) as entry:
+            for _ in range(uncompressed_bytes // len(chunk)):
+                entry.write(chunk)
+    return buffer.getvalue()
+
+
+def zip_traversal_bytes() -> bytes:
+    return zip_bytes({"manifest.json": b'{"model_file": "model.onnx"}', "../evil.onnx": b"x"})
+
+
+def zip_absolute_path_bytes() -> bytes:
+    return zip_bytes({"manifest.json": b'{"model_file": "model.onnx"}', "/etc/evil.onnx": b"x"})
+
+
+def zip_symlink_bytes() -> bytes:
+    link = zipfile.ZipInfo("model.onnx")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return zip_bytes({"manifest.json": b'{"model_file": "model.onnx"}', link: b"/etc/passwd"})
+
+
+def zip_encrypted_bytes() -> bytes:
+    """A package whose model entry is flagged encrypted (general-purpose bit 0 in both of its headers)."""
+    data = bytearray(zip_package_bytes(onnx_model_bytes()))
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = -1
+        while (start := data.find(signature, start + 1)) != -1:
+            data[start + flag_at] |= 0x01
+    return bytes(data)

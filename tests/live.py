@@ -1,0 +1,112 @@
+"""A real gunicorn serving the test database, for tests that need a server process (memory, sockets)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from django.db import connection
+
+from hotswap.lib.localservices import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """The URL of the test database pytest-django created, for child processes."""
+    params = connection.get_connection_params()
+    host = params.get("host") or "127.0.0.1"
+    user = params.get("user") or "postgres"
+    password = f":{params['password']}" if params.get("password") else ""
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{connection.settings_dict['NAME']}?host={host}"
+    port = params.get("port") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{connection.settings_dict['NAME']}"
+
+
+@contextmanager
+def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
+    """Starts gunicorn on a free port against the test database; yields (base_url, process)."""
+    port = free_port()
+    child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
+                 **(env or {})}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
+         "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120"],
+        cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base_url}/api/v1/models", timeout=10)
+                break
+            except requests.RequestException:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not start: {process.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.2)
+        yield base_url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class StreamingMultipart:
+    """A multipart/form-data body read from a file in chunks, with a known length: uploads without holding bytes.
+
+    `throttle` (seconds per chunk) slows the client down, to act on the server mid-upload.
+    """
+
+    boundary = "hotswap-test-boundary-7d1f"
+
+    def __init__(self, fields: dict[str, str], path: Path, *, filename: str = "model.onnx",
+                 chunk: int = 1024 * 1024, throttle: float = 0.0, on_chunk=None):
+        head = "".join(f'--{self.boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                       for k, v in fields.items())
+        head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="artifact"; filename="{filename}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n")
+        self.head, self.tail = head.encode(), f"\r\n--{self.boundary}--\r\n".encode()
+        self.path, self.chunk, self.throttle, self.on_chunk = path, chunk, throttle, on_chunk
+        self.length = len(self.head) + path.stat().st_size + len(self.tail)
+        self.sent = 0
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        yield self.head
+        with open(self.path, "rb") as handle:
+            while data := handle.read(self.chunk):
+                self.sent += len(data)
+                if self.on_chunk:
+                    self.on_chunk(self.sent)
+                if self.throttle:
+                    time.sleep(self.throttle)
+                yield data
+        yield self.tail
+
+
+def rss_peak_reset(pid: int) -> None:
+    """Resets the kernel's peak-RSS counter (VmHWM) of a process."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def rss_kb(pid: int, field: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(field)

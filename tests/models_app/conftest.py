@@ -1,0 +1,54 @@
+"""Fixtures for registry tests: the real S3 bucket, upload helpers."""
+
+import hashlib
+
+import pytest
+from django.core.files.storage import storages
+
+from hotswap.accounts.roles import Role
+from tests.artifacts import onnx_model_bytes
+
+
+@pytest.fixture
+def s3():
+    """(client, bucket) of the real S3 server the test run uses."""
+    storage = storages["artifacts"]
+    return storage.connection.meta.client, storage.bucket_name
+
+
+@pytest.fixture
+def stored_keys(s3):
+    """Keys of every object and every unfinished multipart upload in the bucket: 'nothing left behind' checks."""
+    client, bucket = s3
+
+    def keys() -> set[str]:
+        objects = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                   for o in page.get("Contents", [])}
+        uploads = {f"multipart:{u['Key']}" for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+        return objects | uploads
+
+    return keys
+
+
+@pytest.fixture
+def developer(client_for):
+    return client_for(Role.MODEL_DEVELOPER)
+
+
+def upload(client, content: bytes, *, filename: str = "model.onnx", **fields):
+    """POSTs a multipart upload the way CI does."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    data = {"name": "resnet", "version": "1.0.0", "framework": "onnx", **fields}
+    data = {k: v for k, v in data.items() if v is not None}
+    data["artifact"] = SimpleUploadedFile(filename, content, content_type="application/octet-stream")
+    return client.post("/api/v1/models", data, format="multipart")
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@pytest.fixture
+def onnx_bytes() -> bytes:
+    return onnx_model_bytes()
