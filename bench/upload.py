@@ -258,7 +258,7 @@ def upload_direct(client, artifact: Path, key: str) -> float:
     return elapsed
 
 
-def report(size: int, repeat: int, api: list[float], direct: list[float], peak_rss: int) -> None:
+def report(size: int, repeat: int, api: list[float], direct: list[float], peak_rss: int, idle_rss: int) -> None:
     api_rates = [size / MB / s for s in api]
     direct_rates = [size / MB / s for s in direct]
     ratio = statistics.median(api_rates) / statistics.median(direct_rates)
@@ -277,6 +277,8 @@ def report(size: int, repeat: int, api: list[float], direct: list[float], peak_r
           f"{runs(direct_rates)}")
     print(f"  {'ratio API / boto3':<30} {ratio:>12.2f}   {'>= 0.8':<14} {verdict(ratio >= RATIO_TARGET)}")
     print(f"  {'web worker peak RSS':<30} {rss_mb:>9.1f} MB   {'<= 150 MB':<14} {verdict(rss_mb <= RSS_TARGET_MB)}")
+    print(f"  {'  of which idle (warm) worker':<30} {idle_rss / MB:>9.1f} MB")
+    print(f"  {'  growth while uploading':<30} {(peak_rss - idle_rss) / MB:>9.1f} MB")
 
 
 def main() -> int:
@@ -320,6 +322,9 @@ def main() -> int:
         client = seaweed.client()
 
         api_times, direct_times, peak = [], [], 0
+        # The worker's own footprint (Django, DRF, boto3, psycopg...) once warm, before any upload.
+        requests.get(f"{base}/api/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        idle = max(psutil.Process(p.pid).memory_info().rss for p in psutil.Process(gunicorn.pid).children())
         for i in range(args.repeat):
             workers = [p.pid for p in psutil.Process(gunicorn.pid).children()]
             with RssSampler(workers) as sampler:
@@ -328,7 +333,7 @@ def main() -> int:
             direct_times.append(upload_direct(client, artifact, f"direct/{uuid.uuid4().hex}"))
             print(f"run {i + 1}/{args.repeat}: API {size / MB / api_times[-1]:.1f} MB/s, "
                   f"boto3 {size / MB / direct_times[-1]:.1f} MB/s")
-        report(size, args.repeat, api_times, direct_times, peak)
+        report(size, args.repeat, api_times, direct_times, peak, idle)
         return 0
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)

@@ -121,6 +121,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
             message = "The request is invalid: " + "; ".join(
                 f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details
             )
+        elif isinstance(exc.detail, dict):  # e.g. simplejwt: {"detail": ..., "code": ..., "messages": [...]}
+            details, message = [], str(exc.detail.get("detail") or next(iter(exc.detail.values()), ""))
         else:
             details, message = [], str(exc.detail)
         if getattr(exc, "auth_header", None):

@@ -94,11 +94,32 @@ class TagListField(serializers.Field):
         return value
 
 
-class ModelCollectionApi(APIView):
-    """GET lists model versions; POST uploads a new version (multipart, streamed to storage)."""
+class ModelVersionListApi(APIView):
+    """Lists model versions with filters, ordering and pagination."""
 
-    required_permissions = {"GET": "models_app.view_modelversion", "POST": "models_app.upload_modelversion"}
+    required_permission = "models_app.view_modelversion"
+    throttle_classes = [MonitorThrottle]
+
+    @extend_schema(
+        summary="List model versions",
+        description="Roles: all (Viewer and up). Filters: name, name_contains, framework, status (repeatable), tag, "
+                    "detected_format. Ordering: `ordering=name|version|uploaded_at|size`, prefixed by - to reverse.",
+        parameters=[OpenApiParameter(p, str) for p in ("name", "framework", "status", "tag", "ordering")],
+        responses={200: ModelVersionOutputSerializer(many=True), **_errors(400, 401, 403, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        queryset = selectors.model_version_list(filters=request.query_params)
+        queryset = _order(queryset, request.query_params.get("ordering", ""))
+        return paginated_response(request=request, view=self, queryset=queryset,
+                                  serializer_class=ModelVersionOutputSerializer)
+
+
+class ModelVersionUploadApi(APIView):
+    """Uploads a new model version (multipart; the artifact streams to storage)."""
+
+    required_permission = "models_app.upload_modelversion"
     parser_classes = [MultiPartParser]
+    throttle_classes = [UploadThrottle]
 
     class UploadInputSerializer(serializers.Serializer):
         name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={
@@ -125,22 +146,6 @@ class ModelCollectionApi(APIView):
 
         def validate_output_schema(self, value):
             return _schema(value)
-
-    def get_throttles(self):
-        return [UploadThrottle()] if self.request.method == "POST" else [MonitorThrottle()]
-
-    @extend_schema(
-        summary="List model versions",
-        description="Roles: all (Viewer and up). Filters: name, name_contains, framework, status (repeatable), tag, "
-                    "detected_format. Ordering: `ordering=name|version|uploaded_at|size`, prefixed by - to reverse.",
-        parameters=[OpenApiParameter(p, str) for p in ("name", "framework", "status", "tag", "ordering")],
-        responses={200: ModelVersionOutputSerializer(many=True), **_errors(400, 401, 403, 429)},
-    )
-    def get(self, request: Request) -> Response:
-        queryset = selectors.model_version_list(filters=request.query_params)
-        queryset = _order(queryset, request.query_params.get("ordering", ""))
-        return paginated_response(request=request, view=self, queryset=queryset,
-                                  serializer_class=ModelVersionOutputSerializer)
 
     @extend_schema(
         summary="Upload a model version",
@@ -230,16 +235,22 @@ def _order(queryset, ordering: str):
     return queryset.order_by(*(f"{sign}{field}" for field in _ORDERINGS[key]), f"{sign}id")
 
 
-class ModelDetailApi(APIView):
-    """GET one model version by model_id (`{name}-{version}`); DELETE removes it and its artifact."""
+class ModelVersionGetApi(APIView):
+    """One model version by model_id (`{name}-{version}`)."""
 
-    required_permissions = {"GET": "models_app.view_modelversion", "DELETE": "models_app.delete_modelversion"}
+    required_permission = "models_app.view_modelversion"
     throttle_classes = [MonitorThrottle]
 
     @extend_schema(summary="Get a model version", description="Roles: all.",
                    responses={200: ModelVersionOutputSerializer, **_errors(401, 403, 404, 429)})
     def get(self, request: Request, model_id: str) -> Response:
         return Response(ModelVersionOutputSerializer(selectors.model_version_get(model_id=model_id)).data)
+
+
+class ModelVersionDeleteApi(APIView):
+    """Deletes a model version and its stored artifact."""
+
+    required_permission = "models_app.delete_modelversion"
 
     @extend_schema(
         summary="Delete a model version",

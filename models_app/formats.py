@@ -14,9 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import onnx
-from google.protobuf.message import DecodeError
-
 from models_app.models import ArtifactFormat, Framework
 
 UNRECOGNISED = (
@@ -176,9 +173,8 @@ class _ProtoWalker:
 
     def _add_opset(self, data: bytes) -> None:
         try:
-            entry = onnx.OperatorSetIdProto.FromString(data)
-            domain, version = entry.domain, entry.version
-        except (DecodeError, ValueError):
+            domain, version = _decode_opset(data)
+        except ValueError:
             self.onnx_error = f"malformed opset_import at byte {self._start}"
             return
         if len(self.opsets) < _MAX_OPSETS:
@@ -454,3 +450,45 @@ def detect_format(open_reader: Callable[[], BinaryIO], chunks: Iterable[bytes]) 
     for chunk in chunks:
         sniffer.feed(chunk)
     return sniffer.result(open_reader)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _decode_opset(data: bytes) -> tuple[str, int]:
+    """OperatorSetIdProto {domain = 1 (string), version = 2 (int64)}, decoded by hand.
+
+    Hand-decoding keeps onnx (and numpy, ~45 MB) out of the web workers that sniff uploads.
+    """
+    domain, version, pos = "", 0, 0
+    while pos < len(data):
+        tag, pos = _read_varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+            if field == 2:
+                version = value
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("truncated field")
+            if field == 1:
+                domain = data[pos : pos + length].decode("utf-8")
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    if pos != len(data):
+        raise ValueError("truncated field")
+    return domain, version

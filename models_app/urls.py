@@ -2,15 +2,19 @@
 
 from django.urls import path
 
+from hotswap.lib.routing import method_router
 from models_app import apis
 
 urlpatterns = [
-    path("models", apis.ModelCollectionApi.as_view(), name="model-collection"),
+    path("models", method_router("Models", get=apis.ModelVersionListApi, post=apis.ModelVersionUploadApi),
+         name="model-collection"),
     path("models/<str:name>/versions", apis.ModelVersionHistoryApi.as_view(), name="model-version-history"),
     path("models/<str:name>/versions/<str:version>", apis.ModelVersionDetailApi.as_view(), name="model-version-detail"),
     path("models/<str:name>/versions/<str:version>/deprecate", apis.ModelVersionDeprecateApi.as_view(),
          name="model-version-deprecate"),
-    path("models/<str:model_id>", apis.ModelDetailApi.as_view(), name="model-detail"),
+    path("models/<str:model_id>",
+         method_router("Model", get=apis.ModelVersionGetApi, delete=apis.ModelVersionDeleteApi),
+         name="model-detail"),
     path("models/<str:model_id>/download", apis.ModelDownloadApi.as_view(), name="model-download"),
     path("artifacts/<str:token>", apis.artifact_signed_download, name="artifact-signed-download"),
 ]

@@ -37,7 +37,7 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
                  **(env or {})}
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
-         "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120"],
+         "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120", "--no-control-socket"],
         cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,7 @@ from hotswap.accounts.apis import (
     AuthTokenObtainApi,
     AuthTokenRefreshApi,
 )
-from hotswap.accounts.routing import method_router
+from hotswap.lib.routing import method_router
 
 urlpatterns = [
     path("auth/token", AuthTokenObtainApi.as_view(), name="auth-token-obtain"),

@@ -7,6 +7,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
 def return_large_buffers_to_os(threshold_bytes: int = 1024 * 1024) -> None:
@@ -23,5 +24,8 @@ def return_large_buffers_to_os(threshold_bytes: int = 1024 * 1024) -> None:
         libc = ctypes.CDLL(libc_name)
         if not libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes):
             logger.warning("mallopt(M_MMAP_THRESHOLD) was refused")
+        # Each thread (request threads, S3 part uploaders) would otherwise get its own heap arena,
+        # and memory freed in one is not reusable by the others.
+        libc.mallopt(M_ARENA_MAX, 2)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return

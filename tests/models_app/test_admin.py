@@ -1,0 +1,79 @@
+"""The console: versions listed with checksum, size, status, uploader; upload through the same service."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from models_app.models import ModelVersion
+from tests.artifacts import onnx_model_bytes
+from tests.models_app.conftest import sha256
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def console(make_user):
+    client = Client()
+    client.force_login(make_user("Admin", is_staff=True))
+    return client
+
+
+def _upload(console, content, **fields):
+    data = {"name": "console-model", "version": "1.0.0", "framework": "onnx", "sha256": "", "description": "",
+            "artifact": SimpleUploadedFile("m.onnx", content), **fields}
+    return console.post("/admin/models_app/modelversion/upload/", data)
+
+
+def test_it_uploads_through_the_admin_and_lists_the_version(console, stored_keys):
+    content = onnx_model_bytes()
+    before = stored_keys()
+
+    response = _upload(console, content, sha256=sha256(content))
+
+    version = ModelVersion.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/models_app/modelversion/{version.pk}/change/"
+    assert len(stored_keys() - before) == 1
+    listing = console.get("/admin/models_app/modelversion/").content.decode()
+    assert "console-model-1.0.0" in listing and sha256(content)[:12] in listing and "uploaded" in listing
+    detail = console.get(response["Location"]).content.decode()
+    assert sha256(content) in detail and "s3://" in detail
+
+
+def test_it_shows_the_service_error_and_stores_nothing_on_a_bad_checksum(console, stored_keys):
+    before = stored_keys()
+
+    response = _upload(console, onnx_model_bytes(), sha256="a" * 64)
+
+    assert response.status_code == 200
+    assert "Checksum mismatch" in response.content.decode()
+    assert not ModelVersion.objects.exists()
+    assert stored_keys() == before
+
+
+def test_it_deletes_through_the_service(console, s3):
+    _upload(console, onnx_model_bytes())
+    version = ModelVersion.objects.get()
+    client, bucket = s3
+
+    console.post(f"/admin/models_app/modelversion/{version.pk}/delete/", {"post": "yes"})
+
+    assert not ModelVersion.objects.exists()
+    assert client.list_objects_v2(Bucket=bucket, Prefix=version.storage_key).get("KeyCount") == 0
+
+
+def test_it_deprecates_selected_versions(console):
+    _upload(console, onnx_model_bytes())
+    version = ModelVersion.objects.get()
+
+    console.post("/admin/models_app/modelversion/", {"action": "deprecate_selected", "_selected_action": [version.pk]})
+
+    version.refresh_from_db()
+    assert version.status == "deprecated"
+
+
+def test_it_refuses_the_upload_page_to_a_viewer(make_user):
+    client = Client()
+    client.force_login(make_user("Viewer", is_staff=True))
+
+    assert client.get("/admin/models_app/modelversion/upload/").status_code == 403
