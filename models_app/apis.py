@@ -72,6 +72,7 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
                 "accelerator": obj.accelerator}
 
 
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
 class TagListField(serializers.Field):
     """Tags as repeated form fields or one comma-separated value."""
 
