@@ -11,6 +11,8 @@ handler500 = "hotswap.exceptions.json_handler500"
 api_v1 = [
     path("", include("hotswap.accounts.urls")),
     path("", include("models_app.urls")),
+    path("", include("devices.device_urls")),
+    path("", include("devices.urls")),
 ]
 
 urlpatterns = [

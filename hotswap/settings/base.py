@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "hotswap",
     "hotswap.accounts",
     "models_app",
+    "devices",
 ]
 
 MIDDLEWARE = [
@@ -141,6 +142,7 @@ SIMPLE_JWT = {
 }
 
 from hotswap.settings.api import *  # noqa: E402,F403
+from hotswap.settings.devices import *  # noqa: E402,F403
 from hotswap.settings.storage import *  # noqa: E402,F403
 from hotswap.settings.tasks import *  # noqa: E402,F403
 from hotswap.settings.tasks import celery_broker_url  # noqa: E402

@@ -1,0 +1,3 @@
+"""Device-facing routes: check-in and the manifest public key; desired-state routes."""
+
+urlpatterns: list = []

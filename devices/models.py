@@ -1,0 +1,242 @@
+"""The fleet: devices, their credentials and enrollment keys, desired state, install reports, telemetry."""
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+device_id_validator = RegexValidator(
+    DEVICE_ID_PATTERN, "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit."
+)
+percent = [MinValueValidator(0.0), MaxValueValidator(100.0)]
+
+# Upper bounds (ms) of the fixed latency histogram buckets devices may report; the last bucket is open.
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Device(models.Model):
+    """One edge device, identified by the fleet's own device_id."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        OFFLINE = "offline"
+        DECOMMISSIONED = "decommissioned"
+
+    device_id = models.CharField(max_length=64, unique=True, validators=[device_id_validator])
+    name = models.CharField(max_length=128, blank=True)
+    device_type = models.CharField(max_length=64, blank=True, db_index=True)
+    region = models.CharField(max_length=64, blank=True, db_index=True)
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+
+    cpu_cores = models.PositiveSmallIntegerField(null=True, blank=True)
+    memory_mb = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    storage_gb = models.PositiveIntegerField(null=True, blank=True)
+    gpu = models.CharField(max_length=64, blank=True, help_text="GPU model, empty when there is none")
+
+    # What the device last said it runs; `current_version` is set when that matches a registry version.
+    current_version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="running_devices")
+    reported_model = models.CharField(max_length=64, blank=True)
+    reported_version = models.CharField(max_length=64, blank=True)
+    reported_sha256 = models.CharField(max_length=64, blank=True)
+
+    cpu_percent = models.FloatField(null=True, blank=True, validators=percent)
+    memory_percent = models.FloatField(null=True, blank=True, validators=percent)
+    disk_percent = models.FloatField(null=True, blank=True, validators=percent)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+    enrollment_key = models.ForeignKey("EnrollmentKey", null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="devices")
+    last_seen = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["device_id"]
+        indexes = [GinIndex(fields=["tags"], name="device_tags_gin")]
+        constraints = [
+            models.CheckConstraint(condition=Q(device_id__regex=DEVICE_ID_PATTERN), name="device_id_format"),
+            models.CheckConstraint(condition=Q(status__in=["active", "offline", "decommissioned"]),
+                                   name="device_status_valid"),
+        ]
+        permissions = [("set_desired_version", "Can set the model version a device should run")]
+
+    def __str__(self) -> str:
+        return self.device_id
+
+
+class DeviceCredential(models.Model):
+    """A device's secret (`hsd_<prefix>_<secret>`), stored as a SHA-256 hash; shown once when issued."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="credentials")
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}:{self.prefix}"
+
+
+class EnrollmentKey(models.Model):
+    """A fleet key devices enroll themselves with (`hse_<prefix>_<secret>`); revocable, may expire or run out."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(max_uses__isnull=True) | Q(uses__lte=models.F("max_uses")),
+                                   name="enrollmentkey_uses_within_limit"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DesiredState(models.Model):
+    """What a device should run. Every change bumps `sequence`; check-in answers and manifests derive from it.
+
+    Rollouts set it for their devices; until then operators set it by hand. A rollback is only a
+    change of desired state back to an earlier version with `rollback=True`.
+    """
+
+    device = models.OneToOneField(Device, primary_key=True, on_delete=models.CASCADE, related_name="desired_state")
+    version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="desired_on")
+    rollback = models.BooleanField(default=False)
+    sequence = models.PositiveBigIntegerField(default=0)
+    source = models.CharField(max_length=64, blank=True, help_text="manual, or the distribution that set it")
+    reason = models.CharField(max_length=500, blank=True)
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="+")
+    set_at = models.DateTimeField(null=True, blank=True)
+    # W3C trace context of the change, handed to the device so its report links back to it.
+    traceparent = models.CharField(max_length=55, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.device_id} -> {self.version_id or 'nothing'} (#{self.sequence})"
+
+
+class InstallReport(models.Model):
+    """A device's account of one install attempt (installed, active, failed, refused, rolled back)."""
+
+    class Status(models.TextChoices):
+        DOWNLOADING = "downloading"
+        INSTALLED = "installed"
+        ACTIVE = "active"
+        FAILED = "failed"
+        REFUSED = "refused"
+        ROLLED_BACK = "rolled_back"
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="install_reports")
+    version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="install_reports")
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.CharField(max_length=2000, blank=True)
+    sequence = models.PositiveBigIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    reported_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    traceparent = models.CharField(max_length=55, blank=True)
+
+    class Meta:
+        ordering = ["-reported_at"]
+        indexes = [models.Index(fields=["device", "-reported_at"], name="install_device_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.model_name}-{self.model_version} {self.status}"
+
+
+class MetricWindow(models.Model):
+    """Inference metrics one device measured for one model version over [window_start, window_end)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="metric_windows")
+    version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="metric_windows")
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=64)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    inference_count = models.PositiveIntegerField()
+    error_count = models.PositiveIntegerField()
+    latency_p50_ms = models.FloatField()
+    latency_p95_ms = models.FloatField()
+    latency_p99_ms = models.FloatField()
+    latency_histogram = ArrayField(models.PositiveIntegerField(), null=True, blank=True,
+                                   help_text="counts per LATENCY_BUCKETS_MS bucket, plus one open bucket")
+    accuracy = models.FloatField(null=True, blank=True)
+    labelled_count = models.PositiveIntegerField(null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-window_end"]
+        indexes = [
+            models.Index(fields=["version", "window_end"], name="metric_version_time_idx"),
+            models.Index(fields=["device", "-window_end"], name="metric_device_time_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(window_end__gt=models.F("window_start")), name="metric_window_order"),
+            models.CheckConstraint(condition=Q(error_count__lte=models.F("inference_count")),
+                                   name="metric_errors_within_count"),
+            models.CheckConstraint(condition=Q(accuracy__isnull=True) | Q(accuracy__gte=0, accuracy__lte=1),
+                                   name="metric_accuracy_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.model_name}-{self.model_version} {self.window_start:%H:%M}"
+
+
+class MetricRollup(models.Model):
+    """Per-minute sums of metric windows by version, region and device type: fleet-wide aggregates stay fast.
+
+    Percentiles cannot be summed: the rollup keeps count-weighted sums of the reported p50/p95/p99
+    (an approximation) and the merged fixed-bucket histogram (exact up to bucket width).
+    """
+
+    version = models.ForeignKey("models_app.ModelVersion", on_delete=models.CASCADE, related_name="metric_rollups")
+    region = models.CharField(max_length=64, blank=True)
+    device_type = models.CharField(max_length=64, blank=True)
+    bucket_start = models.DateTimeField()
+    window_count = models.PositiveIntegerField(default=0)
+    device_count = models.PositiveIntegerField(default=0)
+    inference_count = models.BigIntegerField(default=0)
+    error_count = models.BigIntegerField(default=0)
+    latency_p50_weighted = models.FloatField(default=0)
+    latency_p95_weighted = models.FloatField(default=0)
+    latency_p99_weighted = models.FloatField(default=0)
+    latency_p99_max = models.FloatField(default=0)
+    latency_histogram = ArrayField(models.BigIntegerField(), null=True, blank=True)
+    accuracy_weighted = models.FloatField(default=0)
+    labelled_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["bucket_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "region", "device_type", "bucket_start"],
+                                    name="metric_rollup_unique_bucket"),
+        ]
+        indexes = [models.Index(fields=["version", "bucket_start"], name="rollup_version_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.version_id} {self.region}/{self.device_type} {self.bucket_start:%Y-%m-%d %H:%M}"

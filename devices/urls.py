@@ -1,0 +1,3 @@
+"""Registry, enrollment and credential routes (people and CI)."""
+
+urlpatterns: list = []

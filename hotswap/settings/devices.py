@@ -1,0 +1,12 @@
+"""Device protocol settings: poll interval, offline detection, check-in limits, manifest signing, telemetry."""
+
+from hotswap.settings.env import VAR_DIR, env
+
+DEVICE_POLL_INTERVAL_SECONDS = env.int("DEVICE_POLL_INTERVAL_SECONDS", default=60)
+DEVICE_OFFLINE_AFTER_SECONDS = env.int("DEVICE_OFFLINE_AFTER_SECONDS", default=300)
+CHECKIN_MAX_BODY_BYTES = env.int("CHECKIN_MAX_BODY_BYTES", default=256 * 1024)
+# Ed25519 private key (base64 of the 32-byte seed). Empty: generated once into MANIFEST_SIGNING_KEY_PATH.
+MANIFEST_SIGNING_KEY = env.str("MANIFEST_SIGNING_KEY", default="")
+MANIFEST_SIGNING_KEY_PATH = env.str("MANIFEST_SIGNING_KEY_PATH", default=str(VAR_DIR / "manifest-signing.key"))
+MANIFEST_TTL_SECONDS = env.int("MANIFEST_TTL_SECONDS", default=3600)
+METRIC_RETENTION_DAYS = env.int("METRIC_RETENTION_DAYS", default=14)
