@@ -1,3 +1,12 @@
-"""Device-facing routes: check-in and the manifest public key; desired-state routes."""
+"""Device-facing routes (check-in, manifest key) and desired-state routes; before the registry's `<device_id>`."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from devices import desired_apis, device_api
+
+urlpatterns = [
+    path("devices/checkin", device_api.device_checkin, name="device-checkin"),
+    path("devices/manifest-key", device_api.manifest_public_key, name="device-manifest-key"),
+    path("devices/desired", desired_apis.DevicesDesiredSetApi.as_view(), name="devices-desired"),
+    path("devices/<str:device_id>/desired", desired_apis.DeviceDesiredSetApi.as_view(), name="device-desired"),
+]

@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from hotswap.health import health
+
 handler400 = "hotswap.exceptions.json_handler400"
 handler404 = "hotswap.exceptions.json_handler404"
 handler500 = "hotswap.exceptions.json_handler500"
@@ -16,6 +18,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("health", health, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

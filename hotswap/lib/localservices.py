@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import os
 import shutil
 import signal
@@ -183,6 +184,8 @@ def ensure_test_services() -> None:
         else:
             os.environ["REDIS_URL"] = embedded_redis_url(scratch / "redis" / "test.db")
     os.environ.setdefault("CACHE_KEY_PREFIX", f"hotswap-test-{os.getpid()}")
+    # One manifest key for the run, shared by child processes (gunicorn, workers) through the environment.
+    os.environ.setdefault("MANIFEST_SIGNING_KEY", base64.b64encode(os.urandom(32)).decode())
     if not os.environ.get("S3_ENDPOINT_URL"):
         bucket = f"hotswap-test-{os.getpid()}"
         server = start_seaweedfs(scratch / "seaweedfs", bucket)

@@ -27,4 +27,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
         "schedule": timedelta(hours=1),
     },
+    # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.
+    "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush", "schedule": timedelta(seconds=10)},
+    "mark-silent-devices-offline": {"task": "devices.tasks.devices_mark_offline", "schedule": timedelta(seconds=30)},
+    "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup", "schedule": timedelta(seconds=60)},
+    "prune-metric-windows": {"task": "devices.tasks.metric_windows_prune", "schedule": timedelta(hours=6)},
 }

@@ -1,0 +1,92 @@
+"""Device-facing endpoints: check-in (the hot path, a plain Django view) and the manifest public key."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from devices import manifests
+from devices.credentials import DEVICE_KIND, secret_matches, split_secret
+from devices.models import Device, DeviceCredential
+from devices.services import checkin as service
+from hotswap.exceptions import ApplicationError, error_body
+from hotswap.lib.tracing import new_traceparent
+
+logger = logging.getLogger(__name__)
+
+
+def _error(request: HttpRequest, status: int, code: str, message: str, details=None, **headers) -> JsonResponse:
+    response = JsonResponse(error_body(request, code=code, message=message, details=details), status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _authenticate(request: HttpRequest) -> tuple[Device | None, JsonResponse | None]:
+    """The calling device, in one query that also brings its desired state and that version's model."""
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    parts = split_secret(raw, DEVICE_KIND) if scheme == "Device" else None
+    if parts is None:
+        return None, _error(request, 401, "NOT_AUTHENTICATED", "Send 'Authorization: Device hsd_<prefix>_<secret>'.",
+                            WWW_Authenticate="Device")
+    prefix, secret = parts
+    credential = (
+        DeviceCredential.objects.select_related(
+            "device", "device__desired_state", "device__desired_state__version",
+            "device__desired_state__version__ai_model",
+        )
+        .filter(prefix=prefix, revoked_at__isnull=True)
+        .first()
+    )
+    if credential is None or not secret_matches(secret, credential.key_hash):
+        return None, _error(request, 401, "DEVICE_CREDENTIAL_INVALID", "This device credential is unknown or revoked.",
+                            WWW_Authenticate="Device")
+    if credential.device.status == Device.Status.DECOMMISSIONED:
+        return None, _error(request, 403, "DEVICE_DECOMMISSIONED", "This device has been decommissioned.")
+    return credential.device, None
+
+
+@csrf_exempt
+@require_POST
+def device_checkin(request: HttpRequest) -> HttpResponse:
+    """POST /api/v1/devices/checkin — see devices/PROTOCOL.md §3."""
+    if int(request.META.get("CONTENT_LENGTH") or 0) > settings.CHECKIN_MAX_BODY_BYTES:
+        return _error(request, 413, "PAYLOAD_TOO_LARGE",
+                      f"A check-in body may have at most {settings.CHECKIN_MAX_BODY_BYTES} bytes.")
+    device, failure = _authenticate(request)
+    if failure:
+        return failure
+    now = timezone.now()
+    try:
+        report = service.checkin_parse(request.body, now=now)
+    except ApplicationError as exc:
+        return _error(request, exc.status_code, exc.code, exc.message, exc.details)
+    service.checkin_reports_store(device=device, report=report)
+    service.checkin_heartbeat(device=device, report=report, now=now)
+
+    desired = getattr(device, "desired_state", None)
+    etag = service.checkin_etag(desired, now=now)
+    traceparent = (desired.traceparent if desired else "") or new_traceparent()
+    if request.headers.get("If-None-Match") == etag:
+        response = HttpResponse(status=304)
+    else:
+        response = JsonResponse({
+            "desired": service.checkin_desired(device=device, desired=desired, now=now, request=request),
+            "poll_interval_seconds": settings.DEVICE_POLL_INTERVAL_SECONDS,
+            "accepted": {"installs": len(report.installs), "metrics": len(report.metrics)},
+            "server_time": now.isoformat(),
+        })
+    response["ETag"] = etag
+    response["traceparent"] = traceparent
+    return response
+
+
+@require_GET
+def manifest_public_key(request: HttpRequest) -> JsonResponse:
+    """GET /api/v1/devices/manifest-key — the Ed25519 key devices pin."""
+    return JsonResponse(manifests.public_key_info())

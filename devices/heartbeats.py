@@ -1,0 +1,103 @@
+"""Heartbeats are buffered in Redis and flushed to PostgreSQL in bulk, so a check-in writes no row.
+
+Last-seen, health and what a device runs are soft state: if Redis loses the buffer, the next
+check-in (every poll interval) restores it. Reports (installs, metric windows) are not buffered:
+they go straight to PostgreSQL, because losing them would be losing telemetry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from devices.models import Device
+from models_app.models import ModelVersion
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _buffer_key() -> str:
+    return f"{settings.CACHES['default']['KEY_PREFIX']}:device-heartbeats"
+
+
+def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime) -> None:
+    """One HSET per check-in; a later heartbeat of the same device overwrites an unflushed one."""
+    payload = {"at": now.isoformat(), "running": running, "health": health}
+    _redis().hset(_buffer_key(), str(device_pk), json.dumps(payload, separators=(",", ":")))
+
+
+def heartbeats_pending() -> dict[int, dict]:
+    """Heartbeats received but not flushed yet, by device pk (for reads that must be current)."""
+    return {int(pk): json.loads(raw) for pk, raw in _redis().hgetall(_buffer_key()).items()}
+
+
+def heartbeats_flush() -> int:
+    """Writes buffered heartbeats to the devices table in one UPDATE; returns how many devices.
+
+    The buffer is renamed first, so heartbeats arriving during the flush land in a fresh one; a
+    flush that dies halfway leaves its renamed copy, which the next flush picks up.
+    """
+    client = _redis()
+    key = _buffer_key()
+    batch_key = f"{key}:flushing:{uuid.uuid4().hex}"
+    with contextlib.suppress(redis.ResponseError):  # no such key: nothing buffered
+        client.rename(key, batch_key)
+    flushed = 0
+    for leftover in client.scan_iter(match=f"{key}:flushing:*", count=100):
+        entries = {int(pk): json.loads(raw) for pk, raw in client.hgetall(leftover).items()}
+        flushed += _write_heartbeats(entries)
+        client.delete(leftover)
+    return flushed
+
+
+def _write_heartbeats(entries: dict[int, dict]) -> int:
+    if not entries:
+        return 0
+    model_ids = {f"{r['model']}-{r['version']}" for e in entries.values() if (r := e.get("running"))}
+    versions = dict(ModelVersion.objects.filter(model_id__in=model_ids).values_list("model_id", "pk"))
+    rows = []
+    for pk, entry in entries.items():
+        running, health = entry.get("running") or {}, entry.get("health") or {}
+        model_id = f"{running.get('model')}-{running.get('version')}" if running else None
+        rows.append((
+            pk, datetime.fromisoformat(entry["at"]), versions.get(model_id) if model_id else None,
+            running.get("model", ""), running.get("version", ""), running.get("sha256", ""),
+            health.get("cpu_percent"), health.get("memory_percent"), health.get("disk_percent"),
+        ))
+    placeholders = ",".join(["(%s, %s::timestamptz, %s::bigint, %s, %s, %s, %s::float8, %s::float8, %s::float8)"]
+                            * len(rows))
+    # A heartbeat older than what is stored (a late flush) must not move last_seen backwards.
+    sql = f"""
+        UPDATE devices_device AS d SET
+            last_seen = v.seen, current_version_id = v.version_id, reported_model = v.model,
+            reported_version = v.version, reported_sha256 = v.sha256,
+            cpu_percent = COALESCE(v.cpu, d.cpu_percent), memory_percent = COALESCE(v.mem, d.memory_percent),
+            disk_percent = COALESCE(v.disk, d.disk_percent),
+            status = CASE WHEN d.status = 'offline' THEN 'active' ELSE d.status END
+        FROM (VALUES {placeholders}) AS v(pk, seen, version_id, model, version, sha256, cpu, mem, disk)
+        WHERE d.id = v.pk AND (d.last_seen IS NULL OR d.last_seen <= v.seen)
+    """  # noqa: S608 - only placeholders are interpolated
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
+        return cursor.rowcount
+
+
+def devices_mark_offline(*, now: datetime | None = None) -> int:
+    """Active devices silent for DEVICE_OFFLINE_AFTER_SECONDS become offline (flush first, so none is missed)."""
+    heartbeats_flush()
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_SECONDS)
+    silent = Q(last_seen__lt=cutoff) | Q(last_seen__isnull=True, registered_at__lt=cutoff)
+    return Device.objects.filter(silent, status=Device.Status.ACTIVE).update(status=Device.Status.OFFLINE)

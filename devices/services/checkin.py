@@ -1,0 +1,307 @@
+"""The check-in: validate what a device says, store its reports, answer with its desired state."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from devices import heartbeats, manifests
+from devices.models import LATENCY_BUCKETS_MS, DesiredState, Device, InstallReport, MetricWindow
+from hotswap.exceptions import ApplicationError
+from hotswap.lib.tracing import valid_traceparent
+from models_app.models import ModelVersion
+from models_app.storage import artifact_store
+
+MAX_ITEMS = 100
+MAX_COUNT = 1_000_000_000
+MAX_LATENCY_MS = 600_000.0
+MAX_WINDOW = timedelta(hours=1)
+MAX_WINDOW_AGE = timedelta(days=7)
+CLOCK_SKEW = timedelta(seconds=60)
+INSTALL_STATUSES = set(InstallReport.Status.values)
+HISTOGRAM_LENGTH = len(LATENCY_BUCKETS_MS) + 1
+
+
+@dataclass
+class CheckinReport:
+    """A validated check-in body."""
+
+    running: dict | None
+    health: dict | None
+    installs: list[dict]
+    metrics: list[dict]
+
+
+class CheckinInvalid(ApplicationError):
+    """The check-in body is not acceptable; every problem is listed in details and nothing was stored."""
+
+    code = "VALIDATION_ERROR"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def checkin_parse(body: bytes, *, now: datetime) -> CheckinReport:
+    """Parses and validates a check-in body (devices/PROTOCOL.md §3), all or nothing."""
+    try:
+        data = json.loads(body or b"{}", parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckinInvalid(f"The body is not valid JSON: {exc}.", code="MALFORMED_REQUEST") from exc
+    problems = _Problems()
+    if not isinstance(data, dict):
+        problems.add("", "The body must be a JSON object.")
+        problems.raise_if_any()
+    problems.unknown_keys("", data, {"running", "health", "installs", "metrics", "traceparent"})
+    running = _running(data.get("running"), problems)
+    health = _health(data.get("health"), problems)
+    installs = [_install(item, f"installs[{i}]", problems, now)
+                for i, item in enumerate(_items(data, "installs", problems))]
+    metrics = [_window(item, f"metrics[{i}]", problems, now)
+               for i, item in enumerate(_items(data, "metrics", problems))]
+    problems.raise_if_any()
+    return CheckinReport(running=running, health=health, installs=installs, metrics=metrics)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.details: list[dict[str, str]] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.details.append({"field": field, "message": message})
+
+    def unknown_keys(self, where: str, data: dict, allowed: set[str]) -> None:
+        for key in sorted(set(data) - allowed):
+            self.add(f"{where}.{key}" if where else key, "Unknown field.")
+
+    def raise_if_any(self) -> None:
+        if self.details:
+            summary = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in self.details[:5])
+            more = f" (and {len(self.details) - 5} more)" if len(self.details) > 5 else ""
+            raise CheckinInvalid(f"The check-in was rejected and nothing was stored: {summary}{more}",
+                                 details=self.details)
+
+
+def _items(data: dict, key: str, problems: _Problems) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        problems.add(key, "Must be a list.")
+        return []
+    if len(value) > MAX_ITEMS:
+        problems.add(key, f"At most {MAX_ITEMS} per check-in; send the rest with the next one.")
+        return []
+    return value
+
+
+def _string(value: Any, field: str, problems: _Problems, *, max_length: int = 64, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value) or len(value) > max_length:
+        problems.add(field, f"Must be a {'non-empty ' if required else ''}string of at most {max_length} characters.")
+        return ""
+    return value
+
+
+def _number(value: Any, field: str, problems: _Problems, *, low: float, high: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.add(field, "Must be a finite number.")
+        return None
+    if not low <= value <= high:
+        problems.add(field, f"Must be between {low:g} and {high:g}.")
+        return None
+    return float(value)
+
+
+def _count(value: Any, field: str, problems: _Problems) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        problems.add(field, f"Must be a whole number from 0 to {MAX_COUNT}.")
+        return None
+    return value
+
+
+def _time(value: Any, field: str, problems: _Problems) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        problems.add(field, "Must be an ISO 8601 time with a timezone, e.g. 2026-01-01T12:00:00Z.")
+        return None
+    return parsed
+
+
+def _running(value: Any, problems: _Problems) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.add("running", "Must be an object {model, version, sha256} or null.")
+        return None
+    problems.unknown_keys("running", value, {"model", "version", "sha256"})
+    return {"model": _string(value.get("model"), "running.model", problems),
+            "version": _string(value.get("version"), "running.version", problems),
+            "sha256": _string(value.get("sha256"), "running.sha256", problems, required=False)}
+
+
+def _health(value: Any, problems: _Problems) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.add("health", "Must be an object.")
+        return None
+    problems.unknown_keys("health", value, {"cpu_percent", "memory_percent", "disk_percent"})
+    return {key: _number(value[key], f"health.{key}", problems, low=0, high=100) for key in value
+            if key in ("cpu_percent", "memory_percent", "disk_percent")}
+
+
+def _install(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
+    if not isinstance(item, dict):
+        problems.add(where, "Must be an object.")
+        return {}
+    problems.unknown_keys(where, item, {"model", "version", "status", "sequence", "duration_ms", "at", "error",
+                                        "traceparent"})
+    report = {
+        "model": _string(item.get("model"), f"{where}.model", problems),
+        "version": _string(item.get("version"), f"{where}.version", problems),
+        "status": item.get("status"),
+        "error": _string(item.get("error"), f"{where}.error", problems, max_length=2000, required=False),
+        "sequence": _count(item["sequence"], f"{where}.sequence", problems) if item.get("sequence") is not None
+        else None,
+        "duration_ms": _count(item["duration_ms"], f"{where}.duration_ms", problems)
+        if item.get("duration_ms") is not None else None,
+        "at": _time(item.get("at"), f"{where}.at", problems) if "at" in item else now,
+        "traceparent": valid_traceparent(item.get("traceparent")),
+    }
+    if report["status"] not in INSTALL_STATUSES:
+        problems.add(f"{where}.status", f"Must be one of {', '.join(sorted(INSTALL_STATUSES))}.")
+    if report["at"] and report["at"] > now + CLOCK_SKEW:
+        problems.add(f"{where}.at", "Is in the future.")
+    return report
+
+
+def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
+    if not isinstance(item, dict):
+        problems.add(where, "Must be an object.")
+        return {}
+    problems.unknown_keys(where, item, {"model", "version", "window_start", "window_end", "inference_count",
+                                        "error_count", "latency_ms", "latency_histogram", "accuracy",
+                                        "labelled_count"})
+    window = {
+        "model": _string(item.get("model"), f"{where}.model", problems),
+        "version": _string(item.get("version"), f"{where}.version", problems),
+        "window_start": _time(item.get("window_start"), f"{where}.window_start", problems),
+        "window_end": _time(item.get("window_end"), f"{where}.window_end", problems),
+        "inference_count": _count(item.get("inference_count"), f"{where}.inference_count", problems),
+        "error_count": _count(item.get("error_count"), f"{where}.error_count", problems),
+        "accuracy": None, "labelled_count": None, "latency_histogram": None,
+    }
+    start, end, count = window["window_start"], window["window_end"], window["inference_count"]
+    if start and end:
+        if end <= start:
+            problems.add(f"{where}.window_end", "Must be after window_start.")
+        elif end - start > MAX_WINDOW:
+            problems.add(f"{where}.window_end", "A window may span at most one hour.")
+        if end > now + CLOCK_SKEW:
+            problems.add(f"{where}.window_end", "Is in the future.")
+        if start < now - MAX_WINDOW_AGE:
+            problems.add(f"{where}.window_start", "Is older than 7 days.")
+    if count is not None and window["error_count"] is not None and window["error_count"] > count:
+        problems.add(f"{where}.error_count", "Cannot exceed inference_count.")
+    latency = item.get("latency_ms")
+    if not isinstance(latency, dict) or set(latency) != {"p50", "p95", "p99"}:
+        problems.add(f"{where}.latency_ms", "Must be an object with exactly p50, p95 and p99 (milliseconds).")
+    else:
+        values = [_number(latency[p], f"{where}.latency_ms.{p}", problems, low=0, high=MAX_LATENCY_MS)
+                  for p in ("p50", "p95", "p99")]
+        if None not in values and not values[0] <= values[1] <= values[2]:
+            problems.add(f"{where}.latency_ms", "Percentiles must satisfy p50 <= p95 <= p99.")
+        window.update(latency_p50_ms=values[0], latency_p95_ms=values[1], latency_p99_ms=values[2])
+    histogram = item.get("latency_histogram")
+    if histogram is not None:
+        if (not isinstance(histogram, list) or len(histogram) != HISTOGRAM_LENGTH
+                or any(_count(c, f"{where}.latency_histogram", problems) is None for c in histogram)):
+            problems.add(f"{where}.latency_histogram", f"Must be {HISTOGRAM_LENGTH} whole counts.")
+        elif count is not None and sum(histogram) != count:
+            problems.add(f"{where}.latency_histogram", "Counts must add up to inference_count.")
+        else:
+            window["latency_histogram"] = histogram
+    if item.get("accuracy") is not None:
+        window["accuracy"] = _number(item["accuracy"], f"{where}.accuracy", problems, low=0, high=1)
+    if item.get("labelled_count") is not None:
+        labelled = _count(item["labelled_count"], f"{where}.labelled_count", problems)
+        if labelled is not None and count is not None and labelled > count:
+            problems.add(f"{where}.labelled_count", "Cannot exceed inference_count.")
+        window["labelled_count"] = labelled
+    return window
+
+
+def checkin_reports_store(*, device: Device, report: CheckinReport) -> None:
+    """Stores install reports and metric windows durably (one transaction, bulk inserts)."""
+    if not report.installs and not report.metrics:
+        return
+    model_ids = {f"{r['model']}-{r['version']}" for r in (*report.installs, *report.metrics)}
+    versions = dict(ModelVersion.objects.filter(model_id__in=model_ids).values_list("model_id", "pk"))
+    with transaction.atomic():
+        InstallReport.objects.bulk_create([
+            InstallReport(device=device, version_id=versions.get(f"{r['model']}-{r['version']}"),
+                          model_name=r["model"], model_version=r["version"], status=r["status"], error=r["error"],
+                          sequence=r["sequence"], duration_ms=r["duration_ms"], reported_at=r["at"],
+                          traceparent=r["traceparent"])
+            for r in report.installs
+        ])
+        MetricWindow.objects.bulk_create([
+            MetricWindow(device=device, version_id=versions.get(f"{w['model']}-{w['version']}"),
+                         model_name=w["model"], model_version=w["version"], window_start=w["window_start"],
+                         window_end=w["window_end"], inference_count=w["inference_count"],
+                         error_count=w["error_count"], latency_p50_ms=w["latency_p50_ms"],
+                         latency_p95_ms=w["latency_p95_ms"], latency_p99_ms=w["latency_p99_ms"],
+                         latency_histogram=w["latency_histogram"], accuracy=w["accuracy"],
+                         labelled_count=w["labelled_count"])
+            for w in report.metrics
+        ])
+
+
+def checkin_heartbeat(*, device: Device, report: CheckinReport, now: datetime) -> None:
+    heartbeats.heartbeat_record(device_pk=device.pk, running=report.running, health=report.health, now=now)
+    if device.status == Device.Status.OFFLINE:
+        # Rare transition, so it is written at once rather than waiting for the flush.
+        Device.objects.filter(pk=device.pk, status=Device.Status.OFFLINE).update(status=Device.Status.ACTIVE)
+
+
+def _url_period() -> int:
+    return max(settings.MANIFEST_TTL_SECONDS // 2, 1)
+
+
+def checkin_etag(desired: DesiredState | None, *, now: datetime) -> str:
+    """Changes with the desired state, and once per half manifest lifetime so a 304 never hides an expired URL."""
+    if desired is None or desired.version_id is None:
+        return f'"{desired.sequence if desired else 0}-none"'
+    return f'"{desired.sequence}-{int(now.timestamp()) // _url_period()}"'
+
+
+def checkin_desired(*, device: Device, desired: DesiredState | None, now: datetime, request=None) -> dict | None:
+    """The signed `desired` block for the device, or None when nothing in particular is desired."""
+    if desired is None or desired.version is None:
+        return None
+    version = desired.version
+    period = _url_period()
+    expires_at = datetime.fromtimestamp((int(now.timestamp()) // period + 2) * period, tz=now.tzinfo)
+    filename = f"{version.model_id}.{'onnx' if version.detected_format == 'onnx' else 'bin'}"
+    link = artifact_store().download_link(version.storage_key, filename=filename, request=request,
+                                          expires_in=int((expires_at - now).total_seconds()))
+    manifest = {
+        "device_id": device.device_id, "model": version.ai_model.name, "version": version.version,
+        "sha256": version.sha256, "size": version.size_bytes, "url": link.url, "format": version.detected_format,
+        "issued_at": _iso(now), "expires_at": _iso(expires_at), "rollback": desired.rollback,
+        "sequence": desired.sequence,
+    }
+    return manifests.sign(manifest)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

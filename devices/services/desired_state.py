@@ -1,0 +1,87 @@
+"""Desired state: which model version each device should run. Rollouts and operators both set it here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from devices.models import DesiredState, Device
+from hotswap.exceptions import ApplicationError
+from hotswap.lib.tracing import new_traceparent
+from models_app.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DesiredStateResult:
+    """How a desired-state change went: devices changed, already there, and skipped with a reason."""
+
+    changed: int = 0
+    unchanged: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _refusal(version: ModelVersion, rollback: bool) -> str | None:
+    if version.status == ModelVersion.Status.FAILED:
+        return f"{version.model_id} failed validation and cannot be deployed."
+    if version.status == ModelVersion.Status.DEPRECATED and not rollback:
+        return f"{version.model_id} is deprecated; only a rollback may return to it."
+    return None
+
+
+def _skip_reason(device: Device, version: ModelVersion | None) -> str | None:
+    if device.status == Device.Status.DECOMMISSIONED:
+        return "decommissioned"
+    if version is None:
+        return None
+    if version.min_memory_mb and device.memory_mb is not None and device.memory_mb < version.min_memory_mb:
+        return f"has {device.memory_mb} MB of memory, {version.model_id} needs {version.min_memory_mb} MB"
+    if version.target_device_type and device.device_type and device.device_type != version.target_device_type:
+        return f"is a {device.device_type}, {version.model_id} targets {version.target_device_type}"
+    return None
+
+
+@transaction.atomic
+def desired_state_set(
+    *,
+    devices: Iterable[Device] | QuerySet[Device],
+    version: ModelVersion | None,
+    actor=None,
+    rollback: bool = False,
+    reason: str = "",
+    source: str = "manual",
+    traceparent: str = "",
+) -> DesiredStateResult:
+    """Makes `version` (or nothing in particular, for None) the desired state of the given devices.
+
+    One conditional UPDATE bumps `sequence` only where the state really changes, so repeating a
+    call, or two operators doing the same thing, changes nothing the second time. Devices that
+    are decommissioned or do not meet the version's requirements are skipped, with the reason.
+    """
+    if version is not None and (refusal := _refusal(version, rollback)):
+        raise ApplicationError(refusal, code="VERSION_NOT_DEPLOYABLE")
+    result = DesiredStateResult()
+    eligible: list[int] = []
+    for device in devices:
+        if skip := _skip_reason(device, version):
+            result.skipped.append({"device_id": device.device_id, "reason": f"{device.device_id} {skip}"})
+        else:
+            eligible.append(device.pk)
+    DesiredState.objects.bulk_create([DesiredState(device_id=pk) for pk in eligible], ignore_conflicts=True)
+    already = Q(version=version, rollback=rollback) if version else Q(version__isnull=True)
+    result.changed = (
+        DesiredState.objects.filter(device_id__in=eligible).exclude(already).update(
+            version=version, rollback=rollback, sequence=F("sequence") + 1, set_at=timezone.now(),
+            set_by=actor, reason=reason[:500], source=source[:64], traceparent=traceparent or new_traceparent(),
+        )
+    )
+    result.unchanged = len(eligible) - result.changed
+    logger.info("desired state set", extra={"version": getattr(version, "model_id", None), "source": source,
+                                            "changed": result.changed, "skipped": len(result.skipped)})
+    return result

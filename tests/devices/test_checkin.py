@@ -1,0 +1,234 @@
+"""POST /api/v1/devices/checkin: identity, desired state with signed manifests, ETag/304, reports, validation."""
+
+import base64
+import hashlib
+import json
+from datetime import timedelta
+
+import pytest
+import requests
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.core.management import call_command
+from django.utils import timezone
+
+from devices.manifests import canonical_bytes
+from devices.models import Device, InstallReport, MetricWindow
+from devices.services.desired_state import desired_state_set
+from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
+
+pytestmark = pytest.mark.django_db
+
+
+def verify(desired: dict, public_key_b64: str) -> None:
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64))
+    key.verify(base64.b64decode(desired["signature"]), canonical_bytes(desired["manifest"]))
+
+
+def test_it_answers_an_idle_device_with_nothing_desired_and_an_etag(client):
+    _device, credential = device_with_credential()
+
+    response = checkin(client, credential, {"running": None})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["desired"] is None
+    assert body["poll_interval_seconds"] == 60
+    assert response["ETag"]
+    assert response["traceparent"].startswith("00-")
+
+
+def test_it_answers_304_without_a_body_when_nothing_changed(client):
+    _device, credential = device_with_credential()
+    etag = checkin(client, credential)["ETag"]
+
+    again = checkin(client, credential, etag=etag)
+
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again["ETag"] == etag
+
+
+def test_it_does_one_database_read_and_no_write_on_the_warm_path(client, django_assert_num_queries):
+    _device, credential = device_with_credential()
+    etag = checkin(client, credential)["ETag"]
+
+    with django_assert_num_queries(1):
+        assert checkin(client, credential, {"running": None, "health": {"cpu_percent": 5}},
+                       etag=etag).status_code == 304
+
+
+def test_it_hands_out_a_signed_manifest_for_the_desired_version(client):
+    device, credential = device_with_credential()
+    version, content = registry_version()
+    desired_state_set(devices=[device], version=version, reason="first model")
+
+    response = checkin(client, credential)
+
+    desired = response.json()["desired"]
+    manifest = desired["manifest"]
+    assert manifest["device_id"] == "cam-1"
+    assert (manifest["model"], manifest["version"]) == ("resnet", "1.0.0")
+    assert manifest["sha256"] == hashlib.sha256(content).hexdigest() and manifest["size"] == len(content)
+    assert manifest["rollback"] is False and manifest["sequence"] == 1
+    assert manifest["expires_at"] > manifest["issued_at"]
+    verify(desired, client.get("/api/v1/devices/manifest-key").json()["public_key"])
+    assert requests.get(manifest["url"], timeout=10).content == content
+
+
+def test_it_changes_the_etag_when_the_desired_state_changes(client):
+    device, credential = device_with_credential()
+    first, _ = registry_version(version="1.0.0")
+    second, _ = registry_version(version="1.1.0", hidden=9)
+    desired_state_set(devices=[device], version=first)
+    etag = checkin(client, credential)["ETag"]
+
+    desired_state_set(devices=[device], version=second)
+    response = checkin(client, credential, etag=etag)
+
+    assert response.status_code == 200
+    assert response["ETag"] != etag
+    assert response.json()["desired"]["manifest"]["version"] == "1.1.0"
+    assert response.json()["desired"]["manifest"]["sequence"] == 2
+
+
+def test_it_rejects_a_tampered_manifest_signature(client):
+    device, credential = device_with_credential()
+    version, _ = registry_version()
+    desired_state_set(devices=[device], version=version)
+    desired = checkin(client, credential).json()["desired"]
+    public_key = client.get("/api/v1/devices/manifest-key").json()["public_key"]
+
+    desired["manifest"]["version"] = "9.9.9"
+
+    with pytest.raises(InvalidSignature):
+        verify(desired, public_key)
+
+
+def test_it_stores_install_reports_and_metric_windows(client):
+    device, credential = device_with_credential()
+    version, _ = registry_version()
+    body = {
+        "running": {"model": "resnet", "version": "1.0.0", "sha256": version.sha256},
+        "installs": [{"model": "resnet", "version": "1.0.0", "status": "active", "sequence": 1, "duration_ms": 900,
+                      "at": timezone.now().isoformat()}],
+        "metrics": [metric_window(accuracy=0.91, labelled_count=40,
+                                  latency_histogram=[0, 0, 100, 400, 100, 0, 0, 0, 0, 0, 0, 0, 0])],
+    }
+
+    response = checkin(client, credential, body)
+
+    assert response.json()["accepted"] == {"installs": 1, "metrics": 1}
+    report = InstallReport.objects.get()
+    assert (report.device, report.version, report.status, report.duration_ms) == (device, version, "active", 900)
+    window = MetricWindow.objects.get()
+    assert (window.version, window.inference_count, window.latency_p99_ms, window.accuracy) == (version, 600, 7.0,
+                                                                                                 0.91)
+    assert window.latency_histogram[3] == 400
+
+
+def test_it_stores_reports_sent_with_a_matching_etag(client):
+    _device, credential = device_with_credential()
+    etag = checkin(client, credential)["ETag"]
+
+    response = checkin(client, credential, {"metrics": [metric_window()]}, etag=etag)
+
+    assert response.status_code == 304
+    assert MetricWindow.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"metrics": [metric_window(count=-1)]}, "metrics[0].inference_count"),
+        ({"metrics": [metric_window(count=5, errors=6)]}, "metrics[0].error_count"),
+        ({"metrics": [metric_window(p50=9, p95=5, p99=7)]}, "metrics[0].latency_ms"),
+        ({"metrics": [metric_window(p99=10**9)]}, "metrics[0].latency_ms.p99"),
+        ({"metrics": [metric_window(end=timezone.now() + timedelta(hours=1))]}, "metrics[0].window_end"),
+        ({"metrics": [metric_window(end=timezone.now() - timedelta(days=30))]}, "metrics[0].window_start"),
+        ({"metrics": [metric_window(accuracy=1.5)]}, "metrics[0].accuracy"),
+        ({"metrics": [metric_window(count=10, labelled_count=11)]}, "metrics[0].labelled_count"),
+        ({"metrics": [metric_window(latency_histogram=[1, 2])]}, "metrics[0].latency_histogram"),
+        ({"metrics": [metric_window(surprise=1)]}, "metrics[0].surprise"),
+        ({"metrics": [metric_window()] * 101}, "metrics"),
+        ({"metrics": "lots"}, "metrics"),
+        ({"installs": [{"model": "m", "version": "1.0.0", "status": "exploded"}]}, "installs[0].status"),
+        ({"installs": [{"model": "m", "version": "1.0.0", "status": "failed",
+                        "at": (timezone.now() + timedelta(hours=2)).isoformat()}]}, "installs[0].at"),
+        ({"health": {"cpu_percent": "high"}}, "health.cpu_percent"),
+        ({"running": {"model": "m"}}, "running.version"),
+        ({"firmware": "2.1"}, "firmware"),
+    ],
+)
+def test_it_rejects_bad_reports_saying_what_is_wrong_and_stores_nothing(client, body, field):
+    _device, credential = device_with_credential()
+    # A valid install rides along: all or nothing, so it must not be stored either.
+    body = {"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}], **body}
+
+    response = checkin(client, credential, body)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert field in [d["field"] for d in error["details"]], error["details"]
+    assert MetricWindow.objects.count() == 0 and InstallReport.objects.count() == 0
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"metrics": [{"inference_count": NaN}]}', b"[1, 2]",
+                                 b'{"health": {"cpu_percent": Infinity}}'])
+def test_it_rejects_malformed_json_and_non_numbers(client, raw):
+    _device, credential = device_with_credential()
+
+    response = checkin(client, credential, raw)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] in ("MALFORMED_REQUEST", "VALIDATION_ERROR")
+
+
+def test_it_caps_the_body(client, settings):
+    settings.CHECKIN_MAX_BODY_BYTES = 100
+    _device, credential = device_with_credential()
+
+    response = checkin(client, credential, {"metrics": [metric_window()]})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize("header", ["", "Bearer abc", "Device hsd_short_x", "Device hsd_0000aaaa_wrong"])
+def test_it_refuses_missing_or_wrong_credentials(client, header):
+    device_with_credential()
+
+    response = client.post("/api/v1/devices/checkin", "{}", content_type="application/json",
+                           HTTP_AUTHORIZATION=header)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Device"
+
+
+def test_it_locks_out_revoked_credentials_and_decommissioned_devices(client):
+    device, credential = device_with_credential()
+    other, other_credential = device_with_credential("cam-2")
+    device.credentials.update(revoked_at=timezone.now())
+    Device.objects.filter(pk=other.pk).update(status=Device.Status.DECOMMISSIONED)
+
+    assert checkin(client, credential).status_code == 401
+    assert checkin(client, other_credential).status_code == 403
+
+
+def test_a_device_reports_only_about_itself(client):
+    device, credential = device_with_credential("cam-1")
+    other, _ = device_with_credential("cam-2")
+
+    checkin(client, credential, {"metrics": [metric_window()]})
+
+    assert MetricWindow.objects.get().device == device
+    assert not other.metric_windows.exists()
+
+
+def test_it_serves_the_manifest_public_key_also_by_command(client, capsys):
+    info = client.get("/api/v1/devices/manifest-key").json()
+    call_command("manifest_public_key", "--json")
+
+    assert info["algorithm"] == "ed25519" and len(base64.b64decode(info["public_key"])) == 32
+    assert json.loads(capsys.readouterr().out) == info

@@ -1,0 +1,94 @@
+"""Heartbeats: buffered in Redis by check-ins, flushed in bulk; silent devices go offline and come back."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices import heartbeats
+from devices.models import Device
+from devices.tasks import device_heartbeats_flush, devices_mark_offline
+from tests.devices.checkin_helpers import checkin, device_with_credential, registry_version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _empty_buffer():
+    heartbeats.heartbeats_flush()
+
+
+def test_it_buffers_heartbeats_and_flushes_them_in_bulk(client):
+    device, credential = device_with_credential()
+    version, _ = registry_version()
+    running = {"model": "resnet", "version": "1.0.0", "sha256": version.sha256}
+    checkin(client, credential, {"running": running, "health": {"cpu_percent": 31.5, "disk_percent": 80}})
+
+    device.refresh_from_db()
+    assert device.last_seen is None  # the check-in itself wrote nothing
+    assert heartbeats.heartbeats_pending()[device.pk]["running"] == running
+
+    assert device_heartbeats_flush() == 1
+    assert device_heartbeats_flush() == 0  # runs twice, same result
+
+    device.refresh_from_db()
+    assert device.last_seen is not None
+    assert (device.current_version, device.reported_version, device.cpu_percent) == (version, "1.0.0", 31.5)
+    assert device.disk_percent == 80 and device.memory_percent is None
+
+
+def test_it_keeps_unknown_versions_as_reported(client):
+    device, credential = device_with_credential()
+    checkin(client, credential, {"running": {"model": "homegrown", "version": "0.1.0", "sha256": ""}})
+
+    heartbeats.heartbeats_flush()
+
+    device.refresh_from_db()
+    assert device.current_version is None and device.reported_model == "homegrown"
+
+
+def test_it_never_moves_last_seen_backwards():
+    device, _ = device_with_credential()
+    now = timezone.now()
+    heartbeats.heartbeat_record(device_pk=device.pk, running=None, health=None, now=now)
+    heartbeats.heartbeats_flush()
+    heartbeats.heartbeat_record(device_pk=device.pk, running=None, health=None, now=now - timedelta(minutes=5))
+
+    heartbeats.heartbeats_flush()
+
+    device.refresh_from_db()
+    assert device.last_seen == now
+
+
+def test_it_marks_silent_devices_offline_and_back_online_at_their_next_check_in(client):
+    device, credential = device_with_credential()
+    quiet, _ = device_with_credential("cam-quiet")
+    checkin(client, credential)
+    heartbeats.heartbeats_flush()
+    Device.objects.filter(pk=quiet.pk).update(last_seen=timezone.now() - timedelta(minutes=6))
+
+    assert heartbeats.devices_mark_offline() == 1
+    assert heartbeats.devices_mark_offline() == 0
+    assert Device.objects.get(pk=quiet.pk).status == "offline"
+    assert Device.objects.get(pk=device.pk).status == "active"
+
+    later = timezone.now() + timedelta(minutes=6)
+    assert heartbeats.devices_mark_offline(now=later) == 1  # injected clock: now the first one is silent too
+    checkin(client, credential)
+    assert Device.objects.get(pk=device.pk).status == "active"
+
+
+def test_the_offline_task_flushes_first_so_a_fresh_heartbeat_counts(client):
+    device, credential = device_with_credential()
+    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now() - timedelta(minutes=10))
+    checkin(client, credential)  # buffered only
+
+    assert devices_mark_offline() == 0
+    assert Device.objects.get(pk=device.pk).status == "active"
+
+
+def test_a_never_seen_device_goes_offline_five_minutes_after_registration():
+    device, _ = device_with_credential()
+    Device.objects.filter(pk=device.pk).update(registered_at=timezone.now() - timedelta(minutes=5, seconds=1))
+
+    assert heartbeats.devices_mark_offline() == 1
