@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,3 +112,34 @@ def rss_kb(pid: int, field: str = "VmHWM") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise LookupError(field)
+
+
+@contextmanager
+def celery_worker(*, beat: bool = False, env: dict[str, str] | None = None):
+    """A real Celery worker process (optionally with embedded beat) on the test database and broker."""
+    scratch = Path(tempfile.mkdtemp(prefix="hotswap-worker-"))
+    child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
+                 **(env or {})}
+    command = [str(Path(sys.executable).parent / "celery"), "-A", "hotswap", "worker", "-l", "info",
+               "--concurrency", "1", "--pool", "solo", "-Q", os.environ["HOTSWAP_TEST_QUEUE"]]
+    if beat:
+        command += ["-B", "-s", str(scratch / "beat-schedule")]
+    log = scratch / "celery.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready." not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield process, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)

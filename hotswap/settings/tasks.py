@@ -28,8 +28,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(hours=1),
     },
     # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.
-    "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush", "schedule": timedelta(seconds=10)},
-    "mark-silent-devices-offline": {"task": "devices.tasks.devices_mark_offline", "schedule": timedelta(seconds=30)},
-    "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup", "schedule": timedelta(seconds=60)},
+    "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush",
+                                "schedule": timedelta(seconds=env.int("HEARTBEAT_FLUSH_SECONDS", default=10))},
+    "mark-silent-devices-offline": {"task": "devices.tasks.devices_mark_offline",
+                                    "schedule": timedelta(seconds=env.int("OFFLINE_CHECK_SECONDS", default=30))},
+    "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup",
+                               "schedule": timedelta(seconds=env.int("METRIC_ROLLUP_SECONDS", default=60))},
     "prune-metric-windows": {"task": "devices.tasks.metric_windows_prune", "schedule": timedelta(hours=6)},
 }

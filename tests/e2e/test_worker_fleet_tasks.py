@@ -1,0 +1,42 @@
+"""A real Celery worker with beat flushes heartbeats and rolls up telemetry on its own schedule."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices.models import Device, MetricRollup
+from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
+from tests.live import celery_worker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def wait_for(condition, timeout: float = 45.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_beat_and_worker_flush_heartbeats_and_roll_up_metrics(client):
+    device, credential = device_with_credential()
+    registry_version()
+    end = timezone.now() - timedelta(seconds=5)
+    checkin(client, credential, {"running": {"model": "resnet", "version": "1.0.0", "sha256": ""},
+                                 "metrics": [metric_window(end=end)]})
+    assert Device.objects.get(pk=device.pk).last_seen is None
+
+    with celery_worker(beat=True, env={"HEARTBEAT_FLUSH_SECONDS": "2", "METRIC_ROLLUP_SECONDS": "3"}) as (
+            _process, log):
+        flushed = wait_for(lambda: Device.objects.get(pk=device.pk).last_seen is not None)
+        rolled_up = wait_for(lambda: MetricRollup.objects.exists(), timeout=90)
+        worker_log = log.read_text()
+
+    assert flushed, worker_log[-3000:]
+    assert rolled_up, worker_log[-3000:]
+    assert Device.objects.get(pk=device.pk).reported_version == "1.0.0"
+    assert MetricRollup.objects.get().inference_count == 600
