@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from devices import manifests
+from devices import heartbeats, manifests
 from devices.credentials import DEVICE_KIND, secret_matches, split_secret
 from devices.models import Device, DeviceCredential
 from devices.services import checkin as service
@@ -62,6 +62,9 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
     if failure:
         return failure
     now = timezone.now()
+    if retry_after := heartbeats.checkin_retry_after(device_pk=device.pk, now=now):
+        return _error(request, 429, "RATE_LIMITED", f"Too many check-ins; retry in {retry_after} s.",
+                      Retry_After=str(retry_after))
     try:
         report = service.checkin_parse(request.body, now=now)
     except ApplicationError as exc:

@@ -38,6 +38,29 @@ def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | Non
     _redis().hset(_buffer_key(), str(device_pk), json.dumps(payload, separators=(",", ":")))
 
 
+def checkin_retry_after(*, device_pk: int, now: datetime) -> int | None:
+    """Seconds to wait when the device is over its check-in rate (THROTTLE_DEVICE_CHECKIN), else None.
+
+    A fixed one-window counter in Redis (INCR + EXPIRE in one round trip): cheap enough for the hot
+    path, and a misbehaving device cannot crowd out the fleet.
+    """
+    count, period = _rate(settings.THROTTLE_RATES["device_checkin"])
+    window = int(now.timestamp()) // period
+    key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
+    pipeline = _redis().pipeline(transaction=False)
+    pipeline.incr(key)
+    pipeline.expire(key, period + 1)
+    calls, _ = pipeline.execute()
+    if calls <= count:
+        return None
+    return max(1, (window + 1) * period - int(now.timestamp()))
+
+
+def _rate(rate: str) -> tuple[int, int]:
+    count, _, unit = rate.partition("/")
+    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit[0]]
+
+
 def heartbeats_pending() -> dict[int, dict]:
     """Heartbeats received but not flushed yet, by device pk (for reads that must be current)."""
     return {int(pk): json.loads(raw) for pk, raw in _redis().hgetall(_buffer_key()).items()}

@@ -232,3 +232,17 @@ def test_it_serves_the_manifest_public_key_also_by_command(client, capsys):
 
     assert info["algorithm"] == "ed25519" and len(base64.b64decode(info["public_key"])) == 32
     assert json.loads(capsys.readouterr().out) == info
+
+
+def test_it_rate_limits_a_chatty_device_without_touching_the_others(client, settings):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "device_checkin": "3/minute"}
+    _device, credential = device_with_credential("chatty")
+    _other, other_credential = device_with_credential("calm")
+
+    statuses = [checkin(client, credential, {"metrics": [metric_window()]}).status_code for _ in range(4)]
+
+    assert statuses == [200, 200, 200, 429]
+    limited = checkin(client, credential)
+    assert limited.json()["error"]["code"] == "RATE_LIMITED" and 1 <= int(limited["Retry-After"]) <= 60
+    assert MetricWindow.objects.count() == 3  # the refused check-in stored nothing
+    assert checkin(client, other_credential).status_code == 200
