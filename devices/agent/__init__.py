@@ -1,0 +1,16 @@
+"""The reference device agent: enroll, check in, verify, download, hot-swap ONNX models, report (no Django)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Agent", "CycleResult", "EnrollmentFailed"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so the fleet simulator (which shares this package) does not load onnxruntime and numpy.
+    if name in __all__:
+        from devices.agent import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'devices.agent' has no attribute {name!r}")
