@@ -2,10 +2,11 @@
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Upper
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 device_id_validator = RegexValidator(
@@ -57,7 +58,14 @@ class Device(models.Model):
 
     class Meta:
         ordering = ["device_id"]
-        indexes = [GinIndex(fields=["tags"], name="device_tags_gin")]
+        indexes = [
+            GinIndex(fields=["tags"], name="device_tags_gin"),
+            # The fleet list's filters and search (devices.selectors.DeviceFilter) stay index scans at 100k devices.
+            models.Index(fields=["reported_model", "reported_version"], name="device_reported_model_idx"),
+            models.Index(fields=["reported_version"], name="device_reported_version_idx"),
+            models.Index(OpClass(Upper("device_id"), name="text_pattern_ops"), name="device_id_prefix_idx"),
+            models.Index(OpClass(Upper("name"), name="text_pattern_ops"), name="device_name_prefix_idx"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(device_id__regex=DEVICE_ID_PATTERN), name="device_id_format"),
             models.CheckConstraint(condition=Q(status__in=["active", "offline", "decommissioned"]),

@@ -5,6 +5,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
+from devices.services.credentials import device_credential_issue
+from devices.services.enrollment import enrollment_key_create
+from devices.services.registry import device_register
 from hotswap.accounts.roles import Role
 from hotswap.accounts.services import api_token_create
 from models_app import services
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.django_db
 ADMIN, DEV, OPS, VIEW = Role.ADMIN, Role.MODEL_DEVELOPER, Role.OPERATOR, Role.VIEWER
 EVERYONE = {ADMIN, DEV, OPS, VIEW}
 
-# (method, path template, roles allowed). {model_id}/{name}/{version}/{token_id} are filled per test.
+# (method, path template, roles allowed). {model_id}/{name}/{version}/{token_id}/{device_id}/... are filled per test.
 MATRIX = [
     ("GET", "/api/v1/models", EVERYONE),
     ("POST", "/api/v1/models", {ADMIN, DEV}),
@@ -32,9 +35,24 @@ MATRIX = [
     ("GET", "/api/v1/tokens", {ADMIN}),
     ("POST", "/api/v1/tokens", {ADMIN}),
     ("DELETE", "/api/v1/tokens/{token_id}", {ADMIN}),
+    ("GET", "/api/v1/devices", EVERYONE),
+    ("POST", "/api/v1/devices", {ADMIN, OPS}),
+    ("GET", "/api/v1/devices/{device_id}", EVERYONE),
+    ("PUT", "/api/v1/devices/{device_id}", {ADMIN, OPS}),
+    ("DELETE", "/api/v1/devices/{device_id}", {ADMIN, OPS}),
+    ("GET", "/api/v1/devices/{device_id}/metrics", EVERYONE),
+    ("POST", "/api/v1/devices/{device_id}/credentials", {ADMIN, OPS}),
+    ("DELETE", "/api/v1/devices/{device_id}/credentials/{credential_id}", {ADMIN, OPS}),
+    ("PUT", "/api/v1/devices/{device_id}/desired", {ADMIN, OPS}),
+    ("POST", "/api/v1/devices/desired", {ADMIN, OPS}),
+    ("GET", "/api/v1/enrollment-keys", {ADMIN}),
+    ("POST", "/api/v1/enrollment-keys", {ADMIN}),
+    ("DELETE", "/api/v1/enrollment-keys/{key_id}", {ADMIN}),
 ]
 # Endpoints that identify the caller some other way (credentials in the body, a signed link).
-NOT_ROLE_BASED = {"/api/v1/auth/token", "/api/v1/auth/token/refresh", "/api/v1/artifacts/<str:token>"}
+# Devices authenticate with their own credential (check-in) or an enrollment key in the body (enroll).
+NOT_ROLE_BASED = {"/api/v1/auth/token", "/api/v1/auth/token/refresh", "/api/v1/artifacts/<str:token>",
+                  "/api/v1/devices/enroll", "/api/v1/devices/checkin", "/api/v1/devices/manifest-key"}
 
 
 @pytest.fixture
@@ -44,7 +62,11 @@ def fixtures(make_user):
     version, _ = services.model_version_upload(artifact=artifact, name="matrix", version="1.0.0", framework="onnx",
                                                uploaded_by=owner)
     token, _key = api_token_create(user=owner, name="ci", created_by=owner)
-    return {"model_id": version.model_id, "name": "matrix", "version": "1.0.0", "token_id": token.pk}
+    device = device_register(device_id="matrix-device", region="eu-west")
+    credential, _raw = device_credential_issue(device=device)
+    enrollment_key, _raw = enrollment_key_create(name="matrix", created_by=owner)
+    return {"model_id": version.model_id, "name": "matrix", "version": "1.0.0", "token_id": token.pk,
+            "device_id": device.device_id, "credential_id": credential.pk, "key_id": enrollment_key.pk}
 
 
 def _request(client: APIClient, method: str, path: str):
@@ -52,6 +74,16 @@ def _request(client: APIClient, method: str, path: str):
         return upload(client, onnx_model_bytes(hidden=5), name="matrix-upload")
     if method == "POST" and path == "/api/v1/tokens":
         return client.post(path, {"name": "another"}, format="json")
+    bodies = {
+        ("POST", "/api/v1/devices"): {"device_id": "matrix-new", "region": "eu-west"},
+        ("PUT", "/api/v1/devices/matrix-device"): {"name": "Renamed"},
+        ("POST", "/api/v1/devices/matrix-device/credentials"): {},
+        ("PUT", "/api/v1/devices/matrix-device/desired"): {"version": None},
+        ("POST", "/api/v1/devices/desired"): {"version": None, "device_ids": ["matrix-device"]},
+        ("POST", "/api/v1/enrollment-keys"): {"name": "another"},
+    }
+    if (method, path) in bodies:
+        return getattr(client, method.lower())(path, bodies[method, path], format="json")
     return getattr(client, method.lower())(path)
 
 
@@ -89,7 +121,8 @@ def _api_routes(resolver=None, prefix: str = "") -> set[str]:
 
 def test_the_matrix_covers_every_api_route():
     placeholders = {"{model_id}": "<str:model_id>", "{name}": "<str:name>", "{version}": "<str:version>",
-                    "{token_id}": "<int:token_id>"}
+                    "{token_id}": "<int:token_id>", "{device_id}": "<str:device_id>",
+                    "{credential_id}": "<int:credential_id>", "{key_id}": "<int:key_id>"}
     covered = set()
     for _method, template, _roles in MATRIX:
         for placeholder, converter in placeholders.items():

@@ -34,6 +34,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "models_app.download_modelversion",
         "devices.add_device",
         "devices.change_device",
+        "devices.add_devicecredential",
+        "devices.delete_devicecredential",
         "devices.set_desired_version",
         "rollouts.add_distribution",
         "rollouts.change_distribution",

@@ -37,3 +37,12 @@ class LoginThrottle(RoleScopedThrottle):
 
     def get_cache_key(self, request, view) -> str:
         return f"throttle:{self.scope}:{self.get_ident(request)}"
+
+
+class EnrollThrottle(RoleScopedThrottle):
+    """Counts device enrollments per client IP (the caller has no identity yet; slows key guessing)."""
+
+    scope = "enroll"
+
+    def get_cache_key(self, request, view) -> str:
+        return f"throttle:{self.scope}:{self.get_ident(request)}"

@@ -31,6 +31,7 @@ THROTTLE_RATES = {
     "monitor": env.str("THROTTLE_MONITOR", default="600/minute"),
     "device_checkin": env.str("THROTTLE_DEVICE_CHECKIN", default="120/minute"),
     "login": env.str("THROTTLE_LOGIN", default="30/minute"),
+    "enroll": env.str("THROTTLE_ENROLL", default="60/minute"),
 }
 
 SPECTACULAR_SETTINGS = {

@@ -36,9 +36,9 @@ def test_a_rollback_to_the_same_version_is_a_new_state():
 
 
 def test_it_skips_decommissioned_and_unfit_devices_with_reasons():
-    fit, _ = device_with_credential("fit", memory_mb=4096)
+    device_with_credential("fit", memory_mb=4096)
     small, _ = device_with_credential("small", memory_mb=256)
-    gone, _ = device_with_credential("gone", status=Device.Status.DECOMMISSIONED)
+    device_with_credential("gone", status=Device.Status.DECOMMISSIONED)
     version, _ = registry_version(min_memory_mb=1024)
 
     result = desired_state_set(devices=Device.objects.all(), version=version)

@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from devices.models import MetricRollup, MetricWindow
 from devices.services.telemetry import metric_rollup_recent, metric_windows_prune
-from devices.tasks import metric_rollup, metric_windows_prune as prune_task
+from devices.tasks import metric_rollup
+from devices.tasks import metric_windows_prune as prune_task
 from devices.telemetry_selectors import histogram_percentile, version_metrics
 from tests.devices.checkin_helpers import device_with_credential, registry_version
 
