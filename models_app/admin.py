@@ -3,17 +3,19 @@
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from hotswap.exceptions import ApplicationError
 from models_app import services
-from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, ModelVersion
+from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, ModelVersion, ValidationReport
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
+from models_app.validation_runs import model_version_approve, validation_request
 
 
 def _human_size(size: int) -> str:
@@ -56,6 +58,84 @@ class AIModelAdmin(admin.ModelAdmin):
         return False  # models come into being with their first uploaded version
 
 
+class ApprovalForm(forms.Form):
+    """Why an Admin ships a version validation did not pass; kept in the audit trail."""
+
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), min_length=10, max_length=2000)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "—"
+    head = format_html_join("", "<th>{}</th>", ((c,) for c in columns))
+    body = format_html_join("", "<tr>{}</tr>", (
+        (format_html_join("", "<td>{}</td>", ((_cell(row.get(c)),) for c in columns)),) for row in rows))
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "pass" if value else "FAIL"
+    return str(value)
+
+
+class ValidationReportInline(admin.TabularInline):
+    """Validation history of a version."""
+
+    model = ValidationReport
+    fk_name = "version"
+    fields = ["status", "summary", "requested_by", "requested_at", "finished_at", "attempts"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ValidationReport)
+class ValidationReportAdmin(admin.ModelAdmin):
+    """A validation run shown as tables: steps, metrics, gates, environment."""
+
+    list_display = ["__str__", "status", "summary", "requested_at", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["version__model_id"]
+    readonly_fields = ["version", "status", "summary", "requested_by", "requested_at", "started_at", "finished_at",
+                       "attempts", "test_set", "baseline", "steps_table", "metrics_table", "gates_table",
+                       "environment_table"]
+    exclude = ["result", "gate_overrides", "gates_applied"]
+
+    @admin.display(description="steps")
+    def steps_table(self, obj: ValidationReport) -> str:
+        return _table(obj.result.get("steps", []), ["name", "status", "duration_ms", "detail"])
+
+    @admin.display(description="metrics")
+    def metrics_table(self, obj: ValidationReport) -> str:
+        metrics = {**obj.result.get("metrics", {}), **{f"baseline {k}": v for k, v in
+                                                       (obj.result.get("baseline_deltas") or {}).items()}}
+        return _table([{"metric": k, "value": v} for k, v in metrics.items()], ["metric", "value"])
+
+    @admin.display(description="gates")
+    def gates_table(self, obj: ValidationReport) -> str:
+        return _table(obj.result.get("gates", []), ["name", "threshold", "measured", "passed", "detail"])
+
+    @admin.display(description="environment")
+    def environment_table(self, obj: ValidationReport) -> str:
+        return _table([{"key": k, "value": v} for k, v in obj.result.get("environment", {}).items()],
+                      ["key", "value"])
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class UploadForm(forms.Form):
     """The admin's upload form; the file goes through the same service as the API."""
 
@@ -78,10 +158,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
     readonly_fields = [
         "model_id", "ai_model", "version", "status", "sha256", "size_bytes", "detected_format", "format_details",
         "storage_location", "original_filename", "input_schema", "output_schema", "target_device_type",
-        "min_memory_mb", "accelerator", "uploaded_by", "uploaded_at", "deprecated_at",
+        "min_memory_mb", "accelerator", "uploaded_by", "uploaded_at", "deprecated_at", "approved_by", "approved_at",
+        "approval_reason",
     ]
     exclude = ["storage_key"]
-    actions = ["deprecate_selected"]
+    actions = ["deprecate_selected", "validate_again", "approve_selected"]
+    inlines = [ValidationReportInline]
 
     @admin.display(description="sha256")
     def short_sha256(self, obj: ModelVersion) -> str:
@@ -103,6 +185,35 @@ class ModelVersionAdmin(admin.ModelAdmin):
         for version in queryset:
             services.model_version_deprecate(model_version=version, actor=request.user)
         self.message_user(request, f"Deprecated {queryset.count()} version(s).", messages.SUCCESS)
+
+    @admin.action(description="Validate again", permissions=["validate"])
+    def validate_again(self, request, queryset):
+        for version in queryset:
+            validation_request(version=version, requested_by=request.user)
+        self.message_user(request, f"Queued validation of {queryset.count()} version(s).", messages.SUCCESS)
+
+    def has_validate_permission(self, request) -> bool:
+        return request.user.has_perm("models_app.validate_modelversion")
+
+    @admin.action(description="Approve for distribution (Admin, with a reason)…", permissions=["approve"])
+    def approve_selected(self, request, queryset):
+        form = ApprovalForm(request.POST if "reason" in request.POST else None)
+        if form.is_valid():
+            for version in queryset:
+                try:
+                    model_version_approve(version=version, actor=request.user, reason=form.cleaned_data["reason"])
+                except ApplicationError as exc:
+                    self.message_user(request, f"{version.model_id}: {exc.message}", messages.ERROR)
+                else:
+                    self.message_user(request, f"Approved {version.model_id}.", messages.SUCCESS)
+            return None
+        context = {**self.admin_site.each_context(request), "form": form, "versions": queryset,
+                   "opts": self.model._meta, "title": "Approve for distribution",
+                   "action_checkbox_name": ACTION_CHECKBOX_NAME}
+        return TemplateResponse(request, "admin/models_app/approve.html", context)
+
+    def has_approve_permission(self, request) -> bool:
+        return request.user.has_perm("models_app.approve_modelversion")
 
     def has_deprecate_permission(self, request) -> bool:
         return request.user.has_perm("models_app.deprecate_modelversion")

@@ -26,6 +26,7 @@ from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framewo
 from models_app.models import validate_tensor_schema as _validate_tensor_schema
 from models_app.storage import SIGNED_URL_SALT, artifact_store
 from models_app.uploads import ArtifactUploadHandler, PendingArtifact
+from models_app.validation_runs import version_is_distributable
 
 # Room for the multipart boundaries and form fields around the artifact itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -53,6 +54,8 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
     tags = serializers.ListField(source="ai_model.tags", child=serializers.CharField())
     uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
     artifact_location = serializers.SerializerMethodField()
+    approved_by = serializers.CharField(source="approved_by.username", default=None)
+    distributable = serializers.SerializerMethodField()
     device_requirements = serializers.SerializerMethodField()
 
     class Meta:
@@ -61,7 +64,11 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
             "sha256", "size_bytes", "detected_format", "format_details", "original_filename", "artifact_location",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
+            "approved_by", "approved_at", "approval_reason", "distributable",
         ]
+
+    def get_distributable(self, obj: ModelVersion) -> bool:
+        return version_is_distributable(obj)
 
     def get_artifact_location(self, obj: ModelVersion) -> str:
         return artifact_store().location(obj.storage_key)

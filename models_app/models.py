@@ -101,6 +101,10 @@ class AIModel(models.Model):
     tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="owned_models")
+    # Quality gates for this model over the defaults: {"max_latency_p99_ms": 50, ...,
+    # "device_classes": {"edge-camera": {"max_latency_p99_ms": 30}}}; accuracy metric and test set defaults.
+    quality_gates = models.JSONField(default=dict, blank=True)
+    accuracy_metric = models.CharField(max_length=32, default="top1")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -124,6 +128,8 @@ class ModelVersion(models.Model):
         VALIDATING = "validating"
         PASSED = "passed"
         FAILED = "failed"
+        # Stored and checked, but its framework cannot be executed here: an Admin must approve it.
+        NEEDS_APPROVAL = "needs_approval"
         DEPRECATED = "deprecated"
 
     ai_model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="versions")
@@ -155,6 +161,12 @@ class ModelVersion(models.Model):
     uploaded_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deprecated_at = models.DateTimeField(null=True, blank=True)
+    # An Admin's recorded decision to ship a version validation could not pass (not executable here, or a
+    # failed gate overridden); audited in ValidationReport history and the admin log.
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="approved_versions")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approval_reason = models.TextField(blank=True, max_length=2000)
 
     class Meta:
         ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]
@@ -164,7 +176,8 @@ class ModelVersion(models.Model):
             models.CheckConstraint(condition=Q(sha256__regex=SHA256_PATTERN), name="modelversion_sha256_format"),
             models.CheckConstraint(condition=Q(size_bytes__gte=1), name="modelversion_size_positive"),
             models.CheckConstraint(condition=Q(version__regex=SEMVER_PATTERN), name="modelversion_semver"),
-            models.CheckConstraint(condition=Q(status__in=["uploaded", "validating", "passed", "failed", "deprecated"]),
+            models.CheckConstraint(condition=Q(status__in=["uploaded", "validating", "passed", "failed",
+                                                           "needs_approval", "deprecated"]),
                                    name="modelversion_status_valid"),
         ]
         permissions = [
@@ -177,3 +190,64 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.model_id
+
+
+class TestSet(models.Model):
+    """A labelled test set (.npz with inputs and labels) for a model's accuracy step, stored like artifacts."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    ai_model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="test_sets")
+    name = models.CharField(max_length=100)
+    storage_key = models.CharField(max_length=512, unique=True)
+    sha256 = models.CharField(max_length=64, validators=[sha256_validator])
+    size_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    arrays = models.JSONField(default=dict, blank=True, help_text="array name -> shape and dtype")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-uploaded_at"]
+        constraints = [models.UniqueConstraint(fields=["ai_model", "name"], name="testset_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.ai_model.name}/{self.name}"
+
+
+class ValidationReport(models.Model):
+    """One validation run of a version: its request, every step's outcome, metrics, gates and environment."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        PASSED = "passed"
+        FAILED = "failed"
+        NOT_EXECUTED = "not_executed"
+        ERROR = "error"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="validation_reports")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    test_set = models.ForeignKey(TestSet, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    gate_overrides = models.JSONField(default=dict, blank=True)
+    gates_applied = models.JSONField(default=dict, blank=True)
+    baseline = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    summary = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="steps, metrics, baseline deltas, gates, environment")
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["version", "-requested_at"], name="report_version_time_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["pending", "running", "passed", "failed", "not_executed",
+                                                           "error"]), name="validationreport_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version.model_id} #{self.pk} {self.status}"

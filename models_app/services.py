@@ -15,6 +15,7 @@ from models_app.formats import ArtifactFormatError
 from models_app.models import SEMVER_PATTERN, AIModel, Framework, ModelVersion
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
+from models_app.validation_runs import validation_request
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def model_version_upload(
             )
             model_version.full_clean()
             model_version.save()
+            validation_request(version=model_version, requested_by=uploaded_by)
     except IntegrityError:
         # Another upload of the same name+version committed first: same bytes → return it, else conflict.
         artifact.discard()

@@ -3,7 +3,7 @@
 from django.urls import path
 
 from hotswap.lib.routing import method_router
-from models_app import apis
+from models_app import apis, validation_apis
 
 urlpatterns = [
     path("models", method_router("Models", get=apis.ModelVersionListApi, post=apis.ModelVersionUploadApi),
@@ -16,5 +16,12 @@ urlpatterns = [
          method_router("Model", get=apis.ModelVersionGetApi, delete=apis.ModelVersionDeleteApi),
          name="model-detail"),
     path("models/<str:model_id>/download", apis.ModelDownloadApi.as_view(), name="model-download"),
+    path("models/<str:name>/test-sets",
+         method_router("TestSets", get=validation_apis.TestSetListApi, post=validation_apis.TestSetUploadApi),
+         name="model-test-sets"),
+    path("models/<str:model_id>/validate", validation_apis.ModelVersionValidateApi.as_view(), name="model-validate"),
+    path("models/<str:model_id>/validation-report", validation_apis.ModelVersionValidationReportApi.as_view(),
+         name="model-validation-report"),
+    path("models/<str:model_id>/approve", validation_apis.ModelVersionApproveApi.as_view(), name="model-approve"),
     path("artifacts/<str:token>", apis.artifact_signed_download, name="artifact-signed-download"),
 ]

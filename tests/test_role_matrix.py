@@ -11,10 +11,11 @@ from devices.services.registry import device_register
 from hotswap.accounts.roles import Role
 from hotswap.accounts.services import api_token_create
 from models_app import services
+from models_app.models import ModelVersion
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
 from tests.artifacts import onnx_model_bytes
-from tests.models_app.conftest import upload
+from tests.models_app.conftest import upload, upload_test_set
 
 pytestmark = pytest.mark.django_db
 
@@ -31,6 +32,11 @@ MATRIX = [
     ("GET", "/api/v1/models/{name}/versions", EVERYONE),
     ("GET", "/api/v1/models/{name}/versions/{version}", EVERYONE),
     ("POST", "/api/v1/models/{name}/versions/{version}/deprecate", {ADMIN, DEV}),
+    ("POST", "/api/v1/models/{model_id}/validate", {ADMIN, DEV}),
+    ("GET", "/api/v1/models/{model_id}/validation-report", EVERYONE),
+    ("POST", "/api/v1/models/{model_id}/approve", {ADMIN}),
+    ("GET", "/api/v1/models/{name}/test-sets", EVERYONE),
+    ("POST", "/api/v1/models/{name}/test-sets", {ADMIN, DEV}),
     ("GET", "/api/v1/auth/me", EVERYONE),
     ("GET", "/api/v1/tokens", {ADMIN}),
     ("POST", "/api/v1/tokens", {ADMIN}),
@@ -61,6 +67,7 @@ def fixtures(make_user):
     artifact = PendingArtifact.receive(artifact_store(), [onnx_model_bytes()], filename="m.onnx", max_bytes=10**9)
     version, _ = services.model_version_upload(artifact=artifact, name="matrix", version="1.0.0", framework="onnx",
                                                uploaded_by=owner)
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)  # so it can be approved
     token, _key = api_token_create(user=owner, name="ci", created_by=owner)
     device = device_register(device_id="matrix-device", region="eu-west")
     credential, _raw = device_credential_issue(device=device)
@@ -72,6 +79,8 @@ def fixtures(make_user):
 def _request(client: APIClient, method: str, path: str):
     if method == "POST" and path == "/api/v1/models":
         return upload(client, onnx_model_bytes(hidden=5), name="matrix-upload")
+    if method == "POST" and path.endswith("/test-sets"):
+        return upload_test_set(client, "matrix")
     if method == "POST" and path == "/api/v1/tokens":
         return client.post(path, {"name": "another"}, format="json")
     bodies = {
@@ -81,6 +90,8 @@ def _request(client: APIClient, method: str, path: str):
         ("PUT", "/api/v1/devices/matrix-device/desired"): {"version": None},
         ("POST", "/api/v1/devices/desired"): {"version": None, "device_ids": ["matrix-device"]},
         ("POST", "/api/v1/enrollment-keys"): {"name": "another"},
+        ("POST", "/api/v1/models/matrix-1.0.0/approve"): {"reason": "Risk accepted for the matrix test."},
+        ("POST", "/api/v1/models/matrix-1.0.0/validate"): {},
     }
     if (method, path) in bodies:
         return getattr(client, method.lower())(path, bodies[method, path], format="json")

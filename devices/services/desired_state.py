@@ -28,8 +28,11 @@ class DesiredStateResult:
 
 
 def _refusal(version: ModelVersion, rollback: bool) -> str | None:
-    if version.status == ModelVersion.Status.FAILED:
-        return f"{version.model_id} failed validation and cannot be deployed."
+    approved = version.approved_at is not None
+    if version.status == ModelVersion.Status.FAILED and not approved:
+        return f"{version.model_id} failed validation; an Admin must approve it (with a reason) before it ships."
+    if version.status == ModelVersion.Status.NEEDS_APPROVAL and not approved:
+        return f"{version.model_id} could not be executed by validation; an Admin must approve it before it ships."
     if version.status == ModelVersion.Status.DEPRECATED and not rollback:
         return f"{version.model_id} is deprecated; only a rollback may return to it."
     return None

@@ -1,6 +1,7 @@
 """desired_state_set: the one place desired state changes; idempotent, with reasons for skipped devices."""
 
 import pytest
+from django.utils import timezone
 
 from devices.models import DesiredState, Device
 from devices.services.desired_state import desired_state_set
@@ -63,6 +64,20 @@ def test_it_refuses_failed_versions_and_deprecated_ones_unless_rolling_back():
     version.refresh_from_db()
     with pytest.raises(ApplicationError, match="failed validation"):
         desired_state_set(devices=[device], version=version, rollback=True)
+
+    ModelVersion.objects.filter(pk=version.pk).update(approved_at=timezone.now(), approval_reason="known issue")
+    version.refresh_from_db()
+    assert desired_state_set(devices=[device], version=version).changed == 1  # an Admin's override counts
+
+
+def test_it_refuses_unexecuted_versions_until_an_admin_approves_them():
+    device, _ = device_with_credential()
+    version, _ = registry_version()
+    ModelVersion.objects.filter(pk=version.pk).update(status="needs_approval")
+    version.refresh_from_db()
+
+    with pytest.raises(ApplicationError, match="must approve"):
+        desired_state_set(devices=[device], version=version)
 
 
 def test_clearing_the_desired_state_is_idempotent():

@@ -52,3 +52,21 @@ def sha256(content: bytes) -> str:
 @pytest.fixture
 def onnx_bytes() -> bytes:
     return onnx_model_bytes()
+
+
+def npz_bytes(**arrays) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **(arrays or {"inputs": np.zeros((4, 4), dtype=np.float32), "labels": np.zeros(4, np.int64)}))
+    return buffer.getvalue()
+
+
+def upload_test_set(client, model: str, name: str = "holdout", content: bytes | None = None):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(f"/api/v1/models/{model}/test-sets",
+                       {"name": name, "artifact": SimpleUploadedFile("set.npz", content or npz_bytes())},
+                       format="multipart")

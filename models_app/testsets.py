@@ -1,0 +1,47 @@
+"""Labelled test sets (.npz): checked by reading only the archive's directory and each array's header."""
+
+from __future__ import annotations
+
+import ast
+import zipfile
+from typing import BinaryIO
+
+from hotswap.exceptions import ApplicationError
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def npz_arrays(handle: BinaryIO) -> dict[str, dict]:
+    """{array name: {"shape", "dtype"}} of an .npz, without loading any array (and without numpy)."""
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            arrays = {}
+            for info in archive.infolist()[:1000]:
+                if not info.filename.endswith(".npy") or "/" in info.filename or info.file_size > 2**34:
+                    raise ValueError(f"unexpected entry {info.filename!r}")
+                with archive.open(info) as member:
+                    arrays[info.filename[:-4]] = _npy_header(member.read(4096))
+    except (zipfile.BadZipFile, ValueError, SyntaxError, KeyError) as exc:
+        raise ApplicationError(f"A test set must be a NumPy .npz archive: {exc}.", code="INVALID_TEST_SET",
+                               details=[{"field": "test_set", "message": str(exc)}]) from exc
+    if "labels" not in arrays or len(arrays) < 2:
+        raise ApplicationError("A test set needs a 'labels' array and the inputs ('inputs' or one array per model "
+                               "input name).", code="INVALID_TEST_SET",
+                               details=[{"field": "test_set", "message": "Missing arrays."}])
+    samples = {spec["shape"][0] if spec["shape"] else None for spec in arrays.values()}
+    if len(samples) != 1 or None in samples:
+        raise ApplicationError("Every array of a test set needs the same number of samples (first dimension).",
+                               code="INVALID_TEST_SET", details=[{"field": "test_set", "message": "Sizes differ."}])
+    return arrays
+
+
+def _npy_header(head: bytes) -> dict:
+    if not head.startswith(_NPY_MAGIC):
+        raise ValueError("an entry is not a .npy array")
+    major = head[6]
+    length_bytes = 2 if major == 1 else 4
+    length = int.from_bytes(head[8:8 + length_bytes], "little")
+    header = ast.literal_eval(head[8 + length_bytes:8 + length_bytes + length].decode("latin1"))
+    if not isinstance(header, dict) or "shape" not in header or "descr" not in header:
+        raise ValueError("an array header is malformed")
+    return {"shape": list(header["shape"]), "dtype": str(header["descr"])}

@@ -1,0 +1,175 @@
+"""Validation API: request a validation, read its reports, attach labelled test sets, approve (Admin)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from hotswap.accounts.throttles import MonitorThrottle
+from hotswap.exceptions import NotFoundError
+from hotswap.lib.pagination import paginated_response
+from models_app import selectors, validation_runs
+from models_app.apis import ModelVersionOutputSerializer, _received_artifact
+from models_app.models import AIModel, TestSet, ValidationReport
+from models_app.storage import artifact_store
+from models_app.uploads import ArtifactUploadHandler
+
+
+class ValidationReportOutputSerializer(serializers.ModelSerializer):
+    """A validation run with its steps, metrics, gates and environment."""
+
+    validation_id = serializers.IntegerField(source="pk")
+    model_id = serializers.CharField(source="version.model_id")
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    test_set = serializers.CharField(source="test_set.name", default=None)
+    baseline_model_id = serializers.CharField(source="baseline.version.model_id", default=None)
+    steps = serializers.JSONField(source="result.steps", default=list)
+    metrics = serializers.JSONField(source="result.metrics", default=dict)
+    baseline_deltas = serializers.JSONField(source="result.baseline_deltas", default=dict)
+    gates = serializers.JSONField(source="result.gates", default=list)
+    environment = serializers.JSONField(source="result.environment", default=dict)
+
+    class Meta:
+        model = ValidationReport
+        fields = ["validation_id", "model_id", "status", "summary", "requested_by", "requested_at", "started_at",
+                  "finished_at", "attempts", "test_set", "gate_overrides", "gates_applied", "baseline_model_id",
+                  "steps", "metrics", "baseline_deltas", "gates", "environment"]
+
+
+class ModelVersionValidateApi(APIView):
+    """Queues a validation of a version (202); a validation already queued or running is returned instead."""
+
+    required_permission = "models_app.validate_modelversion"
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        test_set = serializers.CharField(required=False, allow_null=True, default=None,
+                                         help_text="name of one of the model's test sets")
+        gates = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
+
+    @extend_schema(summary="Validate a model version",
+                   description="Roles: Admin, ModelDeveloper. Runs on a worker in an isolated child process. "
+                               f"Gates: {', '.join(sorted(settings.VALIDATION_GATES))}. Errors: 400 "
+                               "VALIDATION_ERROR, 404 MODEL_NOT_FOUND / TEST_SET_NOT_FOUND, 409 VERSION_DEPRECATED.",
+                   request=InputSerializer, responses={202: ValidationReportOutputSerializer,
+                                                       404: OpenApiResponse(description="not found")})
+    def post(self, request: Request, model_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        version = selectors.model_version_get(model_id=model_id)
+        test_set = None
+        if name := serializer.validated_data["test_set"]:
+            test_set = TestSet.objects.filter(ai_model=version.ai_model, name=name).first()
+            if test_set is None:
+                raise NotFoundError(f"Model '{version.ai_model.name}' has no test set '{name}'.",
+                                    code="TEST_SET_NOT_FOUND")
+        report = validation_runs.validation_request(version=version, requested_by=request.user, test_set=test_set,
+                                                    gate_overrides=serializer.validated_data["gates"])
+        return Response(ValidationReportOutputSerializer(report).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ModelVersionValidationReportApi(APIView):
+    """The latest validation report of a version (`?all=true`: every report, newest first)."""
+
+    required_permission = "models_app.view_modelversion"
+    throttle_classes = [MonitorThrottle]
+
+    @extend_schema(summary="Validation report of a version", description="Roles: all.",
+                   parameters=[OpenApiParameter("all", bool)],
+                   responses={200: ValidationReportOutputSerializer,
+                              404: OpenApiResponse(description="MODEL_NOT_FOUND / NO_VALIDATION_REPORT")})
+    def get(self, request: Request, model_id: str) -> Response:
+        version = selectors.model_version_get(model_id=model_id)
+        reports = version.validation_reports.select_related("requested_by", "test_set", "baseline__version")
+        if request.query_params.get("all") in ("1", "true", "yes"):
+            return paginated_response(request=request, view=self, queryset=reports,
+                                      serializer_class=ValidationReportOutputSerializer)
+        latest = reports.first()
+        if latest is None:
+            raise NotFoundError(f"{model_id} has not been validated yet.", code="NO_VALIDATION_REPORT")
+        return Response(ValidationReportOutputSerializer(latest).data)
+
+
+class ModelVersionApproveApi(APIView):
+    """An Admin approves a version that could not pass validation (not executable here, or a gate overridden)."""
+
+    required_permission = "models_app.approve_modelversion"
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000)
+
+    @extend_schema(summary="Approve a version for distribution",
+                   description="Roles: Admin. The reason is recorded. 409 APPROVAL_NOT_NEEDED unless the version "
+                               "failed validation or needs approval.",
+                   request=InputSerializer, responses={200: ModelVersionOutputSerializer})
+    def post(self, request: Request, model_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        version = validation_runs.model_version_approve(
+            version=selectors.model_version_get(model_id=model_id), actor=request.user,
+            reason=serializer.validated_data["reason"])
+        return Response(ModelVersionOutputSerializer(version).data)
+
+
+class TestSetOutputSerializer(serializers.ModelSerializer):
+    """A labelled test set."""
+
+    model = serializers.CharField(source="ai_model.name")
+    uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
+
+    class Meta:
+        model = TestSet
+        fields = ["id", "model", "name", "sha256", "size_bytes", "arrays", "uploaded_by", "uploaded_at"]
+
+
+def _model(name: str) -> AIModel:
+    ai_model = AIModel.objects.filter(name=name).first()
+    if ai_model is None:
+        raise NotFoundError(f"Model '{name}' does not exist.", code="MODEL_NOT_FOUND")
+    return ai_model
+
+
+class TestSetListApi(APIView):
+    """The labelled test sets of a model."""
+
+    required_permission = "models_app.view_modelversion"
+
+    @extend_schema(summary="List a model's test sets", description="Roles: all.",
+                   responses={200: TestSetOutputSerializer(many=True)})
+    def get(self, request: Request, name: str) -> Response:
+        return paginated_response(request=request, view=self, queryset=_model(name).test_sets.all(),
+                                  serializer_class=TestSetOutputSerializer)
+
+
+class TestSetUploadApi(APIView):
+    """Uploads a labelled .npz test set (arrays `labels` and `inputs` or one per input name)."""
+
+    required_permission = "models_app.validate_modelversion"
+    parser_classes = [MultiPartParser]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+        artifact = serializers.FileField(required=False, allow_empty_file=True, help_text="the .npz file")
+
+    @extend_schema(summary="Upload a labelled test set", description="Roles: Admin, ModelDeveloper. 400 "
+                   "INVALID_TEST_SET, 409 TEST_SET_EXISTS.",
+                   request={"multipart/form-data": InputSerializer}, responses={201: TestSetOutputSerializer})
+    def post(self, request: Request, name: str) -> Response:
+        ai_model = _model(name)
+        handler = ArtifactUploadHandler(request._request, store=artifact_store(), max_bytes=settings.ARTIFACT_MAX_BYTES)
+        request._request.upload_handlers = [handler]
+        try:
+            serializer = self.InputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            test_set = validation_runs.test_set_upload(
+                ai_model=ai_model, name=serializer.validated_data["name"],
+                artifact=_received_artifact(request, handler), uploaded_by=request.user)
+        finally:
+            handler.discard_all()
+        return Response(TestSetOutputSerializer(test_set).data, status=status.HTTP_201_CREATED)
