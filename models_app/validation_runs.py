@@ -19,6 +19,7 @@ from hotswap.exceptions import ApplicationError, ConflictError
 from models_app.models import ModelVersion, TestSet, ValidationReport
 from models_app.storage import artifact_store
 from models_app.testsets import npz_arrays
+from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def _baseline(version: ModelVersion) -> ValidationReport | None:
 
 def validation_run(*, report_id: int) -> ValidationReport | None:
     """Runs one claimed validation end to end; returns None when the report was not claimable (idempotent)."""
-    from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
-
     if not _claim(report_id):
         return None
     report = ValidationReport.objects.select_related("version__ai_model", "test_set").get(pk=report_id)
@@ -135,6 +134,7 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
     gates = gates_for(version, report.gate_overrides)
     config = ValidationConfig(
         framework=version.ai_model.framework, detected_format=version.detected_format,
+        format_details=version.format_details or {},
         expected_sha256=version.sha256, expected_size=version.size_bytes,
         declared_inputs=version.input_schema or [], declared_outputs=version.output_schema or [],
         symbolic_dims={}, warmup_runs=settings.VALIDATION_WARMUP_RUNS,

@@ -197,3 +197,136 @@ def zip_encrypted_bytes() -> bytes:
         while (start := data.find(signature, start + 1)) != -1:
             data[start + flag_at] |= 0x01
     return bytes(data)
+
+
+# Validation pipeline models (tests/models_app/validation, bench/validation.py).
+
+
+def _finish_model(graph: onnx.GraphProto, *, opsets: Sequence[tuple[str, int]] = (("", 17),),
+                  check: bool = True) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets],
+                              producer_name="hotswap-tests")
+    model.ir_version = 8
+    if check:
+        onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def classifier_onnx_bytes(weights: np.ndarray, bias: np.ndarray, *, input_name: str = "input") -> bytes:
+    """softmax(x @ weights + bias): [batch, features] → [batch, classes] probabilities."""
+    features, classes = weights.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [input_name, "weights"], ["logits_raw"]),
+         helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        "classifier",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(weights.astype(np.float32), "weights"),
+                     numpy_helper.from_array(bias.astype(np.float32), "bias")],
+    )
+    return _finish_model(graph)
+
+
+def slow_onnx_bytes(*, size: int = 1024, depth: int = 8, batch: int = 256) -> bytes:
+    """A chain of `depth` [batch, size] @ [size, size] MatMuls sharing one weight: slow to run, small on disk."""
+    weight = (np.random.default_rng(0).standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    nodes, previous = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [previous, "w"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, size])],
+                              initializer=[numpy_helper.from_array(weight, "w")])
+    return _finish_model(graph)
+
+
+def allocation_bomb_onnx_bytes(*, op: str = "ConstantOfShape", elements: int = 10 * 1024**3) -> bytes:
+    """A 100-byte model that allocates `elements` float32s (40 GB by default) at run time, then sums them."""
+    shape = numpy_helper.from_array(np.array([elements // 1024, 1024], np.int64), "shape")
+    if op == "ConstantOfShape":
+        make = helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                                value=helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0]))
+    else:
+        make = helper.make_node("Expand", ["x", "shape"], ["big"])
+    graph = helper.make_graph(
+        [make, helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+         helper.make_node("Add", ["x", "total"], ["y"])],
+        "allocation_bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[shape],
+    )
+    return _finish_model(graph)
+
+
+def missing_initializer_onnx_bytes() -> bytes:
+    """MatMul(x, w) where 'w' is neither an input, an initializer nor any node's output."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "missing_initializer",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    return _finish_model(graph, check=False)
+
+
+def custom_op_onnx_bytes() -> bytes:
+    """Checker-valid (unknown domains are not checked) but no runtime implements com.example:Mystery."""
+    graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="com.example")], "custom_op",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return _finish_model(graph, opsets=(("", 17), ("com.example", 1)))
+
+
+def endless_loop_onnx_bytes() -> bytes:
+    """A Loop with 2**62 iterations and an always-true condition: effectively runs forever."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trip_count", "keep_going", "x"], ["y"], body=body)], "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.array(2**62, np.int64), "trip_count"),
+                     numpy_helper.from_array(np.array(True), "keep_going")],
+    )
+    return _finish_model(graph)
+
+
+def big_weight_onnx_bytes(*, megabytes: int = 100) -> bytes:
+    """x [1, n] @ w [n, n] with w about `megabytes` MB of random float32: a big initializer the graph really uses."""
+    n = int(math.sqrt(megabytes * 1024**2 / 4))
+    weight = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big_weight",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+                              initializer=[numpy_helper.from_array(weight, "w")])
+    return _finish_model(graph)
+
+
+def external_data_package_bytes(*, location: str = "weights.bin", model_file: str = "model/model.onnx") -> bytes:
+    """A ZIP package whose model keeps its initializers in `location`, stored next to model_file."""
+    model = onnx.load_from_string(onnx_model_bytes(hidden=64))
+    blob = bytearray()
+    # By hand rather than onnx's converter, which refuses (rightly) to write outside the model's folder.
+    for tensor in model.graph.initializer:
+        raw = tensor.raw_data
+        onnx.external_data_helper.set_external_data(tensor, location=location, offset=len(blob), length=len(raw))
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+        blob += raw
+    folder = model_file.rsplit("/", 1)[0] + "/" if "/" in model_file else ""
+    return zip_package_bytes(model.SerializeToString(), model_file=model_file,
+                             extra_entries={f"{folder}{location}": bytes(blob)})
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

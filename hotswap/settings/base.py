@@ -145,8 +145,8 @@ from hotswap.settings.api import *  # noqa: E402,F403
 from hotswap.settings.devices import *  # noqa: E402,F403
 from hotswap.settings.storage import *  # noqa: E402,F403
 from hotswap.settings.tasks import *  # noqa: E402,F403
-from hotswap.settings.validation import *  # noqa: E402,F403
 from hotswap.settings.tasks import celery_broker_url  # noqa: E402
+from hotswap.settings.validation import *  # noqa: E402,F403
 
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 CELERY_RESULT_BACKEND = None

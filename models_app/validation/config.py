@@ -22,9 +22,9 @@ DEFAULT_GATES: dict[str, float | None] = {
     "max_accuracy_drop": 0.10,
 }
 
-# Measured: the child (Python, numpy, onnx, onnxruntime, a small model loaded and run with one intra-op
-# thread) peaks at ~185 MB of address space, ~320 MB with two threads (glibc reserves a 64 MB malloc arena
-# per thread even with MALLOC_ARENA_MAX=2). Below this floor nothing would load, so it is refused up front.
+# Measured (onnxruntime 1.32, Python 3.11): the child validating a small model peaks at ~185 MB of address
+# space with one intra-op thread and still passes under 384 MB with four (MALLOC_ARENA_MAX=2 caps glibc's
+# 64 MB per-thread arenas). Below this floor Python and onnxruntime themselves would not fit.
 MIN_MEMORY_MB = 384
 
 
@@ -34,9 +34,10 @@ class ResourceLimits:
 
     cpu_seconds: float = 300.0
     wall_seconds: float = 600.0
-    # RLIMIT_AS, i.e. virtual memory. A model of S bytes needs about 300 MB + 3 S here (onnx.load, the checker
-    # and onnxruntime's session each hold a copy for a moment), so 4096 MB validates models up to ~1.2 GB while
-    # a graph that allocates without bound fails within milliseconds instead of swapping the worker's host.
+    # RLIMIT_AS, i.e. address space, not RSS. A model of S bytes needs about 200 MB + 3 S (onnx.load, the
+    # checker and the session each hold a copy for a moment; a 100 MB model passes at 512 MB), so 4096 MB
+    # validates models up to ~1.3 GB, while a graph that allocates without bound fails within milliseconds
+    # instead of pushing the worker's host into the OOM killer.
     memory_mb: int = 4096
 
     def __post_init__(self) -> None:

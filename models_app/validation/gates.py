@@ -54,12 +54,20 @@ def baseline_deltas(metrics: dict[str, Any], baseline: dict[str, Any] | None) ->
     return deltas
 
 
+def _figure(value: float) -> str:
+    rounded = round(value, 6)
+    if rounded.is_integer():
+        return f"{rounded:.0f}"
+    magnitude = abs(value)
+    return f"{value:.0f}" if magnitude >= 100 else f"{value:.2f}" if magnitude >= 1 else f"{value:.3g}"
+
+
 def _show(value: float, unit: str) -> str:
     if unit == "%":
-        return f"{value * 100:.2f}%"
+        return f"{_figure(value * 100)}%"
     if unit == "pp":
-        return f"{value * 100:.2f} pp"
-    return f"{value:.4g} {unit}"
+        return f"{_figure(value * 100)} pp"
+    return f"{_figure(value)} {unit}"
 
 
 def judge(gate: Gate, threshold: float | None, measured: float | None) -> GateResult:
@@ -70,7 +78,7 @@ def judge(gate: Gate, threshold: float | None, measured: float | None) -> GateRe
     shown, limit = _show(measured, gate.unit), _show(threshold, gate.unit)
     if gate.bound == "max":
         passed = measured <= threshold
-        verdict = f"within the maximum of {limit}" if passed else f"exceeds the maximum of {limit}"
+        verdict = f"is within the maximum of {limit}" if passed else f"exceeds the maximum of {limit}"
     else:
         passed = measured >= threshold
         verdict = f"meets the minimum of {limit}" if passed else f"is below the minimum of {limit}"

@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -19,6 +20,8 @@ _MAX_RATIO = 200
 _RATIO_FLOOR = 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CHUNK = 1024 * 1024
+# What zipfile raises on damaged archives: bad offsets, CRC mismatches, unsupported compression.
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)
 
 
 class PackageError(Exception):
@@ -39,7 +42,10 @@ class ModelPackage:
     """A ZIP model package opened read-only, from which single named members are extracted."""
 
     def __init__(self, path: str, *, max_bytes: int = MAX_EXTRACT_BYTES):
-        self._archive = zipfile.ZipFile(path)
+        try:
+            self._archive = zipfile.ZipFile(path)
+        except _CORRUPT as exc:
+            raise PackageError(f"the archive is corrupt: {exc}") from exc
         self._max_bytes = max_bytes
         # Unsafe names are never indexed, so they can never be extracted.
         self._members: dict[str, zipfile.ZipInfo] = {}
@@ -60,10 +66,14 @@ class ModelPackage:
 
     def model_file(self) -> str:
         info = self._member(MANIFEST, "manifest.json")
+        self._check_entry(MANIFEST, info)
         if info.file_size > _MANIFEST_BYTES:
             raise PackageError(f"manifest.json is larger than {_MANIFEST_BYTES} bytes")
-        with self._archive.open(info) as handle:
-            raw = handle.read(_MANIFEST_BYTES + 1)
+        try:
+            with self._archive.open(info) as handle:
+                raw = handle.read(_MANIFEST_BYTES + 1)
+        except _CORRUPT as exc:
+            raise PackageError(f"manifest.json cannot be read: {exc}") from exc
         try:
             manifest = json.loads(raw)
         except ValueError as exc:
@@ -76,12 +86,7 @@ class ModelPackage:
     def extract(self, member: str, dest_root: Path) -> Path:
         """Writes one member to dest_root/member and returns its path; nothing else is ever written."""
         info = self._member(member, "file")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise PackageError(f"{member!r} is a symbolic link; links are not allowed")
-        if info.is_dir():
-            raise PackageError(f"{member!r} is a folder, not a file")
-        if info.flag_bits & 0x1:
-            raise PackageError(f"{member!r} is encrypted")
+        self._check_entry(member, info)
         if info.file_size > self._max_bytes:
             raise PackageError(f"{member!r} is {info.file_size} bytes; the limit is {self._max_bytes}")
         if info.file_size > _RATIO_FLOOR and info.file_size > _MAX_RATIO * info.compress_size:
@@ -90,9 +95,21 @@ class ModelPackage:
         target.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL | O_NOFOLLOW: never overwrite, never write through a link planted by an earlier member.
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out, self._archive.open(info) as source:
-            shutil.copyfileobj(source, out, _CHUNK)  # zipfile stops at file_size and checks the CRC
+        try:
+            with os.fdopen(fd, "wb") as out, self._archive.open(info) as source:
+                shutil.copyfileobj(source, out, _CHUNK)  # zipfile stops at file_size and checks the CRC
+        except _CORRUPT as exc:
+            raise PackageError(f"{member!r} cannot be extracted: {exc}") from exc
         return target
+
+    @staticmethod
+    def _check_entry(name: str, info: zipfile.ZipInfo) -> None:
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise PackageError(f"{name!r} is a symbolic link; links are not allowed")
+        if info.is_dir():
+            raise PackageError(f"{name!r} is a folder, not a file")
+        if info.flag_bits & 0x1:
+            raise PackageError(f"{name!r} is encrypted")
 
     def _member(self, name: str, what: str) -> zipfile.ZipInfo:
         info = self._members.get(name)

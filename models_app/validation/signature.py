@@ -74,7 +74,7 @@ def declared_specs(items: list[dict[str, Any]], kind: str) -> list[TensorSpec]:
     """The declared schema as TensorSpecs; ValueError names the malformed entry."""
     specs = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("dtype"), str):
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("dtype"), str)):
             raise ValueError(f"declared {kind} #{index + 1} needs a name and a dtype: {item!r}")
         shape = item.get("shape")
         if shape is not None and not (isinstance(shape, list | tuple) and all(

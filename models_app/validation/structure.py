@@ -13,8 +13,9 @@ from models_app.validation.package import ModelPackage, PackageError, safe_membe
 from models_app.validation.result import StepResult
 
 
-def check_structure(step: StepResult, path: str, *, detected_format: str, work_dir: Path) -> onnx.ModelProto | None:
-    """Validates the ONNX model inside the artifact; returns it (without external data) and sets data['model_path']."""
+def check_structure(step: StepResult, path: str, *, detected_format: str,
+                    work_dir: Path) -> tuple[onnx.ModelProto, str] | None:
+    """Validates the ONNX model inside the artifact; returns it (without external data) and the path to load."""
     package: ModelPackage | None = None
     try:
         if detected_format == "zip_package":
@@ -59,7 +60,6 @@ def check_structure(step: StepResult, path: str, *, detected_format: str, work_d
         return None
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
     step.data.update(
-        model_path=str(model_path),
         ir_version=model.ir_version,
         opsets=opsets,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
@@ -70,7 +70,7 @@ def check_structure(step: StepResult, path: str, *, detected_format: str, work_d
     step.detail = (f"valid ONNX, IR version {model.ir_version}, opsets "
                    + ", ".join(f"{domain} {version}" for domain, version in opsets.items())
                    + f", {len(model.graph.node)} nodes")
-    return model
+    return model, str(model_path)
 
 
 def external_locations(model: onnx.ModelProto) -> set[str]:
