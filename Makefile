@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run test lint bench bench-upload bench-checkin install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,16 @@ test: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 
-## bench: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
-bench: install-dev
+## bench: both benchmarks below (upload, then check-in)
+bench: bench-upload bench-checkin
+
+## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
+bench-upload: install-dev
 	$(PY) bench/upload.py $(BENCH_ARGS)
+
+## bench-checkin: device check-ins/s and p50/p99 (304 path; with a metric window) vs a trivial view, 10,000 devices, wrk
+bench-checkin: install-dev
+	$(PY) bench/checkin.py $(CHECKIN_BENCH_ARGS)
 
 clean:
 	rm -rf var/test var/bench .pytest_cache

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import hashlib
 import io
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,35 +21,34 @@ import time
 import uuid
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import psutil  # noqa: E402
-import requests  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+import psutil
+import requests
 
-from hotswap.lib.localservices import (  # noqa: E402
-    embedded_postgres_url,
-    embedded_redis_url,
-    free_port,
-    port_open,
-    start_seaweedfs,
+from bench._stack import (
+    BASE_DIR,
+    MB,
+    BenchError,
+    database_url,
+    drop_database,
+    flush_redis,
+    make_onnx,
+    manage,
+    redis_url,
+    sha256_of,
+    start_gunicorn,
+    stop_process_group,
+    tail,
 )
+from hotswap.lib.localservices import free_port, start_seaweedfs
 
-MB = 1024 * 1024
 BUCKET = "hotswap-bench"
 BENCH_DB = "hotswap_bench"
-MACHINE_PG = "postgresql://postgres@127.0.0.1:5432"
-MACHINE_REDIS = "redis://127.0.0.1:6379/8"
+REDIS_DB = 8
 USERNAME = "bench"
 PASSWORD = f"bench-{uuid.uuid4().hex}"
 RATIO_TARGET, RSS_TARGET_MB = 0.8, 150
-
-
-class BenchError(Exception):
-    """A setup or upload step failed; the message says which and why."""
 
 
 class MultipartBody:
@@ -126,100 +122,6 @@ def vm_hwm(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def make_onnx(path: Path, size_bytes: int) -> None:
-    """A real ONNX model, Input[1,4] -> MatMul(W[4,N]) -> Output[1,N], whose weight makes it size_bytes big."""
-    columns = max(1, size_bytes // 16)
-    weight = np.random.default_rng(7).random((4, columns), dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "weight"], ["output"])], "bench",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, columns])],
-        initializer=[numpy_helper.from_array(weight, "weight")],
-    )
-    del weight
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.save(model, str(path))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * MB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def database_url(scratch: Path) -> str:
-    if not port_open("127.0.0.1", 5432):
-        return embedded_postgres_url(scratch / "pg")
-    import psycopg
-
-    with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    return f"{MACHINE_PG}/{BENCH_DB}"
-
-
-def drop_database(url: str) -> None:
-    if url.startswith(MACHINE_PG):
-        import psycopg
-
-        with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def redis_url(scratch: Path) -> str:
-    if not port_open("127.0.0.1", 6379):
-        return embedded_redis_url(scratch / "redis" / "bench.db")
-    flush_redis(MACHINE_REDIS)
-    return MACHINE_REDIS
-
-
-def flush_redis(url: str) -> None:
-    # Database 8 belongs to the bench: throttle counters and queued validation tasks go with each run.
-    import redis
-
-    if url == MACHINE_REDIS:
-        redis.Redis.from_url(url).flushdb()
-
-
-def manage(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BenchError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-
-
-def start_gunicorn(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """gunicorn exactly as runstack starts it, with one worker."""
-    argv = [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
-            "-k", "gthread", "--threads", "4", "-w", "1", "--timeout", "300", "--access-logfile", "-",
-            "--no-control-socket"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (port_open("127.0.0.1", port) and psutil.Process(proc.pid).children()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"gunicorn did not start; its log:\n{tail(log)}")
-        time.sleep(0.2)
-    return proc
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def get_token(base: str) -> str:
@@ -304,7 +206,7 @@ def main() -> int:
         print(f"artifact: {artifact.name}, {size / MB:.1f} MB, sha256 {sha256[:16]}…")
 
         seaweed = start_seaweedfs(scratch / "seaweedfs", BUCKET)
-        db_url, redis_at = database_url(scratch), redis_url(scratch)
+        db_url, redis_at = database_url(scratch, BENCH_DB), redis_url(scratch, REDIS_DB)
         env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
         env.update(
             DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=BUCKET,
@@ -346,7 +248,7 @@ def main() -> int:
         if seaweed:
             seaweed.stop()
         if db_url:
-            drop_database(db_url)
+            drop_database(db_url, BENCH_DB)
         if redis_at:
             flush_redis(redis_at)
 

@@ -1,0 +1,130 @@
+"""What the benchmarks share: the service stack (PostgreSQL, Redis, SeaweedFS, gunicorn), manage.py, artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import psutil
+from onnx import TensorProto, helper, numpy_helper
+
+from hotswap.lib.localservices import embedded_postgres_url, embedded_redis_url, port_open
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+MB = 1024 * 1024
+MACHINE_PG = "postgresql://postgres@127.0.0.1:5432"
+MACHINE_REDIS = "redis://127.0.0.1:6379"
+
+
+class BenchError(Exception):
+    """A setup or measuring step failed; the message says which and why."""
+
+
+def make_onnx(path: Path, size_bytes: int) -> None:
+    """A real ONNX model, Input[1,4] -> MatMul(W[4,N]) -> Output[1,N], whose weight makes it size_bytes big."""
+    columns = max(1, size_bytes // 16)
+    weight = np.random.default_rng(7).random((4, columns), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "weight"], ["output"])], "bench",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, columns])],
+        initializer=[numpy_helper.from_array(weight, "weight")],
+    )
+    del weight
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(path))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * MB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def database_url(scratch: Path, name: str) -> str:
+    """A fresh database `name` on the machine's PostgreSQL when it answers, else an embedded server's URL."""
+    if not port_open("127.0.0.1", 5432):
+        return embedded_postgres_url(scratch / "pg")
+    import psycopg
+
+    with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{MACHINE_PG}/{name}"
+
+
+def drop_database(url: str, name: str) -> None:
+    if url.startswith(MACHINE_PG):
+        import psycopg
+
+        with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def redis_url(scratch: Path, db: int) -> str:
+    """Database `db` of the machine's Redis (emptied) when it answers, else an embedded server's URL."""
+    if not port_open("127.0.0.1", 6379):
+        return embedded_redis_url(scratch / "redis" / "bench.db")
+    url = f"{MACHINE_REDIS}/{db}"
+    flush_redis(url)
+    return url
+
+
+def flush_redis(url: str) -> None:
+    # The machine Redis database belongs to the bench: throttle counters, heartbeats and queued tasks go each run.
+    import redis
+
+    if url.startswith(MACHINE_REDIS):
+        redis.Redis.from_url(url).flushdb()
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def start_gunicorn(env: dict[str, str], port: int, log: Path, *, workers: int = 1, worker_class: str = "gthread",
+                   threads: int = 4, access_log: bool = True, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """gunicorn as runstack starts it (gthread, 4 threads, one worker unless told otherwise)."""
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
+            "-k", worker_class, "-w", str(workers), "--timeout", "300", "--no-control-socket", *extra]
+    if worker_class == "gthread":
+        argv += ["--threads", str(threads)]
+    if access_log:
+        argv += ["--access-logfile", "-"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (port_open("127.0.0.1", port) and len(psutil.Process(proc.pid).children()) >= workers):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"gunicorn did not start; its log:\n{tail(log)}")
+        time.sleep(0.2)
+    return proc
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

@@ -1,0 +1,100 @@
+-- wrk script for bench/checkin.py.
+-- Arguments after `--`: MODE NTHREADS [DEVICES_FILE BODY_FILE]
+--   MODE health:  GET /health (the ceiling: a trivial JSON view on the same server)
+--   MODE checkin: POST /api/v1/devices/checkin as the devices in DEVICES_FILE ("credential etag" per line,
+--                 each thread takes every NTHREADS-th device), with If-None-Match and the body in BODY_FILE.
+--                 {START} and {END} in the body become window times (now - 60 s, now), rebuilt once a second.
+-- done() prints one line `WRK_RESULT {json}` for the Python side.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+local function iso(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", t)
+end
+
+function init(args)
+  mode = args[1]
+  local nthreads = tonumber(args[2])
+  ok, notmod, other = 0, 0, 0
+  if mode == "health" then
+    fixed = wrk.format("GET", "/health")
+    return
+  end
+  local file = assert(io.open(args[4], "rb"))
+  local body = file:read("*a")
+  file:close()
+  local start = body:find("{START}", 1, true)
+  if start then
+    pre = body:sub(1, start - 1)
+    local rest = body:sub(start + 7)
+    local stop = assert(rest:find("{END}", 1, true), "{START} without {END}")
+    mid, post = rest:sub(1, stop - 1), rest:sub(stop + 5)
+  end
+  devices = {}
+  local n = 0
+  for line in io.lines(args[3]) do
+    if n % nthreads == id then
+      local credential, etag = line:match("^(%S+)%s+(%S+)")
+      local headers = {
+        ["Authorization"] = "Device " .. credential,
+        ["Content-Type"] = "application/json",
+        ["If-None-Match"] = etag,
+      }
+      -- A fixed body: the whole request is built once per device, so wrk spends no Lua time per request.
+      devices[#devices + 1] = pre and headers or wrk.format("POST", "/api/v1/devices/checkin", headers, body)
+    end
+    n = n + 1
+  end
+  assert(#devices > 0, "no devices for thread " .. id)
+  index, last_t = 0, -1
+end
+
+function request()
+  if fixed then
+    return fixed
+  end
+  index = index % #devices + 1
+  if not pre then
+    return devices[index]
+  end
+  local t = os.time()
+  if t ~= last_t then
+    last_t = t
+    body_now = pre .. iso(t - 60) .. mid .. iso(t) .. post
+  end
+  return wrk.format("POST", "/api/v1/devices/checkin", devices[index], body_now)
+end
+
+function response(status, headers, body)
+  if status == 304 then
+    notmod = notmod + 1
+  elseif status >= 200 and status < 300 then
+    ok = ok + 1
+  else
+    other = other + 1
+    if other <= 3 then
+      io.stderr:write("unexpected answer " .. status .. ": " .. string.sub(body or "", 1, 300) .. "\n")
+    end
+  end
+end
+
+function done(summary, latency, requests)
+  local answered_ok, answered_304, answered_other = 0, 0, 0
+  for _, thread in ipairs(threads) do
+    answered_ok = answered_ok + thread:get("ok")
+    answered_304 = answered_304 + thread:get("notmod")
+    answered_other = answered_other + thread:get("other")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"ok": %d, "not_modified": %d, "other": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
+    '"timeouts": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, answered_ok, answered_304, answered_other, e.connect, e.read, e.write, e.timeout))
+end

@@ -1,0 +1,342 @@
+"""Check-in bench: requests/s and p50/p99 of the device check-in next to a trivial JSON view (the ceiling).
+
+Run with `make bench-checkin` (or `.venv/bin/python bench/checkin.py --seconds 10 --repeat 3`). It starts its
+own SeaweedFS and gunicorn, uses the machine's PostgreSQL/Redis when they answer (else the embedded ones),
+registers 10,000 devices (half of them with a desired version, so answers carry signed manifests), learns
+each device's ETag with one real check-in, then drives wrk (apt-get install wrk) from loopback:
+
+  ceiling   GET /health                                   a trivial JSON view on the same server
+  (a) 304   POST /api/v1/devices/checkin, If-None-Match   the device's current ETag → 304, no body
+  (b) +win  the same, carrying one metric window          stored in PostgreSQL on every call
+
+Each measure is the median of --repeat runs of --seconds each, the three interleaved so drift hits all
+alike. `--sweep` instead compares gunicorn worker set-ups with short runs. Everything it made is removed
+at the end (--keep keeps the scratch directory with the logs).
+
+gunicorn set-up: `-k gthread -w 3 --threads 2`, chosen with --sweep on the 2-core machine, where wrk,
+PostgreSQL and Redis share the cores with the web workers. Sync workers close the connection after every
+answer (no keep-alive), so each check-in also pays a TCP handshake and waits in the listen queue; they
+came out lower at every worker count. Three processes keep both cores busy while one waits on
+PostgreSQL or Redis, two threads each overlap those waits; more processes (4, 6) or threads only added
+context switches. The access log is off (runstack keeps it on; one line per check-in is I/O a fleet's
+check-ins should not pay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from bench._stack import (
+    BASE_DIR,
+    BenchError,
+    database_url,
+    drop_database,
+    flush_redis,
+    make_onnx,
+    manage,
+    redis_url,
+    start_gunicorn,
+    stop_process_group,
+    tail,
+)
+from hotswap.lib.localservices import free_port, start_seaweedfs
+
+BUCKET = "hotswap-bench-checkin"
+BENCH_DB = "hotswap_bench_checkin"
+REDIS_DB = 7
+LUA = Path(__file__).resolve().parent / "checkin.lua"
+CHECKIN = "/api/v1/devices/checkin"
+TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1700, 50.0, 0.5
+# Worker set-ups --sweep compares: (worker class, workers, threads per worker).
+SWEEP = [("sync", 2, 1), ("sync", 3, 1), ("sync", 4, 1), ("sync", 6, 1),
+         ("gthread", 2, 4), ("gthread", 3, 2), ("gthread", 4, 2), ("gthread", 4, 1)]
+MODES = ("health", "304", "metrics")
+LABELS = {"health": "ceiling: GET /health", "304": "(a) check-in, 304 path", "metrics": "(b) check-in + window"}
+
+
+@dataclass
+class WrkResult:
+    """One wrk run, as the Lua script's done() reported it."""
+
+    requests: int
+    duration_us: int
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    max_us: int
+    ok: int
+    not_modified: int
+    other: int
+    connect_errors: int
+    read_errors: int
+    write_errors: int
+    timeouts: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / (self.duration_us / 1e6)
+
+    @property
+    def p50_ms(self) -> float:
+        return self.p50_us / 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return self.p99_us / 1000
+
+    @property
+    def failures(self) -> int:
+        return self.other + self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise BenchError("wrk is not installed. Install it with `sudo apt-get install -y wrk` (Debian/Ubuntu) "
+                         "and run the bench again.")
+    print("wrk is not installed: apt-get install -y wrk")
+    for command in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        subprocess.run(command, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if found := shutil.which("wrk"):
+            return found
+    raise BenchError("could not install wrk with apt-get; install it (it is the Debian package 'wrk') and retry")
+
+
+def checkin_bodies(running: dict) -> tuple[dict, str]:
+    """The 304-path body (what the device runs, its health) and the same with one metric window template."""
+    body = {"running": running, "health": {"cpu_percent": 21.5, "memory_percent": 48.2, "disk_percent": 63.0}}
+    window = {"model": running["model"], "version": running["version"], "window_start": "{START}",
+              "window_end": "{END}", "inference_count": 600, "error_count": 1,
+              "latency_ms": {"p50": 3.1, "p95": 5.0, "p99": 7.2},
+              "latency_histogram": [0, 0, 12, 500, 80, 8, 0, 0, 0, 0, 0, 0, 0],
+              "accuracy": 0.93, "labelled_count": 50}
+    return body, json.dumps({**body, "metrics": [window]}, separators=(",", ":"))
+
+
+async def learn_etags(base: str, credentials: list[str], body: dict, concurrency: int = 100) -> list[str]:
+    """One real check-in per device (as a device coming online would); returns each device's ETag."""
+    limit = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
+        async def one(credential: str) -> str:
+            async with limit:
+                response = await client.post(CHECKIN, json=body, headers={"Authorization": f"Device {credential}"})
+            if response.status_code != 200 or not response.headers.get("ETag"):
+                raise BenchError(f"POST {CHECKIN} answered {response.status_code} (expected 200 with an ETag): "
+                                 f"{response.text[:500]}")
+            return response.headers["ETag"]
+
+        return await asyncio.gather(*(one(c) for c in credentials))
+
+
+def check_window_body(base: str, credential: str, etag: str, template: str) -> None:
+    """The metric-window body must pass the server's validation, or the bench would measure 400s."""
+    now = time.time()
+    body = template.replace("{START}", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)))
+    body = body.replace("{END}", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+    response = httpx.post(f"{base}{CHECKIN}", content=body, timeout=30, headers={
+        "Authorization": f"Device {credential}", "If-None-Match": etag, "Content-Type": "application/json"})
+    if response.status_code not in (200, 304):
+        raise BenchError(f"a check-in with a metric window answered {response.status_code}: {response.text[:800]}")
+
+
+def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
+            devices_file: Path, bodies: dict[str, Path]) -> WrkResult:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+            "-s", str(LUA), base, "--", "health" if mode == "health" else "checkin", str(threads)]
+    if mode != "health":
+        argv += [str(devices_file), str(bodies[mode])]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("WRK_RESULT ")), None)
+    if result.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
+
+
+def measure(wrk: str, base: str, *, seconds: float, repeat: int, threads: int, connections: int,
+            devices_file: Path, bodies: dict[str, Path], quiet: bool = False) -> dict[str, list[WrkResult]]:
+    results: dict[str, list[WrkResult]] = {mode: [] for mode in MODES}
+    for i in range(repeat):
+        for mode in MODES:
+            results[mode].append(run_wrk(wrk, base, mode, seconds=seconds, threads=threads, connections=connections,
+                                         devices_file=devices_file, bodies=bodies))
+        if not quiet:
+            print(f"run {i + 1}/{repeat}: " + ", ".join(
+                f"{mode} {results[mode][-1].rps:,.0f}/s p99 {results[mode][-1].p99_ms:.1f} ms" for mode in MODES))
+    return results
+
+
+def _median(runs: list[WrkResult], attribute: str) -> float:
+    return statistics.median(getattr(r, attribute) for r in runs)
+
+
+def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, desired: int, seconds: float,
+           repeat: int) -> bool:
+    ceiling = _median(results["health"], "rps")
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    print(f"\nCheck-in bench: {devices:,} devices ({desired:,} with a desired version), {setup}, "
+          f"median of {repeat} × {seconds:g} s\n")
+    print(f"  {'path':<26} {'req/s':>9} {'p50':>9} {'p99':>9} {'÷ ceiling':>10}   304 share  runs (req/s)")
+    all_ok = True
+    for mode in MODES:
+        runs = results[mode]
+        rps, p50, p99 = _median(runs, "rps"), _median(runs, "p50_ms"), _median(runs, "p99_ms")
+        answered = sum(r.ok + r.not_modified for r in runs)
+        share = "" if mode == "health" else f"{sum(r.not_modified for r in runs) / max(answered, 1):>8.1%}"
+        print(f"  {LABELS[mode]:<26} {rps:>9,.0f} {p50:>6.1f} ms {p99:>6.1f} ms {rps / ceiling:>10.2f}   "
+              f"{share:>9}  {', '.join(f'{r.rps:,.0f}' for r in runs)}")
+        failures = sum(r.failures for r in runs)
+        if failures:
+            all_ok = False
+            print(f"  {'':<26} !! {failures} requests failed or answered other than 2xx/304")
+    print(f"\n  {'target':<44} {'(a) 304':>10} {'(b) + window':>13}")
+    checks = [
+        (f">= {TARGET_RPS:,} check-ins/s", lambda m: _median(results[m], "rps") >= TARGET_RPS),
+        (f"p99 <= {TARGET_P99_MS:g} ms", lambda m: _median(results[m], "p99_ms") <= TARGET_P99_MS),
+        (f">= {TARGET_RATIO} of the ceiling", lambda m: _median(results[m], "rps") / ceiling >= TARGET_RATIO),
+    ]
+    for label, check in checks:
+        outcomes = [check("304"), check("metrics")]
+        all_ok = all_ok and all(outcomes)
+        print(f"  {label:<44} {verdict(outcomes[0]):>10} {verdict(outcomes[1]):>13}")
+    return all_ok
+
+
+def gunicorn_setup(worker_class: str, workers: int, threads: int) -> str:
+    return f"gunicorn -k {worker_class} -w {workers}" + (f" --threads {threads}" if worker_class == "gthread" else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000, help="registered devices (default 10,000)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measure; the median is reported (default 3)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--worker-class", choices=("sync", "gthread"), default="gthread",
+                        help="gunicorn worker class (default gthread; see --sweep)")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers (default 3)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (default 2)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="compare the gunicorn set-ups in SWEEP with one short run each instead")
+    parser.add_argument("--sweep-seconds", type=float, default=5, help="length of each sweep run (default 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
+    args = parser.parse_args()
+
+    wrk = ensure_wrk()
+    (BASE_DIR / "var" / "bench").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="checkin-", dir=BASE_DIR / "var" / "bench"))
+    if not args.keep:
+        atexit.register(shutil.rmtree, scratch, True)  # registered first, so it runs after the servers stop
+    gunicorn = seaweed = db_url = redis_at = None
+    log = scratch / "gunicorn.log"
+    try:
+        print(f"scratch directory: {scratch}")
+        artifact = scratch / "bench-model.onnx"
+        make_onnx(artifact, 64 * 1024)
+        seaweed = start_seaweedfs(scratch / "seaweedfs", BUCKET)
+        db_url, redis_at = database_url(scratch, BENCH_DB), redis_url(scratch, REDIS_DB)
+        env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
+        env.update(
+            DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=BUCKET,
+            S3_ACCESS_KEY_ID=seaweed.access_key, S3_SECRET_ACCESS_KEY=seaweed.secret_key, S3_REGION=seaweed.region,
+            DJANGO_SETTINGS_MODULE="hotswap.settings.base", LOG_LEVEL="WARNING",
+            MANIFEST_SIGNING_KEY_PATH=str(scratch / "manifest-signing.key"),
+            # ETags also roll over every half manifest lifetime; a day keeps them still for the whole bench.
+            MANIFEST_TTL_SECONDS="86400",
+        )
+        print(f"services: S3 {seaweed.endpoint_url}, PostgreSQL {db_url}, Redis {redis_at}")
+        manage(env, "migrate", "--noinput", "-v", "0")
+
+        started = time.monotonic()
+        credentials_file = scratch / "credentials.txt"
+        setup = subprocess.run([sys.executable, str(Path(__file__).with_name("checkin_fleet.py")),
+                                "--devices", str(args.devices), "--artifact", str(artifact),
+                                "--out", str(credentials_file)], cwd=BASE_DIR, env=env, capture_output=True, text=True)
+        if setup.returncode != 0:
+            raise BenchError(f"registering the devices failed:\n{setup.stdout[-3000:]}{setup.stderr[-3000:]}")
+        fleet = json.loads(setup.stdout.strip().splitlines()[-1])
+        print(f"registered {fleet['devices']:,} devices ({fleet['desired']:,} with a desired version) "
+              f"in {time.monotonic() - started:.1f} s")
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        setups = ([(c, w, t) for c, w, t in SWEEP] if args.sweep
+                  else [(args.worker_class, args.workers, args.threads)])
+        body, window_template = checkin_bodies({k: fleet[k] for k in ("model", "version", "sha256")})
+        bodies = {"304": scratch / "body-304.json", "metrics": scratch / "body-window.json"}
+        bodies["304"].write_text(json.dumps(body, separators=(",", ":")))
+        bodies["metrics"].write_text(window_template)
+        devices_file = scratch / "devices.txt"
+        sweep_rows = []
+        for index, (worker_class, workers, threads) in enumerate(setups):
+            gunicorn = start_gunicorn(env, port, log, workers=workers, worker_class=worker_class, threads=threads,
+                                      access_log=False)
+            if index == 0:
+                credentials = credentials_file.read_text().split()
+                started = time.monotonic()
+                etags = asyncio.run(learn_etags(base, credentials, body))
+                devices_file.write_text("".join(f"{c} {e}\n" for c, e in zip(credentials, etags, strict=True)))
+                print(f"learned {len(etags):,} ETags with one check-in each in {time.monotonic() - started:.1f} s")
+                check_window_body(base, credentials[0], etags[0], window_template)
+            # Warm every worker (imports, connections) before measuring.
+            measure(wrk, base, seconds=2, repeat=1, threads=args.wrk_threads, connections=args.connections,
+                    devices_file=devices_file, bodies=bodies, quiet=True)
+            setup_text = gunicorn_setup(worker_class, workers, threads)
+            if args.sweep:
+                results = measure(wrk, base, seconds=args.sweep_seconds, repeat=1, threads=args.wrk_threads,
+                                  connections=args.connections, devices_file=devices_file, bodies=bodies, quiet=True)
+                sweep_rows.append((setup_text, results))
+                print(f"  {setup_text:<36} " + "  ".join(
+                    f"{mode} {results[mode][0].rps:>6,.0f}/s p99 {results[mode][0].p99_ms:>5.1f} ms" for mode in MODES))
+            else:
+                results = measure(wrk, base, seconds=args.seconds, repeat=args.repeat, threads=args.wrk_threads,
+                                  connections=args.connections, devices_file=devices_file, bodies=bodies)
+                ok = report(results, setup=f"{setup_text}, wrk -t{args.wrk_threads} -c{args.connections}",
+                            devices=fleet["devices"], desired=fleet["desired"], seconds=args.seconds,
+                            repeat=args.repeat)
+                if not ok:
+                    print("\nsome targets were missed (see above)")
+            stop_process_group(gunicorn)
+            gunicorn = None
+        return 0
+    except BenchError as exc:
+        print(f"\nbench failed: {exc}", file=sys.stderr)
+        if log.exists():
+            print(f"\ngunicorn log (last lines):\n{tail(log)}", file=sys.stderr)
+        return 1
+    finally:
+        if gunicorn:
+            stop_process_group(gunicorn)
+        if seaweed:
+            seaweed.stop()
+        if db_url:
+            drop_database(db_url, BENCH_DB)
+        if redis_at:
+            flush_redis(redis_at)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

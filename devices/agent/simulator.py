@@ -1,0 +1,814 @@
+"""A fleet of virtual devices in one process, speaking the real device protocol (devices/PROTOCOL.md) over HTTP.
+
+    python -m devices.agent.simulator --server http://127.0.0.1:8000 --enroll-key hse_... --devices 5000 \\
+        --behaviour 'resnet-1.1.0=latency:40±5,errors:0.02,accuracy:0.85' --duration 600
+
+Each device enrolls once (credentials are cached in a state file, so a restart reuses them), checks in on
+its own jittered timer with If-None-Match, obeys the server's poll interval, verifies and "installs" its
+desired version (a simulated delay, or a real download with --download), reports installs and metric
+windows drawn from the per-version behaviour. Imports nothing from Django; `run_fleet(config)` runs it
+in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import signal
+import ssl
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from devices.agent.fleet import (
+    DEFAULT_REGIONS,
+    DEFAULT_TYPES,
+    Behaviour,
+    BehaviourError,
+    DeviceSpec,
+    behaviour_for,
+    device_spec,
+    health_sample,
+    iso,
+    metric_window,
+    parse_behaviours,
+)
+from devices.agent.manifest import ManifestRefused, PinnedKey, verify_manifest
+
+logger = logging.getLogger("hotswap.simulator")
+
+# httpcore tries `import sniffio` on every request; without sniffio installed (anyio 4 does not need it) each
+# failed attempt walks sys.path, a third of the simulator's CPU. A None entry makes that import fail at once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[assignment]
+
+ENROLL_PATH = "/api/v1/devices/enroll"
+CHECKIN_PATH = "/api/v1/devices/checkin"
+KEY_PATH = "/api/v1/devices/manifest-key"
+DEFAULT_STATE_FILE = Path("var") / "simulator" / "fleet-state.json"
+MAX_PENDING = 100  # the protocol's cap on installs and metric windows per check-in
+MIN_WINDOW_SECONDS = 0.5
+ENROLL_CONCURRENCY = 10
+POOL_SIZE = 8  # connections per httpx pool (see Fleet.run)
+INSTALL_ATTEMPTS = 3
+STOP_GRACE_SECONDS = 5.0
+_FIELD_INDEX = re.compile(r"^(installs|metrics)\[(\d+)\]")
+
+
+@dataclass
+class FleetConfig:
+    """Everything a simulated fleet run needs; the CLI and the management command build one from options."""
+
+    server: str
+    enroll_key: str = ""
+    devices: int = 100
+    prefix: str = "sim-"
+    first_index: int = 1
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    types: tuple[str, ...] = DEFAULT_TYPES
+    poll_seconds: float = 60.0  # until the server names an interval (its answers always do)
+    max_poll_seconds: float | None = None  # cap on the server's interval, for demos and tests
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    inference_rate: float = 10.0  # simulated inferences per second per device
+    download: bool = False  # really fetch the artifact and check its sha256
+    download_seconds: float = 2.0  # mean simulated download time when not downloading
+    duration: float | None = None
+    concurrency: int = 200
+    state_file: Path | None = DEFAULT_STATE_FILE
+    seed: int | None = None
+    timeout: float = 30.0
+    progress: TextIO | None = None
+    progress_seconds: float | None = None  # default: 2 s on a terminal, 10 s otherwise
+    transport: httpx.AsyncBaseTransport | None = None  # tests: an in-process server
+    # Credentials an operator issued (device_id → raw hsd_ key) for devices with none cached: they skip
+    # enrollment and pin the key the server publishes at /api/v1/devices/manifest-key.
+    credentials: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FleetStats:
+    """What the fleet did; cumulative over the run. `versions` counts what devices run at the end."""
+
+    devices: int = 0
+    enrolled: int = 0
+    enrolled_now: int = 0
+    enroll_throttled: int = 0  # 429 answers to enrollments (the server limits enrollments per client IP)
+    checked_in_devices: int = 0
+    checkins: int = 0
+    not_modified: int = 0
+    metric_windows: int = 0
+    installs: Counter = field(default_factory=Counter)
+    refusals: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    versions: Counter = field(default_factory=Counter)
+    elapsed: float = 0.0
+    fatal: str = ""
+
+    def error(self, kind: str, detail: str = "") -> None:
+        self.errors[kind] += 1
+        if kind not in self.error_examples:
+            self.error_examples[kind] = detail
+            logger.warning("simulator: %s%s", kind, f": {detail}" if detail else "")
+
+    def summary(self) -> str:
+        share = f"{self.not_modified / self.checkins:.0%}" if self.checkins else "-"
+        installs = ", ".join(f"{status} {n}" for status, n in sorted(self.installs.items())) or "none"
+        lines = [
+            f"{self.devices} devices, {self.elapsed:.0f} s: enrolled {self.enrolled} ({self.enrolled_now} new), "
+            f"{self.checked_in_devices} checked in; {self.checkins} check-ins ({share} 304), "
+            f"{self.metric_windows} metric windows; install reports: {installs}",
+            f"running: {_versions_text(self.versions)}",
+        ]
+        if self.enroll_throttled:
+            lines.append(f"enrollment was throttled by the server {self.enroll_throttled} times (429; its "
+                         "THROTTLE_ENROLL rate limits enrollments per client IP)")
+        if self.refusals:
+            lines.append("refused: " + "; ".join(f"{reason} ×{n}" for reason, n in self.refusals.most_common(5)))
+        if self.errors:
+            lines.append("errors: " + "; ".join(
+                f"{kind} ×{n}" + (f" ({self.error_examples[kind][:160]})" if self.error_examples.get(kind) else "")
+                for kind, n in self.errors.most_common(8)))
+        if self.fatal:
+            lines.append(f"stopped: {self.fatal}")
+        return "\n".join(lines)
+
+
+def _versions_text(versions: Counter, limit: int = 4) -> str:
+    common = versions.most_common(limit)
+    text = " ".join(f"{name}={n}" for name, n in common)
+    rest = sum(versions.values()) - sum(n for _, n in common)
+    return (text + (f" +{rest} other" if rest else "")) or "-"
+
+
+class _Fatal(Exception):
+    """The whole fleet must stop (an invalid enrollment key, an unreachable server)."""
+
+
+class VirtualDevice:
+    """One simulated device: its identity, credential, pinned key, what it runs, and its unsent reports."""
+
+    def __init__(self, fleet: Fleet, spec: DeviceSpec, saved: Mapping | None):
+        self.fleet, self.spec = fleet, spec
+        self.rng = fleet.rng_for(spec.index)
+        saved = saved or {}
+        self.credential: str = saved.get("credential", "")
+        self.key: PinnedKey | None = None
+        if saved.get("public_key"):
+            self.key = PinnedKey.from_info({"key_id": saved.get("key_id", ""), "public_key": saved["public_key"]})
+        self.running: dict | None = saved.get("running")
+        self.last_sequence: int = int(saved.get("last_sequence", 0))
+        self.poll: float = fleet.clamp_poll(saved.get("poll") or fleet.config.poll_seconds)
+        self.etag = ""
+        self.desired: dict | None = None
+        self.traceparent = ""
+        self.refused_signature = ""
+        self.install_failures: dict[int, int] = {}
+        self.retry_next_poll = False
+        self.pending_installs: list[dict] = []
+        self.pending_metrics: list[dict] = []
+        self.window_start = datetime.now(UTC)
+        self.last_checkin = 0.0  # monotonic time of the last answered check-in
+        self.checked_in = False
+        self.stopped = False
+
+    def saved(self) -> dict:
+        return {"credential": self.credential, "key_id": self.key.key_id if self.key else "",
+                "public_key": base64.b64encode(self.key.public_key).decode() if self.key else "",
+                "running": self.running,
+                "last_sequence": self.last_sequence, "poll": self.poll}
+
+    @property
+    def version_label(self) -> str:
+        return f"{self.running['model']}-{self.running['version']}" if self.running else "none"
+
+    # --- the device's life --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        fleet = self.fleet
+        try:
+            if not self.credential and not await self.enroll():
+                return
+            # Spread the fleet's first check-ins over one interval, as devices booting at random times would.
+            await fleet.sleep(self.rng.uniform(0, self.poll))
+            while not fleet.stopping and not self.stopped:
+                answered = await self.checkin()
+                if fleet.stopping or self.stopped:
+                    break
+                if answered and await self.converge():
+                    continue  # report the install at once instead of a whole interval later
+                await fleet.sleep(self.poll * self.rng.uniform(0.9, 1.1))
+        except _Fatal as exc:
+            fleet.fail(str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a simulator bug must show up in the stats, not vanish with the task
+            logger.exception("simulated device %s crashed", self.spec.device_id)
+            fleet.stats.error("device crashed", f"{type(exc).__name__}: {exc}")
+
+    async def enroll(self) -> bool:
+        fleet = self.fleet
+        if not fleet.config.enroll_key:
+            fleet.stats.error("no credential", "no cached credential and no enrollment key")
+            return False
+        failures = 0
+        while not fleet.stopping:
+            async with fleet.enroll_limit:
+                # One gate for the whole fleet: after a 429 nobody knocks again before Retry-After has passed.
+                while (wait := fleet.enroll_resume_at - time.monotonic()) > 0 and not fleet.stopping:
+                    await fleet.sleep(wait + self.rng.uniform(0, 0.5))
+                if fleet.stopping:
+                    return False
+                body = self.spec.enrollment_body(fleet.config.enroll_key)
+                response = await fleet.request("POST", ENROLL_PATH, index=self.spec.index, json=body)
+                if response is not None and response.status_code == 429:
+                    fleet.throttled(response)
+                    continue
+            if response is not None and response.status_code == 201:
+                answer = response.json()
+                self.credential = answer["credential"]
+                self.key = PinnedKey.from_info(answer["manifest_public_key"])
+                self.poll = fleet.clamp_poll(answer.get("poll_interval_seconds") or self.poll)
+                self.running, self.last_sequence = None, 0
+                fleet.stats.enrolled += 1
+                fleet.stats.enrolled_now += 1
+                fleet.dirty = True
+                return True
+            code = _error_code(response)
+            if response is not None and response.status_code == 403:
+                raise _Fatal(f"the enrollment key was refused ({code}): create a new one")
+            if response is not None and response.status_code == 409:
+                fleet.stats.error("enroll: device exists", f"{self.spec.device_id} exists on the server but this "
+                                  "simulator has no credential for it (state file lost?)")
+                return False
+            if response is not None and response.status_code < 500:
+                fleet.stats.error(f"enroll: {response.status_code} {code}", response.text[:300])
+                return False
+            failures += 1
+            if failures >= 5:
+                return False
+            await fleet.sleep(min(30.0, 2.0**failures) * self.rng.uniform(0.5, 1.5))
+        return False
+
+    def _collect_window(self, now: datetime) -> None:
+        if not self.running or (now - self.window_start).total_seconds() < MIN_WINDOW_SECONDS:
+            return
+        model, version = self.running["model"], self.running["version"]
+        window = metric_window(behaviour_for(self.fleet.config.behaviours, model, version), model=model,
+                               version=version, start=self.window_start, end=now,
+                               inference_rate=self.fleet.config.inference_rate, rng=self.rng)
+        self.window_start = now
+        if window:
+            self.pending_metrics.append(window)
+            if len(self.pending_metrics) > MAX_PENDING:
+                del self.pending_metrics[0]
+                self.fleet.stats.error("metric window dropped", "more than 100 unsent windows (server unreachable)")
+
+    async def checkin(self) -> bool:
+        """One check-in (resent once without the items a 400 names); True when the server answered 200/304."""
+        fleet = self.fleet
+        self._collect_window(datetime.now(UTC))
+        for _ in range(2):
+            installs, metrics = self.pending_installs[:MAX_PENDING], self.pending_metrics[:MAX_PENDING]
+            body: dict = {"running": self.running, "health": health_sample(self.spec, self.rng)}
+            if installs:
+                body["installs"] = installs
+            if metrics:
+                body["metrics"] = metrics
+            headers = {"Authorization": f"Device {self.credential}",
+                       "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+            if self.etag:
+                headers["If-None-Match"] = self.etag
+            response = await fleet.request("POST", CHECKIN_PATH, index=self.spec.index, json=body, headers=headers)
+            if response is None:
+                return False
+            status = response.status_code
+            if status in (200, 304):
+                del self.pending_installs[: len(installs)]
+                del self.pending_metrics[: len(metrics)]
+                fleet.stats.metric_windows += len(metrics)
+                for report in installs:
+                    fleet.stats.installs[report["status"]] += 1
+                fleet.stats.checkins += 1
+                self.last_checkin = time.monotonic()
+                if not self.checked_in:
+                    self.checked_in = True
+                    fleet.stats.checked_in_devices += 1
+                self.etag = response.headers.get("ETag", self.etag)
+                if status == 304:
+                    fleet.stats.not_modified += 1
+                else:
+                    answer = response.json()
+                    self.desired = answer.get("desired")
+                    self.traceparent = response.headers.get("traceparent", "")
+                    if answer.get("poll_interval_seconds"):
+                        self.poll = fleet.clamp_poll(answer["poll_interval_seconds"])
+                return True
+            code = _error_code(response)
+            if status == 400 and self._drop_named(response, installs, metrics):
+                fleet.stats.error("checkin: 400 (named items dropped, rest resent)", response.text[:300])
+                continue
+            if status == 401:
+                fleet.stats.error(f"checkin: 401 {code}", f"{self.spec.device_id}: re-enrolling")
+                self.credential, self.etag = "", ""
+                if not await self.enroll():
+                    self.stopped = True
+                return False
+            if status == 403:
+                fleet.stats.error(f"checkin: 403 {code}", self.spec.device_id)
+                self.stopped = True
+                return False
+            fleet.stats.error(f"checkin: {status} {code}".strip(), response.text[:300])
+            if status in (400, 413):
+                # Nothing to salvage by resending the same body: drop it, counted above.
+                del self.pending_installs[: len(installs)]
+                del self.pending_metrics[: len(metrics)]
+            if status == 429:
+                with contextlib.suppress(ValueError):
+                    await fleet.sleep(float(response.headers.get("Retry-After", "0")))
+            return False
+        return False
+
+    def _drop_named(self, response: httpx.Response, installs: list, metrics: list) -> bool:
+        """Removes the installs/metric windows a 400 names in `details`; False if it names anything else."""
+        try:
+            details = response.json()["error"]["details"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        named: dict[str, set[int]] = {"installs": set(), "metrics": set()}
+        for detail in details or []:
+            match = _FIELD_INDEX.match(str(detail.get("field", "")))
+            if not match:
+                return False
+            named[match[1]].add(int(match[2]))
+        for pending, sent, key in ((self.pending_installs, installs, "installs"),
+                                   (self.pending_metrics, metrics, "metrics")):
+            for index in sorted(named[key], reverse=True):
+                if index < len(sent) and pending and pending[index] is sent[index]:
+                    del pending[index]
+        return any(named.values())
+
+    # --- desired state ------------------------------------------------------------------------------------------
+
+    def _install_report(self, manifest: dict, status: str, *, duration_ms: int | None = None,
+                        error: str = "") -> None:
+        report = {"model": str(manifest.get("model", ""))[:64] or "unknown",
+                  "version": str(manifest.get("version", ""))[:64] or "unknown", "status": status,
+                  "at": iso(datetime.now(UTC)), "error": error[:2000]}
+        if isinstance(manifest.get("sequence"), int) and manifest["sequence"] >= 0:
+            report["sequence"] = manifest["sequence"]
+        if duration_ms is not None:
+            report["duration_ms"] = duration_ms
+        if self.traceparent:
+            report["traceparent"] = self.traceparent
+        self.pending_installs.append(report)
+
+    async def converge(self) -> bool:
+        """Acts on the desired state; True when there is something new to report right away."""
+        desired = self.desired
+        if not desired or not self.key:
+            return False
+        manifest = desired.get("manifest") or {}
+        sequence = manifest.get("sequence")
+        running = self.running
+        same = bool(running and running.get("model") == manifest.get("model")
+                    and running.get("version") == manifest.get("version")
+                    and running.get("sha256") == manifest.get("sha256"))
+        if same and isinstance(sequence, int) and sequence <= self.last_sequence:
+            return False
+        signature = str(desired.get("signature", ""))
+        if signature == self.refused_signature:
+            return False
+        if isinstance(sequence, int) and self.install_failures.get(sequence, 0) >= INSTALL_ATTEMPTS:
+            return False
+        if self.retry_next_poll:  # a failed install is retried one poll interval later, not at once
+            self.retry_next_poll = False
+            return False
+        try:
+            # The reference agent's own checks, so the simulated fleet refuses exactly what real devices refuse.
+            verify_manifest(desired, key=self.key, device_id=self.spec.device_id, last_sequence=self.last_sequence,
+                            running=(running["model"], running["version"]) if running else None,
+                            now=datetime.now(UTC))
+        except ManifestRefused as refusal:
+            self.refused_signature = signature
+            self.fleet.stats.refusals[refusal.code] += 1
+            self._install_report(manifest, "refused", error=str(refusal))
+            return True
+        if same:  # already runs it (e.g. the same version set again): confirm the new sequence
+            self.last_sequence = sequence
+            self._install_report(manifest, "active", duration_ms=0)
+            self.fleet.dirty = True
+            return True
+        started = time.monotonic()
+        error = await self._fetch(manifest)
+        if self.fleet.stopping:
+            return False
+        download_ms = round((time.monotonic() - started) * 1000)
+        if error:
+            self.install_failures[sequence] = self.install_failures.get(sequence, 0) + 1
+            self.retry_next_poll = True
+            self._install_report(manifest, "failed", duration_ms=download_ms, error=error)
+            return True
+        self._install_report(manifest, "installed", duration_ms=download_ms)
+        # Close the old version's window at the swap, so each window belongs to exactly one version.
+        now = datetime.now(UTC)
+        self._collect_window(now)
+        self.running = {"model": manifest["model"], "version": manifest["version"], "sha256": manifest["sha256"]}
+        self.last_sequence = sequence
+        self.window_start = now
+        self._install_report(manifest, "active", duration_ms=round((time.monotonic() - started) * 1000))
+        self.fleet.dirty = True
+        return True
+
+    async def _fetch(self, manifest: dict) -> str:
+        """Simulates the download, or really does it with --download; returns an error message or ""."""
+        config = self.fleet.config
+        if not config.download:
+            await self.fleet.sleep(config.download_seconds * self.rng.uniform(0.5, 1.5))
+            return ""
+        digest, size = hashlib.sha256(), 0
+        try:
+            client = self.fleet.client_for(self.spec.index)
+            async with self.fleet.limit, client.stream("GET", str(manifest.get("url", ""))) as response:
+                if response.status_code != 200:
+                    return f"download answered HTTP {response.status_code}"
+                async for chunk in response.aiter_bytes():
+                    digest.update(chunk)
+                    size += len(chunk)
+        except httpx.HTTPError as exc:
+            return f"download failed: {type(exc).__name__}: {exc}"[:2000]
+        if digest.hexdigest() != manifest.get("sha256"):
+            return f"sha256 mismatch: expected {manifest.get('sha256')}, got {digest.hexdigest()}"
+        if isinstance(manifest.get("size"), int) and size != manifest["size"]:
+            return f"size mismatch: expected {manifest['size']} bytes, got {size}"
+        return ""
+
+
+def _error_code(response: httpx.Response | None) -> str:
+    if response is None:
+        return ""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def load_state(path: Path | None, server: str) -> dict[str, dict]:
+    """What the state file remembers about the devices of `server` (device_id → credential, key, version...)."""
+    if not path or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return dict(data.get("servers", {}).get(server.rstrip("/"), {}))
+    except (ValueError, AttributeError) as exc:
+        logger.warning("ignoring unreadable state file %s: %s", path, exc)
+        return {}
+
+
+class Fleet:
+    """Runs the virtual devices on one event loop and one shared connection pool."""
+
+    def __init__(self, config: FleetConfig, stop: asyncio.Event | None = None):
+        if config.devices < 1:
+            raise ValueError("devices must be at least 1")
+        self.config = config
+        self.server = config.server.rstrip("/")
+        self.stop = stop or asyncio.Event()
+        self.stats = FleetStats(devices=config.devices)
+        self.dirty = False
+        self.limit = asyncio.Semaphore(max(1, config.concurrency))
+        # Enrollment is throttled per client IP on the server: a few at a time, and all wait after a 429.
+        self.enroll_limit = asyncio.Semaphore(max(1, min(config.concurrency, ENROLL_CONCURRENCY)))
+        self.enroll_resume_at = 0.0
+        self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        self.clients: list[httpx.AsyncClient] = []
+        self._stop_future: asyncio.Future | None = None
+        self.devices: list[VirtualDevice] = []
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    def rng_for(self, index: int) -> random.Random:
+        return random.Random(f"{self.seed}:{index}")
+
+    def clamp_poll(self, seconds: float) -> float:
+        seconds = max(0.1, float(seconds))
+        return min(seconds, self.config.max_poll_seconds) if self.config.max_poll_seconds else seconds
+
+    def throttled(self, response: httpx.Response) -> None:
+        try:
+            wait = float(response.headers.get("Retry-After", "")) or 5.0
+        except ValueError:
+            wait = 5.0
+        self.stats.enroll_throttled += 1
+        self.enroll_resume_at = max(self.enroll_resume_at, time.monotonic() + min(wait, 600.0))
+
+    def fail(self, message: str) -> None:
+        if not self.stats.fatal:
+            self.stats.fatal = message
+        self.stop.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleeps, but wakes as soon as the fleet is told to stop."""
+        if seconds > 0 and self._stop_future is not None and not self._stop_future.done():
+            await asyncio.wait([self._stop_future], timeout=seconds)
+
+    def client_for(self, index: int) -> httpx.AsyncClient:
+        return self.clients[index % len(self.clients)]
+
+    async def request(self, method: str, path: str, *, index: int = 0, **kwargs) -> httpx.Response | None:
+        """One request within the concurrency limit; None (and an error counted) when there was no answer."""
+        async with self.limit:
+            for attempt in (1, 2):
+                try:
+                    response = await self.client_for(index).request(method, path, **kwargs)
+                    await response.aread()
+                    return response
+                except httpx.TimeoutException as exc:
+                    self.stats.error("timeout", f"{method} {path}: {type(exc).__name__}")
+                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                    # Usually a kept-alive connection the server had just closed: one immediate retry on a
+                    # fresh one, as a device would resend (reports are only dropped once acknowledged).
+                    if attempt == 1:
+                        continue
+                    self.stats.error(f"connection: {type(exc).__name__}", f"{method} {path}: {exc}")
+                except httpx.HTTPError as exc:
+                    self.stats.error(f"connection: {type(exc).__name__}", f"{method} {path}: {exc}")
+                return None
+        return None
+
+    # --- state file ---------------------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        path = self.config.state_file
+        if not path:
+            return
+        data: dict = {"version": 1, "servers": {}}
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                data = json.loads(path.read_text())
+                data.setdefault("servers", {})
+        devices = data["servers"].setdefault(self.server, {})
+        devices.update({d.spec.device_id: d.saved() for d in self.devices if d.credential})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(temporary, path)
+        self.dirty = False
+
+    # --- progress -----------------------------------------------------------------------------------------------
+
+    def snapshot_versions(self) -> Counter:
+        return Counter(d.version_label for d in self.devices)
+
+    async def _progress(self, started: float) -> None:
+        output = self.config.progress
+        tty = bool(output and hasattr(output, "isatty") and output.isatty())
+        interval = self.config.progress_seconds or (2.0 if tty else 10.0)
+        last_checkins, last_304, last_tick = 0, 0, time.monotonic()
+        last_save = last_tick
+        while not self.stopping:
+            await self.sleep(interval)
+            now = time.monotonic()
+            if self.dirty and now - last_save >= 5:
+                self.save_state()
+                last_save = now
+            if not output:
+                continue
+            stats = self.stats
+            checkins, not_modified = stats.checkins - last_checkins, stats.not_modified - last_304
+            seen = sum(1 for d in self.devices if d.last_checkin >= last_tick)
+            share = f"{not_modified / checkins:.0%}" if checkins else "-"
+            line = (f"[{now - started:5.0f}s] enrolled {stats.enrolled}/{stats.devices} | checked in {seen} "
+                    f"in {now - last_tick:.0f}s, {checkins / max(now - last_tick, 1e-9):.1f}/s | 304 {share} | "
+                    f"running {_versions_text(self.snapshot_versions())} | errors {sum(stats.errors.values())}")
+            if (wait := self.enroll_resume_at - now) > 0:
+                line += f" | enrollment throttled (429), next try in {wait:.0f}s"
+            output.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
+            output.flush()
+            last_checkins, last_304, last_tick = stats.checkins, stats.not_modified, now
+        if output and tty:
+            output.write("\n")
+            output.flush()
+
+    # --- the run ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> FleetStats:
+        config, started = self.config, time.monotonic()
+        self._stop_future = asyncio.ensure_future(self.stop.wait())
+        saved = load_state(config.state_file, self.server)
+        specs = [device_spec(config.first_index + i, prefix=config.prefix, regions=config.regions,
+                             types=config.types) for i in range(config.devices)]
+        self.devices = [VirtualDevice(self, spec, saved.get(spec.device_id)) for spec in specs]
+        for device in self.devices:
+            if not device.credential and config.credentials.get(device.spec.device_id):
+                device.credential = config.credentials[device.spec.device_id]
+                self.dirty = True
+        self.stats.enrolled = sum(1 for d in self.devices if d.credential)
+        if self.stats.enrolled < len(self.devices) and not config.enroll_key:
+            self.fail(f"{len(self.devices) - self.stats.enrolled} devices have no cached credential "
+                      f"(state file {config.state_file}) and no enrollment key was given (--enroll-key)")
+            self.stats.versions = self.snapshot_versions()
+            return self.stats
+        # A few small pools rather than one big one: httpcore scans every pooled connection on each request
+        # and each response (O(pool size)), which made a 200-connection pool the simulator's main CPU cost.
+        shards = max(1, math.ceil(config.concurrency / POOL_SIZE))
+        per_pool = math.ceil(config.concurrency / shards)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        tls = ssl.create_default_context()  # one for all pools: loading the CA bundle costs ~25 ms each time
+        self.clients = [httpx.AsyncClient(base_url=self.server, limits=limits, transport=config.transport, verify=tls,
+                                          timeout=httpx.Timeout(config.timeout, pool=None),
+                                          headers={"User-Agent": "hotswap-fleet-simulator/1"})
+                        for _ in range(shards)]
+        tasks: list[asyncio.Task] = []
+        reporter = None
+        try:
+            await self._preflight()
+            tasks = [asyncio.create_task(d.run(), name=d.spec.device_id) for d in self.devices]
+            reporter = asyncio.create_task(self._progress(started))
+            everyone = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+            await asyncio.wait([self._stop_future, everyone], timeout=config.duration,
+                               return_when=asyncio.FIRST_COMPLETED)
+            self.stop.set()
+            # Requests in flight finish (their reports count); sleeping devices wake and leave at once.
+            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, reporter, return_exceptions=True)
+            everyone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await everyone
+        except _Fatal as exc:
+            self.fail(str(exc))
+        finally:
+            self.stop.set()
+            for task in [*tasks, *([reporter] if reporter else [])]:
+                task.cancel()
+            await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
+            for client in self.clients:
+                await client.aclose()
+            self._stop_future.cancel()
+            with contextlib.suppress(OSError):
+                self.save_state()
+        self.stats.versions = self.snapshot_versions()
+        self.stats.elapsed = time.monotonic() - started
+        return self.stats
+
+    async def _preflight(self) -> None:
+        try:
+            await self.clients[0].get("/health")
+        except httpx.HTTPError as exc:
+            raise _Fatal(f"cannot reach {self.server}: {type(exc).__name__}: {exc}") from exc
+        unpinned = [d for d in self.devices if d.credential and not d.key]
+        if unpinned:
+            response = await self.request("GET", KEY_PATH)
+            try:
+                if response is None or response.status_code != 200:
+                    raise ValueError(f"GET {KEY_PATH} answered {response.status_code if response else 'nothing'}")
+                key = PinnedKey.from_info(response.json())
+            except (ValueError, KeyError) as exc:
+                raise _Fatal(f"cannot pin the server's manifest key: {exc}") from exc
+            for device in unpinned:
+                device.key = key
+
+
+async def run_fleet(config: FleetConfig, *, stop: asyncio.Event | None = None) -> FleetStats:
+    """Runs the simulated fleet until `config.duration` passes or `stop` is set; returns what happened."""
+    return await Fleet(config, stop).run()
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return items
+
+
+def _positive(kind):
+    def parse(value: str):
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+        return number
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, server_default: str | None = None,
+                  enroll_key_required: bool = False) -> None:
+    """The simulator's options; the simulate_fleet management command reuses them."""
+    parser.add_argument("--server", required=server_default is None, default=server_default,
+                        help=f"HotSwap base URL{f' (default {server_default})' if server_default else ''}")
+    parser.add_argument("--enroll-key", required=enroll_key_required, default="",
+                        help="fleet enrollment key (hse_...); devices with cached credentials do not need it")
+    parser.add_argument("--devices", type=_positive(int), default=100, help="how many virtual devices (default 100)")
+    parser.add_argument("--prefix", default="sim-", help="device_id prefix; ids are PREFIX00001... (default sim-)")
+    parser.add_argument("--first-index", type=int, default=1, help="index of the first device (default 1)")
+    parser.add_argument("--regions", type=_csv, default=DEFAULT_REGIONS,
+                        help=f"comma-separated regions, spread round-robin (default {','.join(DEFAULT_REGIONS)})")
+    parser.add_argument("--types", type=_csv, default=DEFAULT_TYPES,
+                        help=f"comma-separated device types (default {','.join(DEFAULT_TYPES)})")
+    parser.add_argument("--poll-seconds", type=_positive(float), default=60.0,
+                        help="check-in interval until the server names one (default 60)")
+    parser.add_argument("--max-poll-seconds", type=_positive(float), default=None,
+                        help="never wait longer than this between check-ins, whatever the server says")
+    parser.add_argument("--behaviour", "--behavior", action="append", default=[], metavar="SPEC",
+                        help="per-version behaviour, e.g. 'resnet-1.1.0=latency:40±5,errors:0.02,accuracy:0.85'; "
+                             "repeat or separate with ';'. Keys: MODEL-VERSION, VERSION, MODEL or *. Default for "
+                             "unknown versions: latency 20±3 ms, errors 0.001, no accuracy")
+    parser.add_argument("--inference-rate", type=float, default=10.0,
+                        help="simulated inferences per second per device (default 10)")
+    parser.add_argument("--download", action="store_true",
+                        help="really download desired artifacts and check their sha256 (default: simulate)")
+    parser.add_argument("--download-seconds", type=float, default=2.0,
+                        help="mean simulated download time (default 2)")
+    parser.add_argument("--duration", type=_positive(float), default=None, help="stop after this many seconds")
+    parser.add_argument("--concurrency", type=_positive(int), default=200,
+                        help="maximum requests in flight, and connections in the pool (default 200)")
+    parser.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE,
+                        help=f"where credentials are cached between runs (default {DEFAULT_STATE_FILE})")
+    parser.add_argument("--no-state", action="store_true", help="do not read or write a state file")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for jitter and metrics")
+    parser.add_argument("--progress-seconds", type=_positive(float), default=None,
+                        help="progress refresh (default 2 s on a terminal, a line every 10 s otherwise)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display, only the summary")
+
+
+def config_from_options(options: Mapping, *, enroll_key: str | None = None,
+                        output: TextIO | None = None) -> FleetConfig:
+    """A FleetConfig from parsed options (argparse namespace vars or a management command's options)."""
+    return FleetConfig(
+        server=options["server"], enroll_key=enroll_key if enroll_key is not None else options.get("enroll_key", ""),
+        devices=options["devices"], prefix=options["prefix"], first_index=options["first_index"],
+        regions=tuple(options["regions"]), types=tuple(options["types"]), poll_seconds=options["poll_seconds"],
+        max_poll_seconds=options["max_poll_seconds"], behaviours=parse_behaviours(options["behaviour"]),
+        inference_rate=options["inference_rate"], download=options["download"],
+        download_seconds=options["download_seconds"], duration=options["duration"],
+        concurrency=options["concurrency"], state_file=None if options["no_state"] else options["state_file"],
+        seed=options["seed"], progress=None if options["quiet"] else (output or sys.stdout),
+        progress_seconds=options["progress_seconds"],
+    )
+
+
+async def run_until_signalled(config: FleetConfig) -> FleetStats:
+    """run_fleet with Ctrl-C / SIGTERM stopping it gracefully (a second Ctrl-C interrupts at once)."""
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if config.progress:
+            config.progress.write("\nstopping (Ctrl-C again to interrupt)…\n")
+        stop.set()
+        loop.remove_signal_handler(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, on_signal, signum)
+    return await run_fleet(config, stop=stop)
+
+
+def describe(config: FleetConfig) -> str:
+    behaviours = "; ".join(f"{key}: {b.describe()}" for key, b in config.behaviours.items()) or "defaults"
+    return (f"simulating {config.devices} devices ({config.prefix}{config.first_index:05d}…) against {config.server}, "
+            f"regions {','.join(config.regions)}, types {','.join(config.types)}, behaviour: {behaviours}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devices.agent.simulator",
+                                     description="Simulate a fleet of HotSwap devices over the real protocol.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_options(vars(args))
+    except BehaviourError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    print(describe(config), flush=True)
+    stats = asyncio.run(run_until_signalled(config))
+    print(stats.summary(), flush=True)
+    return 1 if stats.fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
