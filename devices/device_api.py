@@ -10,9 +10,9 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from devices import heartbeats, manifests
+from devices import manifests
 from devices.credentials import DEVICE_KIND, secret_matches, split_secret
-from devices.models import Device, DeviceCredential
+from devices.models import Device
 from devices.services import checkin as service
 from hotswap.exceptions import ApplicationError, error_body
 from hotswap.lib.tracing import new_traceparent
@@ -27,28 +27,21 @@ def _error(request: HttpRequest, status: int, code: str, message: str, details=N
     return response
 
 
-def _authenticate(request: HttpRequest) -> tuple[Device | None, JsonResponse | None]:
-    """The calling device, in one query that also brings its desired state and that version's model."""
+def _authenticate(request: HttpRequest) -> tuple[service.CheckinDevice | None, JsonResponse | None]:
+    """The calling device and its desired state, in one indexed query."""
     scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
     parts = split_secret(raw, DEVICE_KIND) if scheme == "Device" else None
     if parts is None:
         return None, _error(request, 401, "NOT_AUTHENTICATED", "Send 'Authorization: Device hsd_<prefix>_<secret>'.",
                             WWW_Authenticate="Device")
     prefix, secret = parts
-    credential = (
-        DeviceCredential.objects.select_related(
-            "device", "device__desired_state", "device__desired_state__version",
-            "device__desired_state__version__ai_model",
-        )
-        .filter(prefix=prefix, revoked_at__isnull=True)
-        .first()
-    )
-    if credential is None or not secret_matches(secret, credential.key_hash):
+    device = service.checkin_device(prefix=prefix)
+    if device is None or not secret_matches(secret, device.key_hash):
         return None, _error(request, 401, "DEVICE_CREDENTIAL_INVALID", "This device credential is unknown or revoked.",
                             WWW_Authenticate="Device")
-    if credential.device.status == Device.Status.DECOMMISSIONED:
+    if device.status == Device.Status.DECOMMISSIONED:
         return None, _error(request, 403, "DEVICE_DECOMMISSIONED", "This device has been decommissioned.")
-    return credential.device, None
+    return device, None
 
 
 @csrf_exempt
@@ -62,24 +55,22 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
     if failure:
         return failure
     now = timezone.now()
-    if retry_after := heartbeats.checkin_retry_after(device_pk=device.pk, now=now):
-        return _error(request, 429, "RATE_LIMITED", f"Too many check-ins; retry in {retry_after} s.",
-                      Retry_After=str(retry_after))
     try:
         report = service.checkin_parse(request.body, now=now)
     except ApplicationError as exc:
         return _error(request, exc.status_code, exc.code, exc.message, exc.details)
+    if retry_after := service.checkin_heartbeat(device=device, report=report, now=now):
+        return _error(request, 429, "RATE_LIMITED", f"Too many check-ins; retry in {retry_after} s.",
+                      Retry_After=str(retry_after))
     service.checkin_reports_store(device=device, report=report)
-    service.checkin_heartbeat(device=device, report=report, now=now)
 
-    desired = getattr(device, "desired_state", None)
-    etag = service.checkin_etag(desired, now=now)
-    traceparent = (desired.traceparent if desired else "") or new_traceparent()
+    etag = service.checkin_etag(device, now=now)
+    traceparent = device.traceparent or new_traceparent()
     if request.headers.get("If-None-Match") == etag:
         response = HttpResponse(status=304)
     else:
         response = JsonResponse({
-            "desired": service.checkin_desired(device=device, desired=desired, now=now, request=request),
+            "desired": service.checkin_desired(device=device, now=now, request=request),
             "poll_interval_seconds": settings.DEVICE_POLL_INTERVAL_SECONDS,
             "accepted": {"installs": len(report.installs), "metrics": len(report.metrics)},
             "server_time": now.isoformat(),

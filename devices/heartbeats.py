@@ -32,25 +32,23 @@ def _buffer_key() -> str:
     return f"{settings.CACHES['default']['KEY_PREFIX']}:device-heartbeats"
 
 
-def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime) -> None:
-    """One HSET per check-in; a later heartbeat of the same device overwrites an unflushed one."""
-    payload = {"at": now.isoformat(), "running": running, "health": health}
-    _redis().hset(_buffer_key(), str(device_pk), json.dumps(payload, separators=(",", ":")))
+def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime) -> int | None:
+    """Buffers the heartbeat and counts the call against the device's rate, in one Redis round trip.
 
-
-def checkin_retry_after(*, device_pk: int, now: datetime) -> int | None:
-    """Seconds to wait when the device is over its check-in rate (THROTTLE_DEVICE_CHECKIN), else None.
-
-    A fixed one-window counter in Redis (INCR + EXPIRE in one round trip): cheap enough for the hot
-    path, and a misbehaving device cannot crowd out the fleet.
+    Returns the seconds to wait when the device is over THROTTLE_DEVICE_CHECKIN, else None. The
+    limit is a fixed window counter (INCR + EXPIRE): cheap enough for the hot path, and a
+    misbehaving device cannot crowd out the fleet. A later heartbeat of the same device overwrites
+    an unflushed one.
     """
     count, period = _rate(settings.THROTTLE_RATES["device_checkin"])
     window = int(now.timestamp()) // period
-    key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
+    rate_key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
+    payload = {"at": now.isoformat(), "running": running, "health": health}
     pipeline = _redis().pipeline(transaction=False)
-    pipeline.incr(key)
-    pipeline.expire(key, period + 1)
-    calls, _ = pipeline.execute()
+    pipeline.incr(rate_key)
+    pipeline.expire(rate_key, period + 1)
+    pipeline.hset(_buffer_key(), str(device_pk), json.dumps(payload, separators=(",", ":")))
+    calls, _, _ = pipeline.execute()
     if calls <= count:
         return None
     return max(1, (window + 1) * period - int(now.timestamp()))
