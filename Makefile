@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-upload bench-checkin install install-dev clean
+.PHONY: run test lint bench bench-upload bench-checkin bench-telemetry bench-validation install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,8 @@ test: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 
-## bench: both benchmarks below (upload, then check-in)
-bench: bench-upload bench-checkin
+## bench: every benchmark below
+bench: bench-upload bench-checkin bench-telemetry bench-validation
 
 ## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
 bench-upload: install-dev
@@ -42,6 +42,14 @@ bench-upload: install-dev
 ## bench-checkin: device check-ins/s and p50/p99 (304 path; with a metric window) vs a trivial view, 10,000 devices, wrk
 bench-checkin: install-dev
 	$(PY) bench/checkin.py $(CHECKIN_BENCH_ARGS)
+
+## bench-telemetry: fleet-wide telemetry aggregates for 100,000 devices (rollup time, query latency)
+bench-telemetry: install-dev
+	$(PY) bench/telemetry.py $(TELEMETRY_BENCH_ARGS)
+
+## bench-validation: validation latency vs a bare onnxruntime loop; whole validation of a ~100 MB model
+bench-validation: install-dev
+	$(PY) bench/validation.py $(VALIDATION_BENCH_ARGS)
 
 clean:
 	rm -rf var/test var/bench .pytest_cache
