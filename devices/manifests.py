@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,15 +30,16 @@ def signing_key() -> Ed25519PrivateKey:
     path = Path(settings.MANIFEST_SIGNING_KEY_PATH)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        seed = base64.b64encode(os.urandom(32)).decode()
-        # O_EXCL: two processes starting at once must not each write (and use) a different key.
+        # Written whole to a private temp file, then hard-linked into place: concurrent first starts
+        # (several gunicorn workers) agree on one key and never read a half-written file.
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".manifest-key-")
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
             with os.fdopen(descriptor, "w") as handle:
-                handle.write(seed + "\n")
+                handle.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
     return _key_from_base64(path.read_text().strip(), str(path))
 
 
