@@ -20,6 +20,7 @@ from models_app.models import ModelVersion, TestSet, ValidationReport
 from models_app.storage import artifact_store
 from models_app.testsets import npz_arrays
 from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
+from models_app.validation.environment import environment
 
 logger = logging.getLogger(__name__)
 
@@ -132,28 +133,55 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
         status=ModelVersion.Status.VALIDATING)
     baseline = _baseline(version)
     gates = gates_for(version, report.gate_overrides)
-    config = ValidationConfig(
+    config = _config(version, gates)
+    try:
+        with contextlib.ExitStack() as stack:
+            baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
+            config.baseline = baseline_metrics
+            model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model"))
+            if report.test_set:
+                config.test_set_path = str(stack.enter_context(
+                    _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
+            result = run_isolated(str(model_path), config).to_dict()
+            result["baseline_source"] = baseline_source
+    except ApplicationError as exc:  # storage unreachable: the run can be retried later
+        result = {"outcome": "error", "summary": exc.message, "steps": [], "metrics": {}, "gates": []}
+    return _finish(report, result, gates, baseline)
+
+
+def _config(version: ModelVersion, gates: dict) -> ValidationConfig:
+    return ValidationConfig(
         framework=version.ai_model.framework, detected_format=version.detected_format,
         format_details=version.format_details or {},
         expected_sha256=version.sha256, expected_size=version.size_bytes,
         declared_inputs=version.input_schema or [], declared_outputs=version.output_schema or [],
         symbolic_dims={}, warmup_runs=settings.VALIDATION_WARMUP_RUNS,
         benchmark_runs=settings.VALIDATION_BENCHMARK_RUNS, test_set_path=None,
-        accuracy_metric=version.ai_model.accuracy_metric, gates=gates,
-        baseline=(baseline.result or {}).get("metrics") if baseline else None,
+        accuracy_metric=version.ai_model.accuracy_metric, gates=gates, baseline=None,
         limits=ResourceLimits(cpu_seconds=settings.VALIDATION_CPU_SECONDS,
                               wall_seconds=settings.VALIDATION_WALL_SECONDS, memory_mb=settings.VALIDATION_MEMORY_MB),
         intra_op_threads=settings.VALIDATION_INTRA_OP_THREADS,
     )
-    try:
-        with contextlib.ExitStack() as stack:
-            model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model"))
-            if report.test_set:
-                config.test_set_path = str(stack.enter_context(
-                    _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
-            result = run_isolated(str(model_path), config).to_dict()
-    except ApplicationError as exc:  # storage unreachable: the run can be retried later
-        result = {"outcome": "error", "summary": exc.message, "steps": [], "metrics": {}, "gates": []}
+
+
+def _baseline_metrics(baseline: ValidationReport | None,
+                      stack: contextlib.ExitStack) -> tuple[dict | None, str | None]:
+    """The baseline's stored metrics when measured in this same environment, else the baseline measured now."""
+    if baseline is None:
+        return None, None
+    here = environment(intra_op_threads=settings.VALIDATION_INTRA_OP_THREADS)
+    if (baseline.result or {}).get("environment") == here:
+        return baseline.result.get("metrics"), "stored report (same environment)"
+    previous = baseline.version
+    path = stack.enter_context(_local_copy(previous.storage_key, previous.size_bytes, ".baseline"))
+    measured = run_isolated(str(path), _config(previous, {})).to_dict()
+    if measured["outcome"] != "passed":
+        return None, f"{previous.model_id} could not be re-measured here: {measured.get('summary', '')}"
+    return measured["metrics"], f"re-measured here ({previous.model_id}; the stored report ran elsewhere)"
+
+
+def _finish(report: ValidationReport, result: dict, gates: dict, baseline: ValidationReport | None):
+    version = report.version
     status = ValidationReport.Status(result["outcome"])
     with transaction.atomic():
         ValidationReport.objects.filter(pk=report.pk).update(

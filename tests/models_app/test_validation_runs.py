@@ -104,6 +104,20 @@ def test_the_previous_passed_version_is_the_baseline(developer):
 
     assert report.baseline.version == first
     assert report.result["baseline_deltas"]["latency_p99_increase"] is not None
+    assert report.result["baseline_source"].startswith("stored report")
+
+
+def test_a_baseline_measured_elsewhere_is_measured_again_here(developer):
+    first = uploaded(developer, version="1.0.0")
+    stored = run_latest(first)
+    ValidationReport.objects.filter(pk=stored.pk).update(
+        result={**stored.result, "environment": {**stored.result["environment"], "cpu": "another machine"}})
+    second = uploaded(developer, version="1.1.0", content=onnx_model_bytes(hidden=16))
+
+    report = run_latest(second)
+
+    assert report.result["baseline_source"].startswith("re-measured here (resnet-1.0.0")
+    assert report.result["baseline_deltas"]["latency_p99_increase"] is not None
 
 
 def test_it_measures_accuracy_on_an_attached_test_set(developer):
