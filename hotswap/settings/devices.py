@@ -10,3 +10,5 @@ MANIFEST_SIGNING_KEY = env.str("MANIFEST_SIGNING_KEY", default="")
 MANIFEST_SIGNING_KEY_PATH = env.str("MANIFEST_SIGNING_KEY_PATH", default=str(VAR_DIR / "manifest-signing.key"))
 MANIFEST_TTL_SECONDS = env.int("MANIFEST_TTL_SECONDS", default=3600)
 METRIC_RETENTION_DAYS = env.int("METRIC_RETENTION_DAYS", default=14)
+# Metric windows and install reports commit without waiting for the WAL flush (see checkin_reports_store).
+TELEMETRY_SYNCHRONOUS_COMMIT = env.bool("TELEMETRY_SYNCHRONOUS_COMMIT", default=False)

@@ -246,3 +246,18 @@ def test_it_rate_limits_a_chatty_device_without_touching_the_others(client, sett
     assert limited.json()["error"]["code"] == "RATE_LIMITED" and 1 <= int(limited["Retry-After"]) <= 60
     assert MetricWindow.objects.count() == 3  # the refused check-in stored nothing
     assert checkin(client, other_credential).status_code == 200
+
+
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_it_stores_reports_in_either_commit_mode_in_the_order_sent(client, settings, synchronous):
+    settings.TELEMETRY_SYNCHRONOUS_COMMIT = synchronous
+    device, credential = device_with_credential()
+    at = timezone.now().isoformat()
+    installs = [{"model": "resnet", "version": "1.0.0", "status": status, "at": at}
+                for status in ("downloading", "installed", "active")]
+
+    checkin(client, credential, {"installs": installs, "metrics": [metric_window(), metric_window(count=7)]})
+
+    assert list(InstallReport.objects.filter(device=device).order_by("id").values_list("status", flat=True)) == [
+        "downloading", "installed", "active"]
+    assert list(MetricWindow.objects.order_by("id").values_list("inference_count", flat=True)) == [600, 7]
