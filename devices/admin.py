@@ -23,6 +23,7 @@ from devices.services.registry import (
     device_update,
 )
 from hotswap.exceptions import ApplicationError
+from hotswap.lib.admin import ReadOnlyTabularInline
 from models_app.models import ModelVersion
 
 DEVICE_ADD_FIELDS = ("device_id", *UPDATABLE_FIELDS)
@@ -54,18 +55,11 @@ class DeviceAddForm(forms.ModelForm):
         return device_id
 
 
-class DeviceCredentialInline(admin.TabularInline):
+class DeviceCredentialInline(ReadOnlyTabularInline):
     """A device's credentials by prefix; revoke them from the credential list, or issue a new one (action)."""
 
     model = DeviceCredential
     fields = ["prefix", "created_at", "created_by", "revoked_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False

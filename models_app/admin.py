@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from hotswap.exceptions import ApplicationError
+from hotswap.lib.admin import ReadOnlyTabularInline
 from models_app import services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, ModelVersion, ValidationReport
 from models_app.storage import artifact_store
@@ -26,18 +27,11 @@ def _human_size(size: int) -> str:
     return str(size)
 
 
-class ModelVersionInline(admin.TabularInline):
+class ModelVersionInline(ReadOnlyTabularInline):
     """Versions of a model, read-only (uploads go through the upload form)."""
 
     model = ModelVersion
     fields = ["version", "status", "sha256", "size_bytes", "detected_format", "uploaded_by", "uploaded_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(AIModel)
@@ -83,19 +77,12 @@ def _cell(value) -> str:
     return str(value)
 
 
-class ValidationReportInline(admin.TabularInline):
+class ValidationReportInline(ReadOnlyTabularInline):
     """Validation history of a version."""
 
     model = ValidationReport
     fk_name = "version"
     fields = ["status", "summary", "requested_by", "requested_at", "finished_at", "attempts"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(ValidationReport)

@@ -77,3 +77,25 @@ def test_it_refuses_the_upload_page_to_a_viewer(make_user):
     client.force_login(make_user("Viewer", is_staff=True))
 
     assert client.get("/admin/models_app/modelversion/upload/").status_code == 403
+
+
+def test_it_shows_a_validation_report_as_tables_and_lets_an_admin_approve(console):
+    from models_app.models import ValidationReport
+    from models_app.validation_runs import validation_request, validation_run
+
+    _upload(console, onnx_model_bytes())
+    version = ModelVersion.objects.get()
+    ValidationReport.objects.filter(version=version).delete()
+    report = validation_run(report_id=validation_request(
+        version=version, gate_overrides={"max_latency_p99_ms": 0.0001}, queue=False).pk)
+
+    page = console.get(f"/admin/models_app/validationreport/{report.pk}/change/").content.decode()
+    form = console.post("/admin/models_app/modelversion/", {"action": "approve_selected",
+                                                            "_selected_action": [version.pk]})
+    console.post("/admin/models_app/modelversion/", {"action": "approve_selected", "_selected_action": [version.pk],
+                                                     "reason": "Pilot fleet tolerates the latency."})
+
+    assert "max_latency_p99_ms" in page and "FAIL" in page and "onnxruntime" in page
+    assert b"Approve for distribution" in form.content
+    version.refresh_from_db()
+    assert version.status == "failed" and version.approval_reason == "Pilot fleet tolerates the latency."
