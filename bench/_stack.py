@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ import onnx
 import psutil
 from onnx import TensorProto, helper, numpy_helper
 
-from hotswap.lib.localservices import embedded_postgres_url, embedded_redis_url, port_open
+from hotswap.lib.localservices import SeaweedFS, embedded_postgres_url, embedded_redis_url, port_open, start_seaweedfs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -128,3 +133,59 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@dataclass
+class Stack:
+    """The running services of one benchmark: scratch dir, environment for manage.py and gunicorn, servers."""
+
+    scratch: Path
+    env: dict[str, str]
+    seaweed: SeaweedFS
+    db_url: str
+    redis_url: str
+    log: Path
+    gunicorn: subprocess.Popen | None = None
+
+
+@contextlib.contextmanager
+def bench_stack(*, prefix: str, database: str, redis_db: int, bucket: str, keep: bool,
+                env: dict[str, str]) -> Iterator[Stack]:
+    """Starts SeaweedFS, a fresh database and Redis db, migrates; stops and removes all of it afterwards.
+
+    A BenchError raised inside is printed with the tail of the gunicorn log and exits with status 1.
+    """
+    (BASE_DIR / "var" / "bench").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=BASE_DIR / "var" / "bench"))
+    if not keep:
+        atexit.register(shutil.rmtree, scratch, True)  # registered first, so it runs after the servers stop
+    print(f"scratch directory: {scratch}")
+    log = scratch / "gunicorn.log"
+    seaweed = db_url = redis_at = stack = None
+    try:
+        seaweed = start_seaweedfs(scratch / "seaweedfs", bucket)
+        db_url, redis_at = database_url(scratch, database), redis_url(scratch, redis_db)
+        child_env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
+        child_env.update(
+            DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=bucket,
+            S3_ACCESS_KEY_ID=seaweed.access_key, S3_SECRET_ACCESS_KEY=seaweed.secret_key, S3_REGION=seaweed.region,
+            DJANGO_SETTINGS_MODULE="hotswap.settings.base", **env,
+        )
+        print(f"services: S3 {seaweed.endpoint_url}, PostgreSQL {db_url}, Redis {redis_at}")
+        manage(child_env, "migrate", "--noinput", "-v", "0")
+        stack = Stack(scratch=scratch, env=child_env, seaweed=seaweed, db_url=db_url, redis_url=redis_at, log=log)
+        yield stack
+    except BenchError as exc:
+        print(f"\nbench failed: {exc}", file=sys.stderr)
+        if log.exists():
+            print(f"\ngunicorn log (last lines):\n{tail(log)}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    finally:
+        if stack and stack.gunicorn:
+            stop_process_group(stack.gunicorn)
+        if seaweed:
+            seaweed.stop()
+        if db_url:
+            drop_database(db_url, database)
+        if redis_at:
+            flush_redis(redis_at)

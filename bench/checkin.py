@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +43,12 @@ import httpx
 from bench._stack import (
     BASE_DIR,
     BenchError,
-    database_url,
-    drop_database,
-    flush_redis,
+    bench_stack,
     make_onnx,
-    manage,
-    redis_url,
     start_gunicorn,
     stop_process_group,
-    tail,
 )
-from hotswap.lib.localservices import free_port, start_seaweedfs
+from hotswap.lib.localservices import free_port
 
 BUCKET = "hotswap-bench-checkin"
 BENCH_DB = "hotswap_bench_checkin"
@@ -139,7 +132,15 @@ async def learn_etags(base: str, credentials: list[str], body: dict, concurrency
 
         async def one(credential: str) -> str:
             async with limit:
-                response = await client.post(CHECKIN, json=body, headers={"Authorization": f"Device {credential}"})
+                for attempt in range(3):  # a server saturated by this warm-up may reset a connection
+                    try:
+                        response = await client.post(CHECKIN, json=body,
+                                                     headers={"Authorization": f"Device {credential}"})
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                        await asyncio.sleep(0.5 * (attempt + 1))
             if response.status_code != 200 or not response.headers.get("ETag"):
                 raise BenchError(f"POST {CHECKIN} answered {response.status_code} (expected 200 with an ETag): "
                                  f"{response.text[:500]}")
@@ -246,35 +247,20 @@ def main() -> int:
     args = parser.parse_args()
 
     wrk = ensure_wrk()
-    (BASE_DIR / "var" / "bench").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="checkin-", dir=BASE_DIR / "var" / "bench"))
-    if not args.keep:
-        atexit.register(shutil.rmtree, scratch, True)  # registered first, so it runs after the servers stop
-    gunicorn = seaweed = db_url = redis_at = None
-    log = scratch / "gunicorn.log"
-    try:
-        print(f"scratch directory: {scratch}")
-        artifact = scratch / "bench-model.onnx"
+    env = {"LOG_LEVEL": "WARNING",
+           # ETags also roll over every half manifest lifetime; a day keeps them still for the whole bench.
+           "MANIFEST_TTL_SECONDS": "86400"}
+    with bench_stack(prefix="checkin-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
+                     env=env) as stack:
+        stack.env["MANIFEST_SIGNING_KEY_PATH"] = str(stack.scratch / "manifest-signing.key")
+        artifact = stack.scratch / "bench-model.onnx"
         make_onnx(artifact, 64 * 1024)
-        seaweed = start_seaweedfs(scratch / "seaweedfs", BUCKET)
-        db_url, redis_at = database_url(scratch, BENCH_DB), redis_url(scratch, REDIS_DB)
-        env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
-        env.update(
-            DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=BUCKET,
-            S3_ACCESS_KEY_ID=seaweed.access_key, S3_SECRET_ACCESS_KEY=seaweed.secret_key, S3_REGION=seaweed.region,
-            DJANGO_SETTINGS_MODULE="hotswap.settings.base", LOG_LEVEL="WARNING",
-            MANIFEST_SIGNING_KEY_PATH=str(scratch / "manifest-signing.key"),
-            # ETags also roll over every half manifest lifetime; a day keeps them still for the whole bench.
-            MANIFEST_TTL_SECONDS="86400",
-        )
-        print(f"services: S3 {seaweed.endpoint_url}, PostgreSQL {db_url}, Redis {redis_at}")
-        manage(env, "migrate", "--noinput", "-v", "0")
-
         started = time.monotonic()
-        credentials_file = scratch / "credentials.txt"
+        credentials_file = stack.scratch / "credentials.txt"
         setup = subprocess.run([sys.executable, str(Path(__file__).with_name("checkin_fleet.py")),
                                 "--devices", str(args.devices), "--artifact", str(artifact),
-                                "--out", str(credentials_file)], cwd=BASE_DIR, env=env, capture_output=True, text=True)
+                                "--out", str(credentials_file)],
+                               cwd=BASE_DIR, env=stack.env, capture_output=True, text=True)
         if setup.returncode != 0:
             raise BenchError(f"registering the devices failed:\n{setup.stdout[-3000:]}{setup.stderr[-3000:]}")
         fleet = json.loads(setup.stdout.strip().splitlines()[-1])
@@ -286,14 +272,14 @@ def main() -> int:
         setups = ([(c, w, t) for c, w, t in SWEEP] if args.sweep
                   else [(args.worker_class, args.workers, args.threads)])
         body, window_template = checkin_bodies({k: fleet[k] for k in ("model", "version", "sha256")})
-        bodies = {"304": scratch / "body-304.json", "metrics": scratch / "body-window.json"}
+        bodies = {"304": stack.scratch / "body-304.json", "metrics": stack.scratch / "body-window.json"}
         bodies["304"].write_text(json.dumps(body, separators=(",", ":")))
         bodies["metrics"].write_text(window_template)
-        devices_file = scratch / "devices.txt"
+        devices_file = stack.scratch / "devices.txt"
         sweep_rows = []
         for index, (worker_class, workers, threads) in enumerate(setups):
-            gunicorn = start_gunicorn(env, port, log, workers=workers, worker_class=worker_class, threads=threads,
-                                      access_log=False)
+            stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=workers, worker_class=worker_class,
+                                            threads=threads, access_log=False)
             if index == 0:
                 credentials = credentials_file.read_text().split()
                 started = time.monotonic()
@@ -319,24 +305,9 @@ def main() -> int:
                             repeat=args.repeat)
                 if not ok:
                     print("\nsome targets were missed (see above)")
-            stop_process_group(gunicorn)
-            gunicorn = None
-        return 0
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        if log.exists():
-            print(f"\ngunicorn log (last lines):\n{tail(log)}", file=sys.stderr)
-        return 1
-    finally:
-        if gunicorn:
-            stop_process_group(gunicorn)
-        if seaweed:
-            seaweed.stop()
-        if db_url:
-            drop_database(db_url, BENCH_DB)
-        if redis_at:
-            flush_redis(redis_at)
-
+            stop_process_group(stack.gunicorn)
+            stack.gunicorn = None
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

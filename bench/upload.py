@@ -8,14 +8,10 @@ removes everything it made when it ends. MB here means 2**20 bytes.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import io
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,21 +23,15 @@ import psutil
 import requests
 
 from bench._stack import (
-    BASE_DIR,
     MB,
     BenchError,
-    database_url,
-    drop_database,
-    flush_redis,
+    bench_stack,
     make_onnx,
     manage,
-    redis_url,
     sha256_of,
     start_gunicorn,
-    stop_process_group,
-    tail,
 )
-from hotswap.lib.localservices import free_port, start_seaweedfs
+from hotswap.lib.localservices import free_port
 
 BUCKET = "hotswap-bench"
 BENCH_DB = "hotswap_bench"
@@ -191,37 +181,22 @@ def main() -> int:
     args = parser.parse_args()
     size_target = args.size_mb * MB
 
-    (BASE_DIR / "var" / "bench").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=BASE_DIR / "var" / "bench"))
-    if not args.keep:
-        atexit.register(shutil.rmtree, scratch, True)  # registered first, so it runs after the servers stop
-    gunicorn = seaweed = db_url = redis_at = None
-    log = scratch / "gunicorn.log"
-    try:
-        print(f"scratch directory: {scratch}")
-        artifact = scratch / "bench-model.onnx"
+    # The size limit must admit the generated artifact, which is within a few % of the asked size.
+    env = {"THROTTLE_UPLOAD": "1000/hour", "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+           "ARTIFACT_MAX_BYTES": str(max(2 * 1024 * MB, int(size_target * 1.1) + MB))}
+    with bench_stack(prefix="run-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
+                     env=env) as stack:
+        artifact = stack.scratch / "bench-model.onnx"
         make_onnx(artifact, size_target)
         size = artifact.stat().st_size
         sha256 = sha256_of(artifact)
         print(f"artifact: {artifact.name}, {size / MB:.1f} MB, sha256 {sha256[:16]}…")
-
-        seaweed = start_seaweedfs(scratch / "seaweedfs", BUCKET)
-        db_url, redis_at = database_url(scratch, BENCH_DB), redis_url(scratch, REDIS_DB)
-        env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
-        env.update(
-            DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=BUCKET,
-            S3_ACCESS_KEY_ID=seaweed.access_key, S3_SECRET_ACCESS_KEY=seaweed.secret_key, S3_REGION=seaweed.region,
-            THROTTLE_UPLOAD="1000/hour", DJANGO_SETTINGS_MODULE="hotswap.settings.base",
-            ARTIFACT_MAX_BYTES=str(max(2 * 1024 * MB, size + MB)), DJANGO_SUPERUSER_PASSWORD=PASSWORD,
-        )
-        print(f"services: S3 {seaweed.endpoint_url}, PostgreSQL {db_url}, Redis {redis_at}")
-        manage(env, "migrate", "--noinput", "-v", "0")
-        manage(env, "createsuperuser", "--noinput", "--username", USERNAME, "--email", "bench@example.com")
+        manage(stack.env, "createsuperuser", "--noinput", "--username", USERNAME, "--email", "bench@example.com")
         port = free_port()
-        gunicorn = start_gunicorn(env, port, log)
+        gunicorn = stack.gunicorn = start_gunicorn(stack.env, port, stack.log)
         base = f"http://127.0.0.1:{port}"
         token = get_token(base)
-        client = seaweed.client()
+        client = stack.seaweed.client()
 
         api_times, direct_times, peak = [], [], 0
         # The worker's own footprint (Django, DRF, boto3, psycopg...) once warm, before any upload.
@@ -236,22 +211,7 @@ def main() -> int:
             print(f"run {i + 1}/{args.repeat}: API {size / MB / api_times[-1]:.1f} MB/s, "
                   f"boto3 {size / MB / direct_times[-1]:.1f} MB/s")
         report(size, args.repeat, api_times, direct_times, peak, idle)
-        return 0
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        if log.exists():
-            print(f"\ngunicorn log (last lines):\n{tail(log)}", file=sys.stderr)
-        return 1
-    finally:
-        if gunicorn:
-            stop_process_group(gunicorn)
-        if seaweed:
-            seaweed.stop()
-        if db_url:
-            drop_database(db_url, BENCH_DB)
-        if redis_at:
-            flush_redis(redis_at)
-
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
