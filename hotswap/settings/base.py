@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "hotswap.accounts",
     "models_app",
     "devices",
+    "rollouts",
 ]
 
 MIDDLEWARE = [
@@ -144,6 +145,7 @@ SIMPLE_JWT = {
 
 from hotswap.settings.api import *  # noqa: E402,F403
 from hotswap.settings.devices import *  # noqa: E402,F403
+from hotswap.settings.rollouts import *  # noqa: E402,F403
 from hotswap.settings.storage import *  # noqa: E402,F403
 from hotswap.settings.tasks import *  # noqa: E402,F403
 from hotswap.settings.tasks import celery_broker_url  # noqa: E402

@@ -34,5 +34,8 @@ CELERY_BEAT_SCHEDULE = {
                                     "schedule": timedelta(seconds=env.int("OFFLINE_CHECK_SECONDS", default=30))},
     "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup",
                                "schedule": timedelta(seconds=env.int("METRIC_ROLLUP_SECONDS", default=60))},
+    # Advances every open distribution; approvals and creations also advance theirs at once.
+    "advance-distributions": {"task": "rollouts.tasks.distributions_tick",
+                              "schedule": timedelta(seconds=env.float("ROLLOUT_TICK_SECONDS", default=5.0))},
     "prune-metric-windows": {"task": "devices.tasks.metric_windows_prune", "schedule": timedelta(hours=6)},
 }

@@ -1,0 +1,11 @@
+"""Rollout settings: the orchestrator's tick, install timeouts and retries, limits, the stage judge."""
+
+from hotswap.settings.env import env
+
+ROLLOUT_TICK_SECONDS = env.float("ROLLOUT_TICK_SECONDS", default=5.0)
+ROLLOUT_MAX_CONCURRENT = env.int("ROLLOUT_MAX_CONCURRENT", default=20)
+ROLLOUT_INSTALL_TIMEOUT_SECONDS = env.int("ROLLOUT_INSTALL_TIMEOUT_SECONDS", default=900)
+ROLLOUT_MAX_ATTEMPTS = env.int("ROLLOUT_MAX_ATTEMPTS", default=3)
+ROLLOUT_FAILURE_THRESHOLD = env.float("ROLLOUT_FAILURE_THRESHOLD", default=0.1)
+# Dotted path of the callable that judges a soaking stage (rollouts/judges.py).
+ROLLOUT_JUDGE = env.str("ROLLOUT_JUDGE", default="rollouts.judges.soak_judge")

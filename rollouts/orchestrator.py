@@ -1,0 +1,150 @@
+"""The orchestrator: one step of every open distribution per tick, all state in the database.
+
+A tick may run twice, on two workers at once, or be killed half-way: each distribution is advanced
+under a row lock taken with SKIP LOCKED, every change is a conditional transition, and the next
+tick resumes from whatever was committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from rollouts import planning
+from rollouts.judges import stage_judge
+from rollouts.models import Distribution, RollbackPolicy, Stage
+from rollouts.services import (
+    assignments_retry,
+    distribution_rollback,
+    stage_failures_over_threshold,
+)
+from rollouts.transitions import distribution_transition, stage_transition
+
+logger = logging.getLogger(__name__)
+D = Distribution.Status
+S = Stage.Status
+IN_FLIGHT = ("pending", "offered", "downloading", "installed")
+MAX_STEPS = 50
+
+
+def distributions_due(*, now: datetime) -> list[int]:
+    """Open distributions a tick should look at: running, paused (installs still report), scheduled and due."""
+    return list(Distribution.objects.filter(status__in=(D.RUNNING, D.PAUSED)).values_list("pk", flat=True)) + list(
+        Distribution.objects.filter(status=D.SCHEDULED, scheduled_at__lte=now).values_list("pk", flat=True))
+
+
+def distribution_advance(*, distribution_id: int, now: datetime | None = None) -> str | None:
+    """Takes the distribution as far as it can go now; returns its status, or None if another worker has it."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        distribution = (Distribution.objects.select_for_update(skip_locked=True, of=("self",))
+                        .select_related("version", "version_b", "winner").filter(pk=distribution_id).first())
+        if distribution is None:
+            return None
+        if distribution.status == D.SCHEDULED:
+            if distribution.scheduled_at > now:
+                return distribution.status
+            distribution_transition(distribution=distribution, to=D.RUNNING, now=now, started_at=now,
+                                    reason="scheduled start")
+        if distribution.status not in (D.RUNNING, D.PAUSED):
+            return distribution.status
+        stages = list(distribution.stages.order_by("index"))
+        for stage in stages:
+            stage.distribution = distribution
+            if stage.status in (S.INSTALLING, S.SOAKING, S.AWAITING_APPROVAL):
+                planning.assignments_follow_reports(stage=stage, now=now)
+        for _ in range(MAX_STEPS):
+            if distribution.status != D.RUNNING or not _step(distribution, stages, now):
+                break
+        return distribution.status
+
+
+def _step(distribution: Distribution, stages: list[Stage], now: datetime) -> bool:
+    """One move of the state machine; True when something changed and another move may follow."""
+    current = next((stage for stage in stages if stage.status != S.PASSED), None)
+    if current is None:
+        distribution_transition(distribution=distribution, to=D.COMPLETED, now=now, finished_at=now,
+                                reason="every stage passed")
+        distribution.assignments.filter(is_open=True).update(is_open=False, updated_at=now)
+        return False
+    if current.status == S.PENDING:
+        return _stage_start(distribution, stages, current, now)
+    if current.status == S.INSTALLING:
+        return _stage_installing(distribution, current, now)
+    if current.status == S.SOAKING:
+        return _stage_soaking(distribution, current, now)
+    return False  # awaiting approval (an operator acts), failed or cancelled (the distribution has ended)
+
+
+def _stage_start(distribution: Distribution, stages: list[Stage], stage: Stage, now: datetime) -> bool:
+    previous = stages[stage.index - 1] if stage.index else None
+    if previous is not None and previous.finished_at and now < previous.finished_at + timedelta(
+            seconds=stage.delay_seconds):
+        return False
+    sql = planning.target_sql(distribution.target, [v for v in (distribution.version, distribution.version_b) if v])
+    joined = planning.joiners_add(distribution=distribution, stage=stage, sql=sql)
+    offered = planning.assignments_offer(stage=stage, now=now)
+    if joined:
+        planning.stage_device_counts(distribution)
+        stage.device_count = type(stage).objects.get(pk=stage.pk).device_count
+        Distribution.objects.filter(pk=distribution.pk).update(device_count=F("device_count") + joined)
+    stage_transition(stage=stage, to=S.INSTALLING, now=now, started_at=now,
+                     reason=f"offered to {offered} device(s)" + (f", {joined} joined" if joined else ""))
+    return True
+
+
+def _stage_installing(distribution: Distribution, stage: Stage, now: datetime) -> bool:
+    assignments_retry(stage=stage, now=now)
+    counts = planning.stage_counts([stage.pk])[stage.pk]
+    if failure := stage_failures_over_threshold(stage, counts):
+        _halt(distribution, stage, failure, now)
+        return False
+    if any(counts.get(state) for state in IN_FLIGHT):
+        return False
+    stage_transition(stage=stage, to=S.SOAKING, now=now, installed_at=now,
+                     soak_ends_at=now + timedelta(seconds=stage.soak_seconds),
+                     reason=f"installs done: {counts.get('active', 0)} active, "
+                            f"{counts.get('failed', 0) + counts.get('timed_out', 0)} failed")
+    return True
+
+
+def _stage_soaking(distribution: Distribution, stage: Stage, now: datetime) -> bool:
+    verdict = stage_judge()(stage, now=now)
+    if verdict is None:
+        return False
+    overridden = stage.evidence.get("override") is not None
+    evidence = {**stage.evidence, **verdict.evidence, "reason": verdict.reason}
+    if verdict.result == Stage.Verdict.PASS or overridden:
+        to = S.AWAITING_APPROVAL if stage.gate == Stage.Gate.MANUAL else S.PASSED
+        stage_transition(stage=stage, to=to, now=now, verdict=verdict.result, evidence=evidence,
+                         finished_at=None if to == S.AWAITING_APPROVAL else now,
+                         reason=verdict.reason + (" (an operator overrode the halt)" if overridden else ""))
+        return to == S.PASSED
+    if verdict.result == Stage.Verdict.INCONCLUSIVE and stage.kind == Stage.Kind.AB_TEST:
+        stage_transition(stage=stage, to=S.AWAITING_APPROVAL, now=now, verdict=verdict.result, evidence=evidence,
+                         reason=verdict.reason)
+        return False
+    type(stage).objects.filter(pk=stage.pk).update(verdict=verdict.result, evidence=evidence)
+    stage.verdict, stage.evidence = verdict.result, evidence
+    if verdict.result == Stage.Verdict.INCONCLUSIVE:
+        distribution_transition(distribution=distribution, to=D.PAUSED, now=now,
+                                reason=f"{stage.name}: inconclusive: {verdict.reason}; an operator decides")
+        return False
+    _halt(distribution, stage, f"{stage.name}: {verdict.reason}", now)
+    return False
+
+
+def _halt(distribution: Distribution, stage: Stage, reason: str, now: datetime) -> None:
+    """A failing stage: roll back (automatic policy) or pause for an operator (manual policy)."""
+    logger.warning("distribution halted", extra={"distribution": distribution.pk, "stage": stage.index,
+                                                 "reason": reason})
+    if distribution.rollback_policy == RollbackPolicy.AUTOMATIC:
+        stage_transition(stage=stage, to=S.FAILED, now=now, finished_at=now, reason=reason)
+        distribution_rollback(distribution=distribution, reason=f"automatic rollback: {reason}", now=now)
+    else:
+        distribution_transition(distribution=distribution, to=D.PAUSED, now=now,
+                                reason=f"{reason}; resume to accept it, or roll back")

@@ -1,0 +1,311 @@
+"""Set-based SQL for a distribution's devices: the target filter, the stage placement, the offers.
+
+Everything here is one statement over the whole set, never a Python loop over devices: creating a
+distribution over a million devices must take seconds, not hours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from hotswap.exceptions import ApplicationError
+from models_app.models import ModelVersion
+from rollouts.models import Distribution, Stage
+
+TARGET_KEYS = {"regions", "device_types", "tags", "device_ids", "min_memory_mb", "running_versions"}
+MAX_LIST = 10_000
+# Low-discrepancy sequence step (the golden ratio's conjugate): the devices whose score falls below
+# any share p form an even, systematic sample of a list sorted by region and type, so every stage
+# covers regions and device types in proportion.
+_GOLDEN = 0.6180339887498949
+
+
+@dataclass(frozen=True)
+class TargetSQL:
+    """A WHERE clause over devices_device d (with its parameters) selecting a distribution's target set."""
+
+    where: str
+    params: list[Any]
+
+
+def target_normalise(raw: Any) -> dict:
+    """Validates a target filter; an empty filter targets every device that is not decommissioned."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ApplicationError("target must be an object.", code="VALIDATION_ERROR",
+                               details=[{"field": "target", "message": "Must be an object."}])
+    details = [{"field": f"target.{key}", "message": f"Unknown filter; use {', '.join(sorted(TARGET_KEYS))}."}
+               for key in sorted(set(raw) - TARGET_KEYS)]
+    target: dict[str, Any] = {}
+    for key in ("regions", "device_types", "tags", "device_ids", "running_versions"):
+        value = raw.get(key)
+        if value in (None, []):
+            continue
+        if (not isinstance(value, list) or len(value) > MAX_LIST
+                or not all(isinstance(item, str) and 0 < len(item) <= 64 for item in value)):
+            details.append({"field": f"target.{key}", "message": f"A list of at most {MAX_LIST} non-empty names."})
+            continue
+        target[key] = sorted(set(value))
+    memory = raw.get("min_memory_mb")
+    if memory is not None:
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            details.append({"field": "target.min_memory_mb", "message": "A whole number of megabytes, 0 or more."})
+        else:
+            target["min_memory_mb"] = memory
+    if details:
+        raise ApplicationError("The target filter is invalid.", code="VALIDATION_ERROR", details=details)
+    return target
+
+
+def target_sql(target: dict, versions: list[ModelVersion]) -> TargetSQL:
+    """Devices matching the filter that can run every version to ship (memory, device type)."""
+    clauses, params = ["d.status <> 'decommissioned'"], []
+    for key, column in (("regions", "d.region"), ("device_types", "d.device_type"), ("device_ids", "d.device_id")):
+        if target.get(key):
+            clauses.append(f"{column} = ANY(%s)")
+            params.append(target[key])
+    if target.get("tags"):
+        clauses.append("d.tags @> %s::varchar[]")
+        params.append(target["tags"])
+    if target.get("running_versions"):
+        clauses.append("d.current_version_id IN (SELECT id FROM models_app_modelversion WHERE model_id = ANY(%s))")
+        params.append(target["running_versions"])
+    if target.get("min_memory_mb") is not None:
+        clauses.append("d.memory_mb >= %s")
+        params.append(target["min_memory_mb"])
+    for version in versions:
+        if version.min_memory_mb:
+            clauses.append("(d.memory_mb IS NULL OR d.memory_mb >= %s)")
+            params.append(version.min_memory_mb)
+        if version.target_device_type:
+            clauses.append("(d.device_type = '' OR d.device_type = %s)")
+            params.append(version.target_device_type)
+    return TargetSQL(" AND ".join(clauses), params)
+
+
+def target_regions(sql: TargetSQL) -> dict[str, int]:
+    """Targeted devices per region."""
+    with connection.cursor() as cursor:
+        query = f"SELECT d.region, count(*) FROM devices_device d WHERE {sql.where} GROUP BY d.region"  # noqa: S608
+        cursor.execute(query, sql.params)
+        return dict(cursor.fetchall())
+
+
+def target_conflicts(sql: TargetSQL, *, exclude_distribution: int | None = None) -> list[dict]:
+    """Open distributions already holding some of the targeted devices: [{distribution, name, devices}]."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            SELECT a.distribution_id, coalesce(nullif(x.name, ''), 'distribution ' || x.id), count(*)
+            FROM rollouts_assignment a
+            JOIN devices_device d ON d.id = a.device_id
+            JOIN rollouts_distribution x ON x.id = a.distribution_id
+            WHERE a.is_open AND a.distribution_id IS DISTINCT FROM %s AND {sql.where}
+            GROUP BY a.distribution_id, x.name, x.id ORDER BY a.distribution_id
+        """  # noqa: S608 - only fixed fragments and placeholders
+        , [exclude_distribution, *sql.params])
+        return [{"distribution": pk, "name": name, "devices": count} for pk, name, count in cursor.fetchall()]
+
+
+def _stage_case(stages: list[Stage], placement: str, count: int) -> tuple[str, list[Any]]:
+    """A CASE expression giving each scored device its stage id."""
+    if placement == "region":
+        by_region = [stage for stage in stages if stage.kind == Stage.Kind.REGION]
+        rest = [stage for stage in stages if stage.kind == Stage.Kind.REST]
+        parts, params = [], []
+        for stage in by_region:
+            parts.append("WHEN region = %s THEN %s")
+            params += [stage.region, stage.pk]
+        fallback = rest[0].pk if rest else by_region[-1].pk
+        return f"CASE {' '.join(parts)} ELSE {int(fallback)} END", params
+    if placement == "ab":
+        return "%s", [stages[0].pk]
+    placed = [stage for stage in stages if stage.percent is not None]
+    parts, params = [], []
+    for stage in placed[:-1]:
+        parts.append("WHEN rank <= %s THEN %s")
+        params += [math.ceil(count * stage.percent / 100), stage.pk]
+    if not parts:
+        return "%s", [placed[-1].pk]
+    return f"CASE {' '.join(parts)} ELSE {int(placed[-1].pk)} END", params
+
+
+def assignments_plan(*, distribution: Distribution, stages: list[Stage], placement: str, sql: TargetSQL,
+                     count: int) -> int:
+    """Writes one pending Assignment per targeted device, in its stage; returns how many were written.
+
+    Devices are ordered by region, type and a hash of (distribution, device) (random-looking but
+    repeatable), then ranked by a low-discrepancy score: stage k takes the first ceil(n·p_k) ranks.
+    """
+    stage_case, stage_params = _stage_case(stages, placement, count)
+    if placement == "ab":
+        version_case = "CASE WHEN rank <= %s THEN %s ELSE %s END"
+        version_params = [math.ceil(count * distribution.config["split"] / 100), distribution.version_id,
+                          distribution.version_b_id]
+    else:
+        version_case, version_params = "%s", [distribution.version_id]
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            WITH targeted AS (
+                SELECT d.id, d.region, coalesce(s.version_id, d.current_version_id) AS previous,
+                       row_number() OVER (ORDER BY d.region, d.device_type, md5(%s || d.device_id)) AS r
+                FROM devices_device d LEFT JOIN devices_desiredstate s ON s.device_id = d.id
+                WHERE {sql.where}
+            ), scored AS (
+                SELECT id, region, previous,
+                       row_number() OVER (ORDER BY (r * {_GOLDEN}) - floor(r * {_GOLDEN}), r) AS rank
+                FROM targeted
+            )
+            INSERT INTO rollouts_assignment (distribution_id, stage_id, device_id, version_id, previous_version_id,
+                                             state, is_open, attempts, last_error)
+            SELECT %s, {stage_case}, id, {version_case}, previous, 'pending', true, 0, ''
+            FROM scored
+        """  # noqa: S608 - only fixed fragments and placeholders
+        , [f"{distribution.pk}:", *sql.params, distribution.pk, *stage_params, *version_params])
+        return cursor.rowcount
+
+
+def stage_device_counts(distribution: Distribution) -> None:
+    """Stores each stage's device count (shown in the console and the API without counting again)."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            UPDATE rollouts_stage s SET device_count = coalesce(c.n, 0)
+            FROM rollouts_stage s2 LEFT JOIN (
+                SELECT stage_id, count(*) AS n FROM rollouts_assignment
+                WHERE distribution_id = %s AND state NOT IN ('superseded', 'cancelled') GROUP BY stage_id
+            ) c ON c.stage_id = s2.id
+            WHERE s.id = s2.id AND s2.distribution_id = %s
+        """, [distribution.pk, distribution.pk])
+
+
+def joiners_add(*, distribution: Distribution, stage: Stage, sql: TargetSQL) -> int:
+    """Devices that match the filter now but hold no assignment anywhere open: they join `stage`.
+
+    For a regional rollout a joiner waits for its own region's stage when that one has not started.
+    """
+    pending_regions = {s.region: s.pk for s in distribution.stages.filter(kind=Stage.Kind.REGION,
+                                                                          status=Stage.Status.PENDING)}
+    region_case, params = "%s", [stage.pk]
+    if pending_regions:
+        region_case = "CASE " + " ".join("WHEN d.region = %s THEN %s" for _ in pending_regions) + " ELSE %s END"
+        params = [value for item in pending_regions.items() for value in item] + [stage.pk]
+    version_case, version_params = "%s", [distribution.version_id]
+    if distribution.strategy == "ab_test" and stage.kind == Stage.Kind.AB_TEST:
+        # Joiners are split by the same hash: a stable, even share without ranking the whole set again.
+        version_case = ("CASE WHEN ('x' || substr(md5(%s || d.device_id), 1, 8))::bit(32)::bigint < %s "
+                        "THEN %s ELSE %s END")
+        version_params = [f"{distribution.pk}:", int(distribution.config["split"] / 100 * 2**32),
+                          distribution.version_id, distribution.version_b_id]
+    elif distribution.winner_id:
+        version_params = [distribution.winner_id]
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            INSERT INTO rollouts_assignment (distribution_id, stage_id, device_id, version_id, previous_version_id,
+                                             state, is_open, attempts, last_error)
+            SELECT %s, {region_case}, d.id, {version_case}, coalesce(s.version_id, d.current_version_id),
+                   'pending', true, 0, ''
+            FROM devices_device d LEFT JOIN devices_desiredstate s ON s.device_id = d.id
+            WHERE {sql.where}
+              AND NOT EXISTS (SELECT 1 FROM rollouts_assignment a WHERE a.device_id = d.id
+                              AND (a.is_open OR a.distribution_id = %s))
+            ON CONFLICT DO NOTHING
+        """  # noqa: S608 - only fixed fragments and placeholders
+        , [distribution.pk, *params, *version_params, *sql.params, distribution.pk])
+        return cursor.rowcount
+
+
+_OFFER_SQL = """
+    WITH chosen AS (
+        SELECT a.id, a.device_id, a.version_id FROM rollouts_assignment a
+        WHERE a.stage_id = %(stage)s AND {condition}
+    ), desired AS (
+        INSERT INTO devices_desiredstate (device_id, version_id, rollback, sequence, source, reason, set_at,
+                                          set_by_id, traceparent)
+        SELECT device_id, version_id, %(rollback)s, 1, %(source)s, %(reason)s, %(now)s, NULL, %(traceparent)s
+        FROM chosen
+        ON CONFLICT (device_id) DO UPDATE SET
+            version_id = EXCLUDED.version_id, rollback = EXCLUDED.rollback,
+            sequence = devices_desiredstate.sequence + 1,
+            source = EXCLUDED.source, reason = EXCLUDED.reason, set_at = EXCLUDED.set_at, set_by_id = NULL,
+            traceparent = EXCLUDED.traceparent
+        RETURNING device_id, sequence
+    )
+    UPDATE rollouts_assignment a
+    SET state = CASE WHEN d.current_version_id = a.version_id THEN 'active' ELSE 'offered' END,
+        finished_at = CASE WHEN d.current_version_id = a.version_id THEN %(now)s END,
+        sequence = desired.sequence, offered_at = %(now)s, updated_at = %(now)s, attempts = a.attempts + 1,
+        last_error = ''
+    FROM chosen JOIN desired ON desired.device_id = chosen.device_id JOIN devices_device d ON d.id = chosen.device_id
+    WHERE a.id = chosen.id
+"""
+
+
+def assignments_offer(*, stage: Stage, now, condition: str = "a.state = 'pending'", params: dict | None = None,
+                      reason: str = "") -> int:
+    """Makes the chosen assignments' versions the devices' desired state (one statement) → offered.
+
+    A device that already runs the version is active at once.
+    """
+    distribution = stage.distribution
+    with connection.cursor() as cursor:
+        cursor.execute(_OFFER_SQL.format(condition=condition), {
+            "stage": stage.pk, "source": f"distribution:{distribution.pk}", "now": now,
+            "reason": (reason or f"{distribution} · {stage.name}")[:500], "traceparent": distribution.traceparent,
+            "rollback": distribution.is_rollback,
+            **(params or {}),
+        })
+        return cursor.rowcount
+
+
+# Install reports → assignment states: the newest report per device about the offered version.
+_REPORT_STATES = {"downloading": "downloading", "installed": "installed", "active": "active", "failed": "failed",
+                  "refused": "failed", "rolled_back": "failed"}
+_IN_FLIGHT = ("offered", "downloading", "installed")
+
+
+def assignments_follow_reports(*, stage: Stage, now) -> int:
+    """Moves in-flight assignments of the stage by the devices' install reports and running versions."""
+    mapping = " ".join(f"WHEN '{status}' THEN '{state}'" for status, state in _REPORT_STATES.items())
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            UPDATE rollouts_assignment a
+            SET state = CASE r.status {mapping} END, last_error = left(r.error, 2000), updated_at = %(now)s,
+                finished_at = CASE WHEN r.status IN ('active', 'failed', 'refused', 'rolled_back')
+                                   THEN %(now)s END
+            FROM (
+                SELECT DISTINCT ON (ir.device_id) ir.device_id, ir.status, ir.error
+                FROM rollouts_assignment a2
+                JOIN devices_installreport ir ON ir.device_id = a2.device_id AND ir.version_id = a2.version_id
+                WHERE a2.stage_id = %(stage)s AND a2.state IN {_IN_FLIGHT}
+                  AND (ir.sequence >= a2.sequence OR (ir.sequence IS NULL AND ir.received_at >= a2.offered_at))
+                ORDER BY ir.device_id, ir.id DESC
+            ) r
+            WHERE a.stage_id = %(stage)s AND a.device_id = r.device_id AND a.state IN {_IN_FLIGHT}
+              AND a.state <> CASE r.status {mapping} END
+        """  # noqa: S608 - only fixed fragments and placeholders
+        , {"stage": stage.pk, "now": now})
+        moved = cursor.rowcount
+        # A device whose heartbeat says it runs the version is active even if its report was lost.
+        cursor.execute(f"""
+            UPDATE rollouts_assignment a SET state = 'active', updated_at = %(now)s, finished_at = %(now)s
+            FROM devices_device d
+            WHERE a.stage_id = %(stage)s AND a.state IN {_IN_FLIGHT} AND d.id = a.device_id
+              AND d.current_version_id = a.version_id
+        """  # noqa: S608 - only fixed fragments and placeholders
+        , {"stage": stage.pk, "now": now})
+        return moved + cursor.rowcount
+
+
+def stage_counts(stage_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{stage id: {assignment state: count}} in one GROUP BY."""
+    out: dict[int, dict[str, int]] = {pk: {} for pk in stage_ids}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT stage_id, state, count(*) FROM rollouts_assignment WHERE stage_id = ANY(%s) "
+                       "GROUP BY stage_id, state", [stage_ids])
+        for stage_id, state, count in cursor.fetchall():
+            out[stage_id][state] = count
+    return out

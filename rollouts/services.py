@@ -1,0 +1,353 @@
+"""Distribution services: create, and the operator's actions (approve, pause, resume, abort, roll back)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from hotswap.exceptions import ApplicationError, ConflictError
+from hotswap.lib.tracing import new_traceparent
+from models_app.models import ModelVersion
+from models_app.validation_runs import version_is_distributable
+from rollouts import planning
+from rollouts.criteria import criteria_normalise
+from rollouts.models import OPEN_STATUSES, Assignment, Distribution, RollbackPolicy, Stage
+from rollouts.strategies import TargetSummary, strategy_choose, strategy_for
+from rollouts.transitions import TransitionRefused, distribution_transition, stage_transition, transition_record
+
+logger = logging.getLogger(__name__)
+
+# Serialises distribution creation: the overlap check and the concurrency cap are then exact.
+_CREATE_LOCK = 0x484F5453  # "HOTS"
+D = Distribution.Status
+S = Stage.Status
+
+
+class DistributionInProgress(ConflictError):
+    """Some targeted devices already belong to a running distribution."""
+
+    code = "DISTRIBUTION_IN_PROGRESS"
+
+
+def _refusal(version: ModelVersion, *, rollback: bool) -> str | None:
+    if version.status == ModelVersion.Status.DEPRECATED:
+        return None if rollback else f"{version.model_id} is deprecated; only a rollback may return to it."
+    if version_is_distributable(version):
+        return None
+    if version.status in (ModelVersion.Status.UPLOADED, ModelVersion.Status.VALIDATING):
+        return f"{version.model_id} is still being validated; wait until it passed."
+    if version.status == ModelVersion.Status.NEEDS_APPROVAL:
+        return f"{version.model_id} could not be executed by validation; an Admin must approve it first."
+    return f"{version.model_id} failed validation; an Admin must approve it (with a reason) before it ships."
+
+
+def _check_versions(version: ModelVersion, version_b: ModelVersion | None, *, rollback: bool) -> None:
+    details = []
+    for field, candidate in (("version", version), ("version_b", version_b)):
+        if candidate is not None and (reason := _refusal(candidate, rollback=rollback)):
+            details.append({"field": field, "message": reason})
+    if version_b is not None and version_b.pk == version.pk:
+        details.append({"field": "version_b", "message": "An A/B test needs two different versions."})
+    elif version_b is not None and version_b.ai_model_id != version.ai_model_id:
+        details.append({"field": "version_b", "message": "Both versions of an A/B test must be of the same model."})
+    if details:
+        raise ApplicationError(details[0]["message"], code="VERSION_NOT_DISTRIBUTABLE", details=details)
+
+
+def _stage_rows(distribution: Distribution, plans) -> list[Stage]:
+    return Stage.objects.bulk_create([
+        Stage(distribution=distribution, index=index, kind=plan.kind, name=plan.name[:100], percent=plan.percent,
+              region=plan.region, soak_seconds=plan.soak_seconds, delay_seconds=plan.delay_seconds, gate=plan.gate)
+        for index, plan in enumerate(plans)
+    ])
+
+
+@transaction.atomic
+def distribution_create(
+    *,
+    version: ModelVersion,
+    version_b: ModelVersion | None = None,
+    strategy: str | None = None,
+    config: dict[str, Any] | None = None,
+    target: dict[str, Any] | None = None,
+    success_criteria: dict[str, Any] | None = None,
+    rollback_policy: str = RollbackPolicy.AUTOMATIC,
+    scheduled_at: datetime | None = None,
+    name: str = "",
+    install_timeout_seconds: int | None = None,
+    max_attempts: int | None = None,
+    failure_threshold: float | None = None,
+    is_rollback: bool = False,
+    actor=None,
+    now: datetime | None = None,
+) -> Distribution:
+    """Resolves the target set, plans the stages and writes every device's assignment, all or nothing.
+
+    Refused with 400 when a version may not ship or a setting is invalid, with 409 when a targeted
+    device already belongs to a running distribution or too many distributions run.
+    """
+    now = now or timezone.now()
+    _check_versions(version, version_b, rollback=is_rollback)
+    if rollback_policy not in RollbackPolicy.values:
+        raise ApplicationError("rollback_policy must be automatic or manual.", code="VALIDATION_ERROR",
+                               details=[{"field": "rollback_policy", "message": "Use automatic or manual."}])
+    target = planning.target_normalise(target)
+    criteria = criteria_normalise(success_criteria)
+    sql = planning.target_sql(target, [v for v in (version, version_b) if v is not None])
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
+    regions = planning.target_regions(sql)
+    summary = TargetSummary(device_count=sum(regions.values()), regions=regions)
+    if summary.device_count == 0:
+        raise ApplicationError("No device matches the target filter (or can run this version).",
+                               code="NO_TARGET_DEVICES", details=[{"field": "target", "message": "Matches nothing."}])
+    if strategy:
+        reason = "chosen by the operator"
+    else:
+        strategy, reason = strategy_choose(device_count=summary.device_count, has_version_b=version_b is not None)
+    chosen = strategy_for(strategy)
+    if (chosen.name == "ab_test") != (version_b is not None):
+        raise ApplicationError("An A/B test takes two versions (version and version_b); other strategies one.",
+                               code="VALIDATION_ERROR",
+                               details=[{"field": "version_b", "message": "Only for the ab_test strategy."}])
+    config = chosen.configure(config or {}, target=summary)
+
+    if conflicts := planning.target_conflicts(sql):
+        listed = ", ".join(f"{c['name']} (#{c['distribution']}, {c['devices']} devices)" for c in conflicts)
+        raise DistributionInProgress(f"Targeted devices already belong to a running distribution: {listed}.",
+                                     details=[{"field": "target", "message": f"#{c['distribution']}: "
+                                               f"{c['devices']} device(s)"} for c in conflicts],
+                                     extra={"conflicts": conflicts})
+    running = Distribution.objects.filter(status__in=OPEN_STATUSES).count()
+    if running >= settings.ROLLOUT_MAX_CONCURRENT:
+        raise ConflictError(f"{running} distributions are already open (the limit is "
+                            f"{settings.ROLLOUT_MAX_CONCURRENT}); wait for one to finish.",
+                            code="TOO_MANY_DISTRIBUTIONS")
+
+    distribution = Distribution(
+        name=name[:200], version=version, version_b=version_b, strategy=chosen.name, strategy_reason=reason[:300],
+        config=config, target=target, success_criteria=criteria, rollback_policy=rollback_policy,
+        install_timeout_seconds=install_timeout_seconds or settings.ROLLOUT_INSTALL_TIMEOUT_SECONDS,
+        max_attempts=max_attempts or settings.ROLLOUT_MAX_ATTEMPTS,
+        failure_threshold=settings.ROLLOUT_FAILURE_THRESHOLD if failure_threshold is None else failure_threshold,
+        is_rollback=is_rollback, scheduled_at=scheduled_at or now, created_by=actor, traceparent=new_traceparent(),
+    )
+    distribution.full_clean()
+    distribution.save()
+    stages = _stage_rows(distribution, chosen.plan(config, target=summary))
+    try:
+        with transaction.atomic():
+            written = planning.assignments_plan(distribution=distribution, stages=stages,
+                                                placement=chosen.placement, sql=sql, count=summary.device_count)
+    except IntegrityError:
+        # Only if a device changed hands between the checks and the insert (the lock makes it rare).
+        raise DistributionInProgress("Targeted devices joined another distribution meanwhile; try again.") from None
+    planning.stage_device_counts(distribution)
+    Distribution.objects.filter(pk=distribution.pk).update(device_count=written)
+    distribution.device_count = written
+    transition_record(distribution_id=distribution.pk, stage_id=None, from_status="", to_status=D.SCHEDULED,
+                      actor=actor, reason=f"created: {chosen.name} ({reason}), {written} devices", now=now)
+    logger.info("distribution created", extra={"distribution": distribution.pk, "strategy": chosen.name,
+                                               "devices": written})
+    _advance_soon(distribution.pk)
+    return distribution
+
+
+def _advance_soon(distribution_id: int) -> None:
+    from rollouts.tasks import distribution_advance
+
+    transaction.on_commit(lambda: distribution_advance.delay(distribution_id))
+
+
+def stage_current(distribution: Distribution) -> Stage | None:
+    """The first stage that has not passed (None once every stage passed)."""
+    return distribution.stages.exclude(status=S.PASSED).order_by("index").first()
+
+
+@transaction.atomic
+def distribution_approve(*, distribution: Distribution, actor, winner: ModelVersion | None = None,
+                         now: datetime | None = None) -> Stage:
+    """Opens the manual gate the distribution waits at; for an A/B test, names the winner to promote."""
+    now = now or timezone.now()
+    if distribution.status not in (D.RUNNING, D.PAUSED):
+        raise TransitionRefused(f"A distribution that is {distribution.status} has no gate to approve.")
+    stage = stage_current(distribution)
+    if stage is None or stage.status != S.AWAITING_APPROVAL:
+        where = f"stage {stage.index + 1} is {stage.get_status_display().lower()}" if stage else "no stage is left"
+        raise TransitionRefused(f"Nothing waits for approval: {where}.")
+    if stage.kind == Stage.Kind.AB_TEST:
+        if winner is None or winner.pk not in (distribution.version_id, distribution.version_b_id):
+            raise ApplicationError("Name the winner of the A/B test: one of the two versions tested.",
+                                   code="VALIDATION_ERROR", details=[{"field": "winner", "message": "Required."}])
+        _promote(distribution=distribution, stage=stage, winner=winner, now=now)
+    stage_transition(stage=stage, to=S.PASSED, actor=actor, now=now, finished_at=now, approved_by=actor,
+                     reason=f"approved{f', winner {winner.model_id}' if winner else ''}")
+    Distribution.objects.filter(pk=distribution.pk).update(approved_by=actor)
+    _advance_soon(distribution.pk)
+    return stage
+
+
+def _promote(*, distribution: Distribution, stage: Stage, winner: ModelVersion, now: datetime) -> None:
+    """The A/B loser's devices get assignments of the winner in the next stage (the old ones are superseded)."""
+    promote = distribution.stages.get(index=stage.index + 1)
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            WITH losers AS (
+                UPDATE rollouts_assignment SET state = 'superseded', is_open = false, updated_at = %(now)s
+                WHERE stage_id = %(stage)s AND version_id <> %(winner)s AND is_open
+                RETURNING device_id, previous_version_id
+            )
+            INSERT INTO rollouts_assignment (distribution_id, stage_id, device_id, version_id, previous_version_id,
+                                             state, is_open, attempts, last_error)
+            SELECT %(distribution)s, %(promote)s, device_id, %(winner)s, previous_version_id, 'pending', true, 0, ''
+            FROM losers
+        """, {"now": now, "stage": stage.pk, "winner": winner.pk, "distribution": distribution.pk,
+              "promote": promote.pk})
+    Distribution.objects.filter(pk=distribution.pk).update(winner=winner)
+    distribution.winner = winner
+    planning.stage_device_counts(distribution)
+
+
+def distribution_pause(*, distribution: Distribution, actor=None, reason: str = "",
+                       now: datetime | None = None) -> Distribution:
+    """Stops offering new stages; devices already offered go on installing."""
+    return distribution_transition(distribution=distribution, to=D.PAUSED, actor=actor, now=now,
+                                   reason=reason or "paused by an operator")
+
+
+@transaction.atomic
+def distribution_resume(*, distribution: Distribution, actor, reason: str = "",
+                        now: datetime | None = None) -> Distribution:
+    """Continues a paused distribution; a halt the operator resumes from is accepted (not raised again)."""
+    now = now or timezone.now()
+    stage = stage_current(distribution)
+    distribution_transition(distribution=distribution, to=D.RUNNING, actor=actor, now=now,
+                            reason=reason or "resumed by an operator")
+    if stage is not None and stage.status in (S.INSTALLING, S.SOAKING):
+        evidence = {**stage.evidence, "override": {"by": actor.get_username() if actor else "orchestrator",
+                                                   "at": now.isoformat(), "reason": distribution.status_reason}}
+        Stage.objects.filter(pk=stage.pk).update(evidence=evidence)
+    _advance_soon(distribution.pk)
+    return distribution
+
+
+def _close(distribution: Distribution, *, now: datetime, stage_to: str, pending_to: str, actor, reason: str) -> None:
+    Assignment.objects.filter(distribution=distribution, state=Assignment.State.PENDING).update(
+        state=pending_to, is_open=False, updated_at=now)
+    Assignment.objects.filter(distribution=distribution, is_open=True).update(is_open=False, updated_at=now)
+    for stage in distribution.stages.exclude(status__in=(S.PASSED, S.FAILED, S.CANCELLED)):
+        stage_transition(stage=stage, to=stage_to, actor=actor, reason=reason, now=now, finished_at=now)
+
+
+@transaction.atomic
+def distribution_abort(*, distribution: Distribution, actor=None, reason: str = "",
+                       now: datetime | None = None) -> Distribution:
+    """Stops for good: nothing more is offered; devices keep what they installed (roll back to undo that)."""
+    now = now or timezone.now()
+    reason = reason or "aborted by an operator"
+    distribution_transition(distribution=distribution, to=D.ABORTED, actor=actor, now=now, reason=reason,
+                            finished_at=now)
+    _close(distribution, now=now, stage_to=S.CANCELLED, pending_to=Assignment.State.CANCELLED, actor=actor,
+           reason=reason)
+    return distribution
+
+
+_ROLLBACK_SQL = """
+    WITH touched AS (
+        SELECT DISTINCT ON (a.device_id) a.device_id, a.previous_version_id, a.sequence
+        FROM rollouts_assignment a
+        WHERE a.distribution_id = %(distribution)s AND a.sequence IS NOT NULL
+          AND a.state NOT IN ('pending', 'cancelled', 'superseded')
+        ORDER BY a.device_id, a.id DESC
+    )
+    UPDATE devices_desiredstate s
+    SET version_id = t.previous_version_id, rollback = true, sequence = s.sequence + 1, source = %(source)s,
+        reason = %(reason)s, set_at = %(now)s, set_by_id = %(actor)s, traceparent = %(traceparent)s
+    FROM touched t
+    WHERE s.device_id = t.device_id AND s.sequence = t.sequence
+"""
+
+
+@transaction.atomic
+def distribution_rollback(*, distribution: Distribution, actor=None, reason: str = "",
+                          now: datetime | None = None) -> int:
+    """Every device this distribution touched goes back to the version it ran before; returns how many.
+
+    Only devices whose desired state is still the one this distribution set are changed: a device a
+    later distribution or an operator moved on is left alone.
+    """
+    now = now or timezone.now()
+    reason = reason or "rolled back by an operator"
+    distribution_transition(distribution=distribution, to=D.ROLLED_BACK, actor=actor, now=now, reason=reason,
+                            finished_at=now)
+    with connection.cursor() as cursor:
+        cursor.execute(_ROLLBACK_SQL, {"distribution": distribution.pk, "source": f"rollback:{distribution.pk}",
+                                       "reason": reason[:500], "now": now, "actor": getattr(actor, "pk", None),
+                                       "traceparent": distribution.traceparent})
+        reverted = cursor.rowcount
+    Assignment.objects.filter(distribution=distribution, sequence__isnull=False).exclude(
+        state__in=(Assignment.State.PENDING, Assignment.State.CANCELLED, Assignment.State.SUPERSEDED)
+    ).update(state=Assignment.State.ROLLED_BACK, updated_at=now)
+    _close(distribution, now=now, stage_to=S.CANCELLED, pending_to=Assignment.State.CANCELLED, actor=actor,
+           reason=reason)
+    logger.warning("distribution rolled back", extra={"distribution": distribution.pk, "devices": reverted,
+                                                      "reason": reason})
+    return reverted
+
+
+def model_version_rollback(*, version: ModelVersion, actor=None, now: datetime | None = None) -> Distribution:
+    """A Direct distribution that restores `version` on every device running a later version of its model."""
+    later = [v.model_id for v in ModelVersion.objects.filter(ai_model_id=version.ai_model_id).exclude(pk=version.pk)
+             if _precedence(v) > _precedence(version)]
+    if not later:
+        raise ApplicationError(f"No version of {version.ai_model.name} later than {version.version} exists.",
+                               code="NOTHING_TO_ROLL_BACK")
+    return distribution_create(
+        version=version, strategy="direct", config={"soak": "PT0S"}, target={"running_versions": later},
+        rollback_policy=RollbackPolicy.MANUAL, is_rollback=True, name=f"Roll back to {version.model_id}",
+        actor=actor, now=now,
+    )
+
+
+def _precedence(version: ModelVersion) -> tuple:
+    # Semver: a release sorts after its pre-releases; pre-release identifiers compare numerically when numeric.
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.prerelease.split(".") if p)
+    return version.major, version.minor, version.patch, version.is_release, parts
+
+
+def assignments_retry(*, stage: Stage, now: datetime) -> tuple[int, int]:
+    """Failed installs with attempts left, and silent ones past the timeout, are offered again.
+
+    Returns (offered again, timed out).
+    """
+    distribution = stage.distribution
+    deadline = now - timedelta(seconds=distribution.install_timeout_seconds)
+    retried = planning.assignments_offer(
+        stage=stage, now=now, reason=f"{distribution} · {stage.name} (retry)",
+        condition="a.attempts < %(max)s AND (a.state = 'failed' OR (a.state IN ('offered', 'downloading', "
+                  "'installed') AND a.offered_at < %(deadline)s))",
+        params={"max": distribution.max_attempts, "deadline": deadline})
+    timed_out = Assignment.objects.filter(
+        stage=stage, state__in=("offered", "downloading", "installed"), offered_at__lt=deadline,
+        attempts__gte=distribution.max_attempts,
+    ).update(state=Assignment.State.TIMED_OUT, updated_at=now, finished_at=now,
+             last_error=f"no install outcome within {distribution.install_timeout_seconds} s")
+    return retried, timed_out
+
+
+def stage_failures_over_threshold(stage: Stage, counts: dict[str, int]) -> str | None:
+    """Why the stage must halt on failed installs (failed for good + timed out), or None."""
+    failed = counts.get("timed_out", 0) + counts.get("failed", 0)
+    accepted = stage.evidence.get("override") is not None
+    size = sum(n for state, n in counts.items() if state not in ("superseded", "cancelled"))
+    threshold = stage.distribution.failure_threshold
+    if accepted or not size or failed <= threshold * size:
+        return None
+    return (f"{failed} of {size} installs in {stage.name} failed or timed out "
+            f"({failed / size:.0%} > the {threshold:.0%} threshold)")
