@@ -33,3 +33,22 @@ def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture
     distribution.refresh_from_db()
     assert distribution.status == Distribution.Status.COMPLETED
     assert DesiredState.objects.filter(version=new).count() == 50
+
+
+def test_status_counts_what_devices_did(make_fleet, make_version):
+    from rollouts.selectors import distribution_status
+
+    new = make_version(version="2.0.0")
+    make_fleet({"eu": 10})
+    now = timezone.now()
+    distribution = distribution_create(version=new, strategy="direct", now=now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    devices = offered(distribution)
+    report_installs(devices[:7])
+    report_installs(devices[7:8], "failed", error="checksum mismatch")
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    distribution.refresh_from_db()
+    status = distribution_status(distribution=distribution, now=now)
+    assert status["progress"]["active"] == 7
+    assert status["stages"][0]["progress"]["targeted"] == 10
+    assert "installs on" in status["waiting_for"]
