@@ -186,6 +186,11 @@ def distribution_approve(*, distribution: Distribution, actor, winner: ModelVers
             raise ApplicationError("Name the winner of the A/B test: one of the two versions tested.",
                                    code="VALIDATION_ERROR", details=[{"field": "winner", "message": "Required."}])
         _promote(distribution=distribution, stage=stage, winner=winner, now=now)
+    elif winner is not None:
+        # Otherwise the audit trail would name a winner that nothing was promoted for.
+        raise ApplicationError(f"{stage.name} is not an A/B test: there is no winner to name.",
+                               code="VALIDATION_ERROR", details=[{"field": "winner", "message": "Only for an A/B "
+                                                                  "test."}])
     stage_transition(stage=stage, to=S.PASSED, actor=actor, now=now, finished_at=now, approved_by=actor,
                      reason=f"approved{f', winner {winner.model_id}' if winner else ''}")
     Distribution.objects.filter(pk=distribution.pk).update(approved_by=actor)
