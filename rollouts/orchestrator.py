@@ -14,12 +14,15 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from models_app.models import ModelVersion
 from rollouts import planning
+from rollouts.alerts import alert_raise
 from rollouts.judges import stage_judge
 from rollouts.models import Distribution, RollbackPolicy, Stage
 from rollouts.services import (
     assignments_retry,
     distribution_rollback,
+    promote,
     stage_failures_over_threshold,
 )
 from rollouts.transitions import distribution_transition, stage_transition
@@ -104,6 +107,12 @@ def _stage_installing(distribution: Distribution, stage: Stage, now: datetime) -
         _halt(distribution, stage, failure, now)
         return False
     if any(counts.get(state) for state in IN_FLIGHT):
+        # Devices that already run the new version are judged while the others still install:
+        # a regression is acted on without waiting for stragglers.
+        verdict = stage_judge()(stage, now=now)
+        if verdict is not None and verdict.result == Stage.Verdict.FAIL and not stage.evidence.get("override"):
+            _record_verdict(stage, verdict)
+            _halt(distribution, stage, f"{stage.name}: {verdict.reason}", now, evidence=verdict.evidence)
         return False
     stage_transition(stage=stage, to=S.SOAKING, now=now, installed_at=now,
                      soak_ends_at=now + timedelta(seconds=stage.soak_seconds),
@@ -118,6 +127,12 @@ def _stage_soaking(distribution: Distribution, stage: Stage, now: datetime) -> b
         return False
     overridden = stage.evidence.get("override") is not None
     evidence = {**stage.evidence, **verdict.evidence, "reason": verdict.reason}
+    if verdict.result == Stage.Verdict.PASS and stage.kind == Stage.Kind.AB_TEST:
+        winner = ModelVersion.objects.get(pk=verdict.evidence["winner_id"])
+        promote(distribution=distribution, stage=stage, winner=winner, now=now)
+        stage_transition(stage=stage, to=S.PASSED, now=now, verdict=verdict.result, evidence=evidence,
+                         finished_at=now, reason=f"{verdict.reason}: {winner.model_id} goes to every device")
+        return True
     if verdict.result == Stage.Verdict.PASS or overridden:
         to = S.AWAITING_APPROVAL if stage.gate == Stage.Gate.MANUAL else S.PASSED
         stage_transition(stage=stage, to=to, now=now, verdict=verdict.result, evidence=evidence,
@@ -127,24 +142,34 @@ def _stage_soaking(distribution: Distribution, stage: Stage, now: datetime) -> b
     if verdict.result == Stage.Verdict.INCONCLUSIVE and stage.kind == Stage.Kind.AB_TEST:
         stage_transition(stage=stage, to=S.AWAITING_APPROVAL, now=now, verdict=verdict.result, evidence=evidence,
                          reason=verdict.reason)
+        alert_raise(distribution=distribution, kind="ab_test_undecided", reason=verdict.reason,
+                    evidence=verdict.evidence)
         return False
-    type(stage).objects.filter(pk=stage.pk).update(verdict=verdict.result, evidence=evidence)
-    stage.verdict, stage.evidence = verdict.result, evidence
+    _record_verdict(stage, verdict)
     if verdict.result == Stage.Verdict.INCONCLUSIVE:
-        distribution_transition(distribution=distribution, to=D.PAUSED, now=now,
-                                reason=f"{stage.name}: inconclusive: {verdict.reason}; an operator decides")
+        reason = f"{stage.name}: inconclusive: {verdict.reason}; an operator decides"
+        distribution_transition(distribution=distribution, to=D.PAUSED, now=now, reason=reason)
+        alert_raise(distribution=distribution, kind="inconclusive", reason=reason, evidence=verdict.evidence)
         return False
-    _halt(distribution, stage, f"{stage.name}: {verdict.reason}", now)
+    _halt(distribution, stage, f"{stage.name}: {verdict.reason}", now, evidence=verdict.evidence)
     return False
 
 
-def _halt(distribution: Distribution, stage: Stage, reason: str, now: datetime) -> None:
+def _record_verdict(stage: Stage, verdict) -> None:
+    evidence = {**stage.evidence, **verdict.evidence, "reason": verdict.reason}
+    type(stage).objects.filter(pk=stage.pk).update(verdict=verdict.result, evidence=evidence)
+    stage.verdict, stage.evidence = verdict.result, evidence
+
+
+def _halt(distribution: Distribution, stage: Stage, reason: str, now: datetime, *,
+          evidence: dict | None = None) -> None:
     """A failing stage: roll back (automatic policy) or pause for an operator (manual policy)."""
-    logger.warning("distribution halted", extra={"distribution": distribution.pk, "stage": stage.index,
-                                                 "reason": reason})
     if distribution.rollback_policy == RollbackPolicy.AUTOMATIC:
         stage_transition(stage=stage, to=S.FAILED, now=now, finished_at=now, reason=reason)
-        distribution_rollback(distribution=distribution, reason=f"automatic rollback: {reason}", now=now)
+        reverted = distribution_rollback(distribution=distribution, reason=f"automatic rollback: {reason}", now=now)
+        alert_raise(distribution=distribution, kind="rolled_back",
+                    reason=f"{reason}; {reverted} device(s) sent back to their previous version", evidence=evidence)
     else:
         distribution_transition(distribution=distribution, to=D.PAUSED, now=now,
                                 reason=f"{reason}; resume to accept it, or roll back")
+        alert_raise(distribution=distribution, kind="paused", reason=reason, evidence=evidence)

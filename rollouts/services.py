@@ -185,7 +185,7 @@ def distribution_approve(*, distribution: Distribution, actor, winner: ModelVers
         if winner is None or winner.pk not in (distribution.version_id, distribution.version_b_id):
             raise ApplicationError("Name the winner of the A/B test: one of the two versions tested.",
                                    code="VALIDATION_ERROR", details=[{"field": "winner", "message": "Required."}])
-        _promote(distribution=distribution, stage=stage, winner=winner, now=now)
+        promote(distribution=distribution, stage=stage, winner=winner, now=now)
     elif winner is not None:
         # Otherwise the audit trail would name a winner that nothing was promoted for.
         raise ApplicationError(f"{stage.name} is not an A/B test: there is no winner to name.",
@@ -198,7 +198,7 @@ def distribution_approve(*, distribution: Distribution, actor, winner: ModelVers
     return stage
 
 
-def _promote(*, distribution: Distribution, stage: Stage, winner: ModelVersion, now: datetime) -> None:
+def promote(*, distribution: Distribution, stage: Stage, winner: ModelVersion, now: datetime) -> None:
     """The A/B loser's devices get assignments of the winner in the next stage (the old ones are superseded)."""
     promote = distribution.stages.get(index=stage.index + 1)
     with connection.cursor() as cursor:

@@ -9,3 +9,5 @@ ROLLOUT_MAX_ATTEMPTS = env.int("ROLLOUT_MAX_ATTEMPTS", default=3)
 ROLLOUT_FAILURE_THRESHOLD = env.float("ROLLOUT_FAILURE_THRESHOLD", default=0.1)
 # Dotted path of the callable that judges a soaking stage (rollouts/judges.py).
 ROLLOUT_JUDGE = env.str("ROLLOUT_JUDGE", default="rollouts.judges.soak_judge")
+# Alerts (automatic rollback, halts, inconclusive verdicts) are POSTed here as JSON when set.
+ROLLOUT_ALERT_WEBHOOK_URL = env.str("ROLLOUT_ALERT_WEBHOOK_URL", default="")

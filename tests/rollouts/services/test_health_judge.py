@@ -1,0 +1,161 @@
+"""The health judge on constructed telemetry: regressions fail, noise passes, too little is inconclusive."""
+
+import random
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from devices.models import DesiredState, MetricWindow
+from rollouts.health import health_judge
+from rollouts.models import Assignment
+from rollouts.orchestrator import distribution_advance
+from rollouts.services import distribution_create
+from tests.rollouts.conftest import offered, report_installs
+
+pytestmark = pytest.mark.usefixtures("_health_judge")
+
+
+@pytest.fixture
+def _health_judge():
+    with override_settings(ROLLOUT_JUDGE="rollouts.health.health_judge"):
+        yield
+
+
+def _windows(assignments, version_of, *, start, latency=20.0, spread=2.0, errors=0.001, accuracy=None,
+             inferences=200, seed=1):
+    rng = random.Random(seed)
+    rows = []
+    for a in assignments:
+        version = version_of(a)
+        p99 = max(0.5, rng.gauss(latency, spread))
+        rows.append(MetricWindow(
+            device_id=a.device_id, version=version, model_name=version.ai_model.name, model_version=version.version,
+            window_start=start, window_end=start + timedelta(seconds=30), inference_count=inferences,
+            error_count=round(inferences * errors), latency_p50_ms=p99 / 2, latency_p95_ms=p99 * 0.9,
+            latency_p99_ms=p99, accuracy=accuracy if accuracy is None else min(1, max(0, rng.gauss(accuracy, 0.01))),
+            labelled_count=inferences if accuracy is not None else None))
+    MetricWindow.objects.bulk_create(rows)
+
+
+@pytest.fixture
+def canary(make_fleet, make_version):
+    """A 25 % canary of 1.1.0 over 40 devices on 1.0.0, installed at `now`: (distribution, now)."""
+    old = make_version(version="1.0.0")
+    make_fleet({"eu": 20, "us": 20}, running=old)
+    now = timezone.now()
+    distribution = distribution_create(version=make_version(version="1.1.0"), strategy="canary",
+                                       config={"percent": 25, "soak": "PT10M"}, now=now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    report_installs(offered(distribution, 0))
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
+    return distribution, now
+
+
+def _feed(distribution, now, *, new=None, base=None):
+    stage_devices = Assignment.objects.filter(distribution=distribution).select_related(
+        "version__ai_model", "previous_version__ai_model")
+    start = now + timedelta(seconds=5)
+    _windows([a for a in stage_devices if a.stage.index == 0], lambda a: a.version, start=start, seed=2,
+             **(new or {}))
+    _windows([a for a in stage_devices if a.stage.index == 1], lambda a: a.previous_version, start=start, seed=3,
+             **(base or {}))
+
+
+def _judge(distribution, at):
+    stage = distribution.stages.get(index=0)
+    stage.distribution = distribution
+    return health_judge(stage, now=at)
+
+
+def test_a_clear_latency_regression_fails_before_the_soak_ends(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"latency": 30.0})
+    verdict = _judge(distribution, now + timedelta(minutes=1))
+    assert verdict.result == "fail"
+    assert "p99 latency +" in verdict.reason
+    assert verdict.evidence["latency_p_value"] < 0.01
+    assert 40 < verdict.evidence["latency_increase_pct"] < 60
+
+
+def test_noise_passes_when_the_soak_is_over_and_not_before(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"latency": 20.5}, base={"latency": 20.0})
+    assert _judge(distribution, now + timedelta(minutes=1)) is None
+    verdict = _judge(distribution, now + timedelta(minutes=11))
+    assert verdict.result == "pass"
+    assert verdict.evidence["new"]["devices"] == 10 and verdict.evidence["baseline"]["devices"] == 30
+
+
+def test_too_little_data_at_the_end_of_the_soak_is_inconclusive(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"inferences": 10}, base={"inferences": 10})
+    verdict = _judge(distribution, now + timedelta(minutes=11))
+    assert verdict.result == "inconclusive"
+    assert "too little data" in verdict.reason
+
+
+def test_an_accuracy_drop_fails(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"accuracy": 0.75}, base={"accuracy": 0.93})
+    verdict = _judge(distribution, now + timedelta(minutes=1))
+    assert verdict.result == "fail"
+    assert "accuracy -" in verdict.reason
+
+
+def test_an_error_rate_above_the_limit_fails(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"errors": 0.08})
+    verdict = _judge(distribution, now + timedelta(minutes=1))
+    assert verdict.result == "fail"
+    assert "error rate 8.00% > 5.00%" in verdict.reason
+
+
+def test_the_orchestrator_rolls_back_on_the_judges_failing_verdict(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"latency": 30.0})
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=1))
+    distribution.refresh_from_db()
+    assert distribution.status == "rolled_back"
+    assert "p99 latency" in distribution.status_reason
+    reverted = DesiredState.objects.filter(source=f"rollback:{distribution.pk}")
+    assert reverted.count() == 10
+    assert set(reverted.values_list("version__version", "rollback")) == {("1.0.0", True)}
+    stage = distribution.stages.get(index=0)
+    assert stage.verdict == "fail" and stage.evidence["new"]["devices"] == 10
+
+
+def test_an_ab_test_promotes_the_significantly_better_version(make_fleet, make_version):
+    make_fleet({"eu": 40}, running=make_version(version="1.0.0"))
+    a, b = make_version(version="1.1.0"), make_version(version="1.2.0")
+    now = timezone.now()
+    distribution = distribution_create(version=a, version_b=b, config={"window": "PT5M", "metric": "latency_p99_ms",
+                                                                       "min_improvement": 10}, now=now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    report_installs(offered(distribution, 0))
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
+    tested = list(Assignment.objects.filter(distribution=distribution).select_related("version__ai_model"))
+    _windows([t for t in tested if t.version_id == a.pk], lambda t: t.version, start=now, latency=30.0, seed=4)
+    _windows([t for t in tested if t.version_id == b.pk], lambda t: t.version, start=now, latency=20.0, seed=5)
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=6))
+    distribution.refresh_from_db()
+    assert distribution.winner == b
+    stage = distribution.stages.get(index=0)
+    assert stage.status == "passed" and stage.evidence["improvement_pct"] > 10
+    assert {x.version_id for x in offered(distribution, 1)} == {b.pk}
+
+
+def test_an_ab_test_without_a_significant_difference_waits_for_an_operator(make_fleet, make_version):
+    make_fleet({"eu": 40})
+    a, b = make_version(version="1.1.0"), make_version(version="1.2.0")
+    now = timezone.now()
+    distribution = distribution_create(version=a, version_b=b, config={"window": "PT5M"}, now=now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    report_installs(offered(distribution, 0))
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
+    tested = list(Assignment.objects.filter(distribution=distribution).select_related("version__ai_model"))
+    _windows(tested, lambda t: t.version, start=now, latency=20.0, seed=6)
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=6))
+    stage = distribution.stages.get(index=0)
+    assert stage.status == "awaiting_approval" and stage.verdict == "inconclusive"
