@@ -119,6 +119,15 @@ def _change(new: float | None, base: float | None) -> float | None:
     return round((new / base - 1) * 100, 2) if new is not None and base else None
 
 
+def summary_compare(new: list[DeviceFigures], baseline: list[DeviceFigures]) -> dict:
+    """Both samples summarised, with the relative changes the criteria speak of."""
+    new_sum, base_sum = _summary(new), _summary(baseline)
+    accuracy_change = _change(new_sum["accuracy"], base_sum["accuracy"])
+    return {"new": new_sum, "baseline": base_sum,
+            "latency_increase_pct": _change(new_sum["latency_p99_ms"], base_sum["latency_p99_ms"]),
+            "accuracy_drop_pct": -accuracy_change if accuracy_change is not None else None}
+
+
 def health_judge(stage: Stage, *, now: datetime) -> Verdict | None:
     """The ROLLOUT_JUDGE for telemetry-driven rollouts (see the module docstring)."""
     if stage.kind == Stage.Kind.AB_TEST:

@@ -99,5 +99,60 @@ def distribution_status(*, distribution: Distribution, now: datetime | None = No
         "current_stage": current.index if current and distribution.is_open else None,
         "waiting_for": distribution_waiting_for(distribution, current, current_progress, now=now),
         "progress": total,
+        "live_metrics": distribution_live_metrics(distribution=distribution, now=now) if distribution.is_open
+        else None,
         "stages": per_stage,
+    }
+
+
+def distribution_live_metrics(*, distribution: Distribution, now: datetime | None = None) -> dict | None:
+    """The current stage's new-version figures against its baseline, as the health judge sees them now."""
+    from rollouts.health import stage_samples, summary_compare
+
+    now = now or timezone.now()
+    stage = distribution.stages.filter(status__in=(Stage.Status.INSTALLING, Stage.Status.SOAKING,
+                                                   Stage.Status.AWAITING_APPROVAL)).order_by("index").first()
+    if stage is None:
+        return None
+    stage.distribution = distribution
+    new, baseline, baseline_is = stage_samples(stage, now=now)
+    return {"stage": stage.index, "baseline_is": baseline_is, **summary_compare(new, baseline)}
+
+
+def distribution_metrics(*, distribution: Distribution, interval_seconds: int = 60, group_by: str = "none",
+                         now: datetime | None = None) -> dict:
+    """Time series per version (and group) from the per-minute rollup, with the stage boundaries and any
+    rollback marked: what the console's charts draw."""
+    from devices.telemetry_selectors import version_metrics
+
+    now = now or timezone.now()
+    started = distribution.started_at or distribution.scheduled_at
+    since = started - timedelta(minutes=30)
+    until = (distribution.finished_at or now) + timedelta(minutes=5)
+    previous = set(distribution.assignments.exclude(previous_version=None).order_by()
+                   .values_list("previous_version_id", flat=True).distinct())
+    versions = {distribution.version_id, *([distribution.version_b_id] if distribution.version_b_id else []),
+                *previous}
+    names = dict(Distribution.version.field.related_model.objects.filter(pk__in=versions)
+                 .values_list("pk", "model_id"))
+    rows = version_metrics(version_ids=sorted(versions), since=since, until=until, group_by=group_by,
+                           interval_seconds=interval_seconds)
+    series: dict[tuple, list] = {}
+    for row in rows:
+        key = (row["version_id"], row["group"])
+        series.setdefault(key, []).append({
+            "at": row["slice_start"], "inferences": row["inference_count"], "error_rate": row["error_rate"],
+            "latency_p50_ms": row["latency_p50_ms"], "latency_p99_ms": row["latency_p99_ms"],
+            "accuracy": row["accuracy"],
+        })
+    role = {distribution.version_id: "new", distribution.version_b_id: "b"}
+    rollback = distribution.transitions.filter(to_status=Distribution.Status.ROLLED_BACK).first()
+    return {
+        "since": since, "until": until, "interval_seconds": interval_seconds, "group_by": group_by,
+        "series": [{"version": names.get(version_id), "role": role.get(version_id, "baseline"), "group": group,
+                    "points": points} for (version_id, group), points in series.items()],
+        "stages": [{"index": s.index, "name": s.name, "started_at": s.started_at, "finished_at": s.finished_at,
+                    "verdict": s.verdict} for s in distribution.stages.order_by("index")],
+        "rolled_back_at": rollback.at if rollback else None,
+        "rollback_reason": rollback.reason if rollback else "",
     }

@@ -159,3 +159,22 @@ def test_an_ab_test_without_a_significant_difference_waits_for_an_operator(make_
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=6))
     stage = distribution.stages.get(index=0)
     assert stage.status == "awaiting_approval" and stage.verdict == "inconclusive"
+
+
+def test_status_and_metrics_show_the_new_version_against_its_baseline(canary):
+    from devices.services.telemetry import metric_rollup_recent
+    from rollouts.selectors import distribution_metrics, distribution_status
+
+    distribution, now = canary
+    _feed(distribution, now, new={"latency": 26.0})
+    distribution.refresh_from_db()
+    live = distribution_status(distribution=distribution, now=now + timedelta(seconds=40))["live_metrics"]
+    assert live["new"]["devices"] == 10 and live["baseline"]["devices"] == 30
+    assert 20 < live["latency_increase_pct"] < 40
+    metric_rollup_recent(now=now + timedelta(minutes=3))
+    metrics = distribution_metrics(distribution=distribution, now=now + timedelta(minutes=3))
+    roles = {serie["role"]: serie for serie in metrics["series"]}
+    assert set(roles) == {"new", "baseline"}
+    assert roles["new"]["version"] == "resnet-1.1.0"
+    assert roles["new"]["points"][0]["latency_p99_ms"] > roles["baseline"]["points"][0]["latency_p99_ms"]
+    assert [s["index"] for s in metrics["stages"]] == [0, 1]
