@@ -162,3 +162,18 @@ def test_bad_target_and_criteria_are_refused_with_every_problem(make_fleet, make
     with pytest.raises(ApplicationError) as exc:
         distribution_create(version=version, success_criteria={"max_error_rate": 2})
     assert exc.value.details[0]["field"] == "success_criteria.max_error_rate"
+
+
+def test_a_version_in_a_distributions_history_cannot_be_deleted(make_fleet, make_version):
+    from models_app.services import model_version_delete
+
+    old = make_version(version="1.0.0")
+    make_fleet({"eu": 2}, running=old)
+    new = make_version(version="1.1.0")
+    distribution = distribution_create(version=new, strategy="direct")
+    Device.objects.update(current_version=None)
+    for version in (new, old):
+        with pytest.raises(ApplicationError) as exc:
+            model_version_delete(model_version=version, actor=None)
+        assert exc.value.code == "VERSION_IN_USE"
+        assert f"#{distribution.pk}" in exc.value.message
