@@ -25,12 +25,24 @@ run: install
 	$(PY) manage.py runstack
 
 ## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery
-test: install-dev
+test: install-dev browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+
+## browser: Debian's chromium for the console's browser tests, installed when missing (as root; HOTSWAP_SKIP_BROWSER=1: not)
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$HOTSWAP_SKIP_BROWSER" != 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian's chromium for the browser tests..."; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing and this is not root: the browser tests will fail (apt-get install chromium)."; \
+	  fi; \
+	fi
 
 ## bench: every benchmark below
 bench: bench-upload bench-checkin bench-telemetry bench-validation

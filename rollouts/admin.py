@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from rollouts.services import (
     distribution_rollback,
     stage_current,
 )
+from rollouts.strategies import iso_duration
 from rollouts.transitions import distribution_can
 
 D = Distribution.Status
@@ -217,6 +219,7 @@ class DistributionAdmin(admin.ModelAdmin):
             "signature": f"{distribution.status}:{distribution.transitions.count()}",
             "total": progress_bar(status["progress"]),
             "stages": [{**stage, "key": f"stage-{stage['index']}", "bar": progress_bar(stage["progress"]),
+                        "soak": iso_duration(stage["soak_seconds"]),
                         "status_label": S(stage["status"]).label} for stage in status["stages"]],
             "rollback": rollback,
             # Nothing moves any more once closed, except devices still returning after a rollback.
@@ -251,6 +254,8 @@ class DistributionAdmin(admin.ModelAdmin):
         context = {
             **self._page_context(request, distribution, str(distribution)), **live, "buttons": buttons,
             "current": current, "target_text": _target_text(distribution.target),
+            "config_json": json.dumps(distribution.config, indent=2),
+            "criteria_json": json.dumps(distribution.success_criteria, indent=2),
             "transitions": distribution.transitions.select_related("stage").order_by("at", "id"),
             "status_url": reverse("admin:rollouts_distribution_status", args=[distribution.pk]),
             "poll_ms": POLL_MS,
@@ -303,7 +308,7 @@ class DistributionAdmin(admin.ModelAdmin):
             return "Resumed."
         if action == "abort":
             distribution_abort(distribution=distribution, actor=actor, reason=reason)
-            return "Aborted: nothing more is offered; devices keep what they installed."
+            return "Aborted: nothing more is offered; devices keep what they installed (Rollback undoes that)."
         reverted = distribution_rollback(distribution=distribution, actor=actor, reason=reason)
         return f"Rolled back: {reverted} device(s) go back to their previous version."
 

@@ -107,6 +107,18 @@ class DistributionCreateForm(forms.Form):
                                                       "%Y-%m-%d %H:%M:%S"],
                                        help_text="Empty: now.")
 
+    def fieldsets(self) -> list[tuple[str, list[tuple[forms.BoundField, str]]]]:
+        """(title, [(field, the strategies it applies to or "")]): the page hides what the chosen strategy ignores."""
+        owners: dict[str, list[str]] = {"version_b": ["auto", Strategy.AB_TEST]}
+        for strategy, fields in STRATEGY_FIELDS.items():
+            for field in fields:
+                owners.setdefault(field, []).append(strategy)
+        tuned = [name for name in self.fields if name in owners and name != "version_b"]
+        groups = [("Version", ["name", "version", "version_b"]), ("Strategy", ["strategy", *tuned]),
+                  ("Target devices", list(TARGET_FIELDS)),
+                  ("Rollback and schedule", ["rollback_policy", "scheduled_at"])]
+        return [(title, [(self[name], " ".join(owners.get(name, []))) for name in names]) for title, names in groups]
+
     def clean_stages(self) -> list[dict] | None:
         lines = [line.strip() for line in self.cleaned_data["stages"].splitlines() if line.strip()]
         stages = []

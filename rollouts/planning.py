@@ -18,6 +18,8 @@ from rollouts.models import Distribution, Stage
 
 TARGET_KEYS = {"regions", "device_types", "tags", "device_ids", "min_memory_mb", "running_versions"}
 MAX_LIST = 10_000
+# A model_id is name (64) + "-" + version (64); the other lists hold device fields of 64 characters.
+_NAME_MAX = {"running_versions": 129}
 # Low-discrepancy sequence step (the golden ratio's conjugate): the devices whose score falls below
 # any share p form an even, systematic sample of a list sorted by region and type, so every stage
 # covers regions and device types in proportion.
@@ -47,7 +49,7 @@ def target_normalise(raw: Any) -> dict:
         if value in (None, []):
             continue
         if (not isinstance(value, list) or len(value) > MAX_LIST
-                or not all(isinstance(item, str) and 0 < len(item) <= 64 for item in value)):
+                or not all(isinstance(item, str) and 0 < len(item) <= _NAME_MAX.get(key, 64) for item in value)):
             details.append({"field": f"target.{key}", "message": f"A list of at most {MAX_LIST} non-empty names."})
             continue
         target[key] = sorted(set(value))
@@ -218,15 +220,17 @@ def joiners_add(*, distribution: Distribution, stage: Stage, sql: TargetSQL) -> 
         return cursor.rowcount
 
 
+# The UPDATE finds each assignment again by the unique (stage, device) index rather than joining a
+# CTE of the chosen rows to the RETURNING rows: right after creation the planner has no statistics
+# for the new stage, estimates one row, and that join became a nested loop over two CTE scans,
+# O(n²): minutes for a 50,000-device stage.
 _OFFER_SQL = """
-    WITH chosen AS (
-        SELECT a.id, a.device_id, a.version_id FROM rollouts_assignment a
-        WHERE a.stage_id = %(stage)s AND {condition}
-    ), desired AS (
+    WITH desired AS (
         INSERT INTO devices_desiredstate (device_id, version_id, rollback, sequence, source, reason, set_at,
                                           set_by_id, traceparent)
-        SELECT device_id, version_id, %(rollback)s, 1, %(source)s, %(reason)s, %(now)s, NULL, %(traceparent)s
-        FROM chosen
+        SELECT a.device_id, a.version_id, %(rollback)s, 1, %(source)s, %(reason)s, %(now)s, NULL, %(traceparent)s
+        FROM rollouts_assignment a
+        WHERE a.stage_id = %(stage)s AND {condition}
         ON CONFLICT (device_id) DO UPDATE SET
             version_id = EXCLUDED.version_id, rollback = EXCLUDED.rollback,
             sequence = devices_desiredstate.sequence + 1,
@@ -239,8 +243,8 @@ _OFFER_SQL = """
         finished_at = CASE WHEN d.current_version_id = a.version_id THEN %(now)s END,
         sequence = desired.sequence, offered_at = %(now)s, updated_at = %(now)s, attempts = a.attempts + 1,
         last_error = ''
-    FROM chosen JOIN desired ON desired.device_id = chosen.device_id JOIN devices_device d ON d.id = chosen.device_id
-    WHERE a.id = chosen.id
+    FROM desired JOIN devices_device d ON d.id = desired.device_id
+    WHERE a.stage_id = %(stage)s AND a.device_id = desired.device_id
 """
 
 

@@ -232,11 +232,15 @@ def distribution_resume(*, distribution: Distribution, actor, reason: str = "",
     """Continues a paused distribution; a halt the operator resumes from is accepted (not raised again)."""
     now = now or timezone.now()
     stage = stage_current(distribution)
+    # Only the orchestrator's own pause is a halt to accept; an operator's pause leaves the judge in charge.
+    paused_by = (distribution.transitions.filter(stage=None, to_status=D.PAUSED).order_by("-at", "-id")
+                 .values_list("actor_id", flat=True).first())
+    halt = distribution.status_reason if distribution.status == D.PAUSED and paused_by is None else None
     distribution_transition(distribution=distribution, to=D.RUNNING, actor=actor, now=now,
                             reason=reason or "resumed by an operator")
-    if stage is not None and stage.status in (S.INSTALLING, S.SOAKING):
+    if halt is not None and stage is not None and stage.status in (S.INSTALLING, S.SOAKING):
         evidence = {**stage.evidence, "override": {"by": actor.get_username() if actor else "orchestrator",
-                                                   "at": now.isoformat(), "reason": distribution.status_reason}}
+                                                   "at": now.isoformat(), "reason": halt}}
         Stage.objects.filter(pk=stage.pk).update(evidence=evidence)
     _advance_soon(distribution.pk)
     return distribution

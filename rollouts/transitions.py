@@ -17,9 +17,9 @@ DISTRIBUTION_TRANSITIONS: dict[str, set[str]] = {
     D.SCHEDULED: {D.RUNNING, D.ABORTED},
     D.RUNNING: {D.PAUSED, D.COMPLETED, D.ABORTED, D.ROLLED_BACK},
     D.PAUSED: {D.RUNNING, D.ABORTED, D.ROLLED_BACK},
-    # Rollback stays possible after the end: "manual rollback any time".
+    # Rollback stays possible after the end: "manual rollback any time" (an abort keeps what devices installed).
     D.COMPLETED: {D.ROLLED_BACK},
-    D.ABORTED: set(),
+    D.ABORTED: {D.ROLLED_BACK},
     D.ROLLED_BACK: set(),
 }
 
