@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -14,83 +12,19 @@ from devices.models import DesiredState, Device
 from rollouts.models import Distribution, Stage
 from rollouts.orchestrator import distribution_advance
 from rollouts.services import distribution_create
-from tests.live import ROOT, gunicorn_server
+from tests.browser import PASSWORD, WAIT_MS, chromium, console_page, expect, server  # noqa: F401 - fixtures
 from tests.rollouts.conftest import offered, report_installs
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("HOTSWAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"]
-ARTIFACTS = ROOT / "var" / "test-artifacts"
-PASSWORD = "s3cret-Passw0rd"
-WAIT_MS = 15_000  # a few of the page's 3 s polls
-
-
-def _chromium_or_explain() -> None:
-    # Skipping only on an explicit request: a CI machine without a browser must fail, not pass quietly.
-    if os.environ.get("HOTSWAP_SKIP_BROWSER") == "1":
-        pytest.skip("HOTSWAP_SKIP_BROWSER=1: the console's browser tests are skipped on request")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.fail("Playwright is not installed: pip install -r requirements-dev.txt (`make test` does it).",
-                    pytrace=False)
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}. `make test` installs Debian's chromium when run as root; "
-                    "otherwise run `apt-get install -y chromium`, point HOTSWAP_CHROMIUM at another binary, or "
-                    "set HOTSWAP_SKIP_BROWSER=1 to skip these tests explicitly.", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker):
-    _chromium_or_explain()
-    with django_db_blocker.unblock(), gunicorn_server() as (base_url, _process):
-        yield base_url
-
-
-@pytest.fixture(scope="module")
-def chromium(server):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; Django would take the test's own ORM calls
-    # for calls from async code and refuse them.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
 
 @pytest.fixture
-def page(chromium, server, make_user, request):
+def page(chromium, server, make_user, request):  # noqa: F811 - fixtures from tests.browser
     """A logged-in Admin's page; a screenshot of where it ended is kept under var/test-artifacts/."""
     user = make_user("Admin", is_staff=True, password=PASSWORD)
-    context = chromium.new_context(base_url=server, viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    page.goto("/admin/login/?next=/admin/rollouts/distribution/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url("**/admin/rollouts/distribution/")
-    yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"rollouts-console-{request.node.name}.png"), full_page=True)
-    context.close()
-
-
-def expect(locator):
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(locator)
+    with console_page(chromium, server, user, start="/admin/rollouts/distribution/",
+                      artifact=f"rollouts-console-{request.node.name}") as page:
+        yield page
 
 
 def click_and_confirm(page, action: str, *, reason: str = "", winner: str = "") -> None:
