@@ -37,6 +37,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "hotswap.middleware.RequestIdMiddleware",
+    "hotswap.observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -126,16 +127,6 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=
 # Non-file form fields stay small; artifacts stream through their own handler and limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # httpx logs every request at INFO: the fleet simulator would print one line per check-in.
-    "loggers": {"django.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
-}
-
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=1)),
@@ -145,6 +136,7 @@ SIMPLE_JWT = {
 
 from hotswap.settings.api import *  # noqa: E402,F403
 from hotswap.settings.devices import *  # noqa: E402,F403
+from hotswap.settings.observability import *  # noqa: E402,F403
 from hotswap.settings.rollouts import *  # noqa: E402,F403
 from hotswap.settings.storage import *  # noqa: E402,F403
 from hotswap.settings.tasks import *  # noqa: E402,F403

@@ -1,0 +1,52 @@
+"""Observability settings: log level and format, who may read /metrics, readiness timeouts."""
+
+import ipaddress
+import sys
+
+import environ
+
+from hotswap.settings.env import env
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# json: one JSON object per line (production); console: readable lines for a terminal, the default of
+# runstack (the dev mode), for itself and, through LOG_FORMAT in their environment, its children.
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if sys.argv[1:2] == ["runstack"] else "json")
+if LOG_FORMAT not in ("json", "console"):
+    raise environ.ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "hotswap.observability.logs.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "hotswap.observability.logs.JsonFormatter"},
+        "console": {"()": "hotswap.observability.logs.ConsoleFormatter"},
+    },
+    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
+    "root": {"handlers": ["default"], "level": LOG_LEVEL},
+    "loggers": {
+        # httpx logs every request at INFO: the fleet simulator would print one line per check-in.
+        "django.server": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        # One line per request; in a terminal gunicorn's access log already shows them.
+        "hotswap.request": {"level": "WARNING" if LOG_FORMAT == "console" else "INFO"},
+    },
+}
+# The worker logs through LOGGING too (JSON with task ids) instead of Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# /metrics: open to these networks (every X-Forwarded-For hop must be inside too), or to a bearer token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+for _cidr in METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError as _exc:
+        raise environ.ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_exc}") from None
+# Domain metrics are aggregated in PostgreSQL at most once per this many seconds, shared by every worker.
+METRICS_CACHE_SECONDS = env.int("METRICS_CACHE_SECONDS", default=10)
+# Regions beyond the largest N are reported as "other": a label's values stay few whatever devices enroll with.
+METRICS_MAX_REGIONS = env.int("METRICS_MAX_REGIONS", default=50)
+
+# /ready: each dependency gets this long to answer.
+READY_TIMEOUT_SECONDS = env.float("READY_TIMEOUT_SECONDS", default=2.0)

@@ -1,0 +1,154 @@
+"""Log lines: JSON (or readable text) with the request id, trace and span ids and actor of the request or task."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from celery import shared_task
+
+from hotswap.observability import context as log_context
+from hotswap.observability.logs import ConsoleFormatter, ContextFilter, JsonFormatter
+from tests.devices.checkin_helpers import checkin, device_with_credential
+
+pytestmark = pytest.mark.django_db
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def log_lines(settings):
+    """The lines the configured root handler ("default" in LOGGING) writes during the test."""
+    assert settings.LOG_FORMAT == "json"
+    handler = next(h for h in logging.getLogger().handlers if h.name == "default")
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    handler.setStream(previous)
+
+
+def request_line(lines: list[dict], path: str) -> dict:
+    return next(line for line in lines if line["logger"] == "hotswap.request" and line["path"] == path)
+
+
+def test_an_api_request_logs_a_json_line_with_its_ids_and_actor(client_for, log_lines):
+    client = client_for("Viewer", username="vera")
+
+    response = client.get("/api/v1/models", HTTP_X_REQUEST_ID="ci-run-12345678",
+                          HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-01")
+
+    assert response.status_code == 200
+    line = request_line(log_lines(), "/api/v1/models")
+    assert line["level"] == "INFO"
+    assert line["message"] == "GET /api/v1/models 200"
+    assert line["request_id"] == "ci-run-12345678"
+    assert line["trace_id"] == TRACE_ID
+    assert len(line["span_id"]) == 16 and line["span_id"] != PARENT_ID
+    assert line["actor"] == "vera"
+    assert line["status"] == 200 and line["method"] == "GET" and line["duration_ms"] >= 0
+    assert line["timestamp"].endswith("+00:00")
+
+
+def test_without_a_traceparent_the_trace_id_is_the_request_id_the_error_body_shows(client_for, log_lines):
+    response = client_for("Viewer").get("/api/v1/models/nope-1.0.0")
+
+    assert response.status_code == 404
+    trace_id = response.json()["error"]["trace_id"]
+    line = request_line(log_lines(), "/api/v1/models/nope-1.0.0")
+    assert line["request_id"] == trace_id == line["trace_id"]
+
+
+def test_lines_logged_inside_a_device_check_in_name_the_device(client, log_lines):
+    _device, credential = device_with_credential("cam-0042")
+
+    response = checkin(client, credential, {"running": {"model": "resnet"}})  # invalid: a 400 is logged at INFO
+
+    assert response.status_code == 400
+    line = request_line(log_lines(), "/api/v1/devices/checkin")
+    assert line["actor"] == "device:cam-0042"
+    assert line["request_id"] == response["X-Request-ID"]
+
+
+def test_answered_check_ins_and_probes_stay_below_info(client, log_lines):
+    _device, credential = device_with_credential("cam-0043")
+    assert checkin(client, credential, {"running": None}).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert not [line for line in log_lines() if line["logger"] == "hotswap.request"]
+
+
+def test_an_extra_field_of_the_caller_wins_over_the_context(client_for, log_lines):
+    context = log_context.LogContext(request_id="r-1", trace_id=TRACE_ID, span_id=PARENT_ID, actor="vera")
+    with log_context.bound(context):
+        logging.getLogger("hotswap.test").warning("deprecated", extra={"actor": "admin", "model_id": "resnet-1.0.0"})
+    line = next(line for line in log_lines() if line["message"] == "deprecated")
+    assert line["actor"] == "admin" and line["model_id"] == "resnet-1.0.0" and line["request_id"] == "r-1"
+
+
+@shared_task(name="tests.observability.log_something")
+def log_something() -> None:
+    logging.getLogger("hotswap.test").info("inside the task")
+
+
+def test_celery_tasks_log_with_their_task_id(log_lines):
+    result = log_something.apply()
+
+    line = next(line for line in log_lines() if line["message"] == "inside the task")
+    assert line["request_id"] == result.id
+    assert line["task"] == "tests.observability.log_something"
+    assert len(line["trace_id"]) == 32
+    assert log_context.current() is None
+
+
+def test_the_console_format_is_one_readable_line_with_the_context():
+    record = logging.LogRecord("rollouts.services", logging.INFO, __file__, 1, "distribution created", None, None)
+    record.distribution = 7
+    record.data = {"id": "the message again, as Celery adds it"}
+    context = log_context.LogContext(request_id="r-2", trace_id=TRACE_ID, span_id=PARENT_ID, actor="olga")
+    with log_context.bound(context):
+        ContextFilter().filter(record)
+
+    line = ConsoleFormatter().format(record)
+
+    assert " INFO rollouts.services distribution created " in line
+    assert "distribution=7" in line and "request_id=r-2" in line and "actor=olga" in line
+    assert f"trace_id={TRACE_ID}" in line
+    assert "Celery" not in line
+
+
+def test_exceptions_stay_inside_the_json_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    payload = json.loads(JsonFormatter().format(record))
+    assert payload["message"] == "failed" and "ValueError: boom" in payload["exc_info"]
+
+
+def test_an_active_opentelemetry_span_provides_the_ids():
+    trace = pytest.importorskip("opentelemetry.trace")
+    span_context = trace.SpanContext(trace_id=int(TRACE_ID, 16), span_id=int(PARENT_ID, 16), is_remote=False)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "traced", None, None)
+    with trace.use_span(trace.NonRecordingSpan(span_context)):
+        ContextFilter().filter(record)
+    assert (record.trace_id, record.span_id) == (TRACE_ID, PARENT_ID)
+
+
+@pytest.mark.parametrize(("traceparent", "request_id", "expected"), [
+    (f"00-{TRACE_ID}-{PARENT_ID}-01", "whatever-1234", TRACE_ID),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", "0af7651916cd43dd8448eb211c80319c",
+     "0af7651916cd43dd8448eb211c80319c"),
+    ("", "0AF76519-16CD-43DD-8448-EB211C80319C", "0af7651916cd43dd8448eb211c80319c"),
+])
+def test_trace_ids_come_from_the_traceparent_else_the_request_id(traceparent, request_id, expected):
+    trace_id, span_id, _ = log_context.trace_ids(traceparent=traceparent, request_id=request_id)
+    assert trace_id == expected and len(span_id) == 16
+
+
+def test_a_request_id_that_is_not_hex_still_gives_a_stable_trace_id():
+    first, _, _ = log_context.trace_ids(traceparent=None, request_id="ci-run-12345678")
+    again, _, _ = log_context.trace_ids(traceparent=None, request_id="ci-run-12345678")
+    assert first == again and len(first) == 32 and int(first, 16)
