@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -119,10 +120,48 @@ def distribution_live_metrics(*, distribution: Distribution, now: datetime | Non
     return {"stage": stage.index, "baseline_is": baseline_is, **summary_compare(new, baseline)}
 
 
+# Above this many devices the series come from the fleet-wide per-minute rollup (all devices running
+# the versions) instead of the distribution's own devices' raw windows.
+OWN_DEVICES_SERIES_LIMIT = 20_000
+
+_OWN_SERIES_SQL = """
+    SELECT w.version_id, {group} AS grp,
+           to_timestamp(floor(extract(epoch FROM w.window_end) / %(step)s) * %(step)s) AS slice,
+           sum(w.inference_count)::bigint, sum(w.error_count)::bigint,
+           sum(w.latency_p50_ms * w.inference_count), sum(w.latency_p99_ms * w.inference_count),
+           sum(w.accuracy * w.labelled_count) FILTER (WHERE w.accuracy IS NOT NULL),
+           sum(w.labelled_count) FILTER (WHERE w.accuracy IS NOT NULL)
+    FROM rollouts_assignment a
+    JOIN devices_device d ON d.id = a.device_id
+    JOIN devices_metricwindow w ON w.device_id = a.device_id
+    WHERE a.distribution_id = %(distribution)s AND w.version_id = ANY(%(versions)s)
+      AND w.window_end >= %(since)s AND w.window_end < %(until)s
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+def _own_device_rows(distribution: Distribution, *, versions: list[int], since: datetime, until: datetime,
+                     interval_seconds: int, group_by: str) -> list[dict]:
+    from devices.telemetry_selectors import GROUPS
+
+    group = "d." + GROUPS[group_by] if group_by != "none" else "''"
+    with connection.cursor() as cursor:
+        cursor.execute(_OWN_SERIES_SQL.format(group=group), {
+            "distribution": distribution.pk, "versions": versions, "since": since, "until": until,
+            "step": interval_seconds})
+        rows = cursor.fetchall()
+    return [{"version_id": version_id, "group": grp or None, "slice_start": at, "inference_count": count,
+             "error_rate": errors / count if count else None, "latency_p50_ms": p50w / count if count else None,
+             "latency_p99_ms": p99w / count if count else None,
+             "accuracy": accw / labelled if labelled else None}
+            for version_id, grp, at, count, errors, p50w, p99w, accw, labelled in rows]
+
+
 def distribution_metrics(*, distribution: Distribution, interval_seconds: int = 60, group_by: str = "none",
                          now: datetime | None = None) -> dict:
-    """Time series per version (and group) from the per-minute rollup, with the stage boundaries and any
-    rollback marked: what the console's charts draw."""
+    """Time series per version (and group) of the distribution's own devices, with the stage boundaries and
+    any rollback marked: what the console's charts draw. Very large distributions read the fleet-wide
+    rollup instead (`scope` says which)."""
     from devices.telemetry_selectors import version_metrics
 
     now = now or timezone.now()
@@ -135,8 +174,13 @@ def distribution_metrics(*, distribution: Distribution, interval_seconds: int = 
                 *previous}
     names = dict(Distribution.version.field.related_model.objects.filter(pk__in=versions)
                  .values_list("pk", "model_id"))
-    rows = version_metrics(version_ids=sorted(versions), since=since, until=until, group_by=group_by,
-                           interval_seconds=interval_seconds)
+    scope = "distribution" if distribution.device_count <= OWN_DEVICES_SERIES_LIMIT else "fleet"
+    if scope == "distribution":
+        rows = _own_device_rows(distribution, versions=sorted(versions), since=since, until=until,
+                                interval_seconds=interval_seconds, group_by=group_by)
+    else:
+        rows = version_metrics(version_ids=sorted(versions), since=since, until=until, group_by=group_by,
+                               interval_seconds=interval_seconds)
     series: dict[tuple, list] = {}
     for row in rows:
         key = (row["version_id"], row["group"])
@@ -148,7 +192,7 @@ def distribution_metrics(*, distribution: Distribution, interval_seconds: int = 
     role = {distribution.version_id: "new", distribution.version_b_id: "b"}
     rollback = distribution.transitions.filter(to_status=Distribution.Status.ROLLED_BACK).first()
     return {
-        "since": since, "until": until, "interval_seconds": interval_seconds, "group_by": group_by,
+        "since": since, "until": until, "interval_seconds": interval_seconds, "group_by": group_by, "scope": scope,
         "series": [{"version": names.get(version_id), "role": role.get(version_id, "baseline"), "group": group,
                     "points": points} for (version_id, group), points in series.items()],
         "stages": [{"index": s.index, "name": s.name, "started_at": s.started_at, "finished_at": s.finished_at,

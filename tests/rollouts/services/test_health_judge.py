@@ -161,7 +161,7 @@ def test_an_ab_test_without_a_significant_difference_waits_for_an_operator(make_
     assert stage.status == "awaiting_approval" and stage.verdict == "inconclusive"
 
 
-def test_status_and_metrics_show_the_new_version_against_its_baseline(canary):
+def test_status_and_metrics_show_the_new_version_against_its_baseline(canary, monkeypatch):
     from devices.services.telemetry import metric_rollup_recent
     from rollouts.selectors import distribution_metrics, distribution_status
 
@@ -173,8 +173,14 @@ def test_status_and_metrics_show_the_new_version_against_its_baseline(canary):
     assert 20 < live["latency_increase_pct"] < 40
     metric_rollup_recent(now=now + timedelta(minutes=3))
     metrics = distribution_metrics(distribution=distribution, now=now + timedelta(minutes=3))
+    assert metrics["scope"] == "distribution"
     roles = {serie["role"]: serie for serie in metrics["series"]}
     assert set(roles) == {"new", "baseline"}
     assert roles["new"]["version"] == "resnet-1.1.0"
     assert roles["new"]["points"][0]["latency_p99_ms"] > roles["baseline"]["points"][0]["latency_p99_ms"]
     assert [s["index"] for s in metrics["stages"]] == [0, 1]
+    assert roles["new"]["points"][0]["inferences"] == 10 * 200
+    monkeypatch.setattr("rollouts.selectors.OWN_DEVICES_SERIES_LIMIT", 5)
+    fleet = distribution_metrics(distribution=distribution, now=now + timedelta(minutes=3))
+    assert fleet["scope"] == "fleet"
+    assert {s["role"]: s["points"][0]["inferences"] for s in fleet["series"]} == {"new": 2000, "baseline": 6000}
