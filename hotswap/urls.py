@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from hotswap.health import health
+from hotswap.health import health, ready
+from hotswap.observability.views import metrics
 
 handler400 = "hotswap.exceptions.json_handler400"
 handler404 = "hotswap.exceptions.json_handler404"
@@ -15,13 +16,16 @@ api_v1 = [
     path("", include("models_app.urls")),
     path("", include("devices.device_urls")),
     path("", include("devices.urls")),
+    path("", include("rollouts.urls")),
 ]
 
 urlpatterns = [
     path("health", health, name="health"),
+    path("ready", ready, name="ready"),
+    path("metrics", metrics, name="metrics"),
+    path("admin/dashboard/", include("hotswap.dashboard.urls")),  # before admin/, whose <app_label>/ would take it
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("", include("django_prometheus.urls")),
 ]

@@ -1,9 +1,10 @@
-"""Distributions API: create, list, read, follow progress, and the operator's actions (approve, pause, resume,
-abort, roll back); and the one-call rollback of a model to an earlier version."""
+"""Distributions API: create, list and follow distributions; approve, pause, resume, abort, roll back them."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from collections.abc import Callable
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -44,8 +45,18 @@ class DistributionTargetSerializer(serializers.Serializer):
     device_ids = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
                                        help_text="At most 10 000.")
     min_memory_mb = serializers.IntegerField(min_value=0, required=False)
-    running_versions = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
+    running_versions = serializers.ListField(child=serializers.CharField(max_length=MODEL_ID_MAX), required=False,
                                              help_text="model_ids: devices currently running one of them.")
+
+
+def _one_of(values: list[str]) -> str:
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+# Status-like fields are strings with their values in the help text (as in the devices API): as enums, the
+# same field names with other choice sets in other components would collide in the OpenAPI document.
+def _status_field(choices: type, **kwargs) -> serializers.CharField:
+    return serializers.CharField(help_text=_one_of(choices.values), **kwargs)
 
 
 def _criterion(help_text: str, key: str, **kwargs) -> serializers.Field:
@@ -91,6 +102,8 @@ STRATEGY_CONFIG_HELP = (
 class StageOutputSerializer(serializers.ModelSerializer):
     """One stage of a distribution with its device count."""
 
+    status = _status_field(Stage.Status)
+    gate = _status_field(Stage.Gate)
     approved_by = serializers.CharField(source="approved_by.username", default=None)
 
     class Meta:
@@ -108,6 +121,7 @@ class DistributionOutputSerializer(serializers.ModelSerializer):
     version_b = serializers.CharField(source="version_b.model_id", default=None,
                                       help_text="model_id of the A/B challenger")
     winner = serializers.CharField(source="winner.model_id", default=None, help_text="model_id of the A/B winner")
+    status = _status_field(Distribution.Status)
     target = TargetField()
     success_criteria = CriteriaField()
     config = serializers.DictField(help_text="The strategy's configuration, with every default filled in.")
@@ -152,8 +166,8 @@ class StageStatusOutputSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     name = serializers.CharField()
     kind = serializers.ChoiceField(choices=Stage.Kind.choices)
-    status = serializers.ChoiceField(choices=Stage.Status.choices)
-    gate = serializers.ChoiceField(choices=Stage.Gate.choices)
+    status = _status_field(Stage.Status)
+    gate = _status_field(Stage.Gate)
     percent = serializers.FloatField(allow_null=True)
     region = serializers.CharField()
     soak_seconds = serializers.IntegerField()
@@ -165,16 +179,40 @@ class StageStatusOutputSerializer(serializers.Serializer):
     progress = ProgressOutputSerializer()
 
 
+class MetricSummaryOutputSerializer(serializers.Serializer):
+    """Telemetry of one side of the comparison (medians over devices for latencies)."""
+
+    devices = serializers.IntegerField()
+    inferences = serializers.IntegerField()
+    error_rate = serializers.FloatField(allow_null=True)
+    latency_p99_ms = serializers.FloatField(allow_null=True)
+    latency_p50_ms = serializers.FloatField(allow_null=True)
+    accuracy = serializers.FloatField(allow_null=True)
+
+
+class LiveMetricsOutputSerializer(serializers.Serializer):
+    """The current stage's new version against its baseline, as the health judge sees it now."""
+
+    stage = serializers.IntegerField(help_text="index of the stage compared")
+    baseline_is = serializers.CharField(help_text="what the baseline is")
+    new = MetricSummaryOutputSerializer()
+    baseline = MetricSummaryOutputSerializer()
+    latency_increase_pct = serializers.FloatField(allow_null=True)
+    accuracy_drop_pct = serializers.FloatField(allow_null=True)
+
+
 class DistributionStatusOutputSerializer(serializers.Serializer):
     """Progress per stage and overall, the current stage and what the distribution waits for."""
 
     id = serializers.IntegerField()
-    status = serializers.ChoiceField(choices=Distribution.Status.choices)
+    status = _status_field(Distribution.Status)
     status_reason = serializers.CharField()
     current_stage = serializers.IntegerField(allow_null=True, help_text="index of the stage in progress; null "
                                                                          "once the distribution has ended")
     waiting_for = serializers.CharField(help_text="In an operator's words; empty once it has ended.")
     progress = ProgressOutputSerializer()
+    live_metrics = LiveMetricsOutputSerializer(allow_null=True, help_text="null when no stage is in progress or "
+                                                                          "the distribution has ended")
     stages = StageStatusOutputSerializer(many=True)
 
 
@@ -341,7 +379,8 @@ class DistributionStatusApi(APIView):
                    description="Roles: all (`rollouts.view_distribution`). Per stage and overall: devices "
                                "targeted, pending, offered, installing, installed, active, failed, rolled back, "
                                "and the success rate; the current stage; and what the distribution waits for "
-                               "(a scheduled start, installs, a soak, an operator's approval or decision).",
+                               "(a scheduled start, installs, a soak, an operator's approval or decision); and the "
+                               "current stage's live metrics against its baseline.",
                    responses={200: DistributionStatusOutputSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
                               404: DISTRIBUTION_NOT_FOUND, 429: RATE_LIMITED})
     def get(self, request: Request, distribution_id: int) -> Response:
@@ -423,49 +462,45 @@ class DistributionApproveApi(APIView):
         return _detail(distribution_id)
 
 
-class DistributionPauseApi(APIView):
+class _ReasonActionApi(APIView):
+    """A status change an operator asks for, with an optional reason; answers with the distribution."""
+
+    required_permission = "rollouts.change_distribution"
+    action: Callable[..., object]
+
+    def post(self, request: Request, distribution_id: int) -> Response:
+        self.action(distribution=_distribution(distribution_id), actor=request.user, reason=_reason(request))
+        return _detail(distribution_id)
+
+
+@extend_schema_view(post=_action_schema(
+    "Pause a distribution",
+    "Only a running distribution can be paused. Devices already offered the version go on installing; no further "
+    "stage starts until it is resumed.", "rollouts.change_distribution"))
+class DistributionPauseApi(_ReasonActionApi):
     """Stops offering new stages; devices already offered go on installing."""
 
-    required_permission = "rollouts.change_distribution"
-
-    @_action_schema("Pause a distribution",
-                    "Only a running distribution can be paused. Devices already offered the version go on "
-                    "installing; no further stage starts until it is resumed.",
-                    "rollouts.change_distribution")
-    def post(self, request: Request, distribution_id: int) -> Response:
-        services.distribution_pause(distribution=_distribution(distribution_id), actor=request.user,
-                                    reason=_reason(request))
-        return _detail(distribution_id)
+    action = staticmethod(services.distribution_pause)
 
 
-class DistributionResumeApi(APIView):
+@extend_schema_view(post=_action_schema(
+    "Resume a distribution",
+    "Only a paused distribution can be resumed. If it was halted by failed installs or a failing verdict (manual "
+    "rollback policy), resuming accepts that stage as it is.", "rollouts.change_distribution"))
+class DistributionResumeApi(_ReasonActionApi):
     """Continues a paused distribution."""
 
-    required_permission = "rollouts.change_distribution"
-
-    @_action_schema("Resume a distribution",
-                    "Only a paused distribution can be resumed. If it was halted by failed installs or a failing "
-                    "verdict (manual rollback policy), resuming accepts that stage as it is.",
-                    "rollouts.change_distribution")
-    def post(self, request: Request, distribution_id: int) -> Response:
-        services.distribution_resume(distribution=_distribution(distribution_id), actor=request.user,
-                                     reason=_reason(request))
-        return _detail(distribution_id)
+    action = staticmethod(services.distribution_resume)
 
 
-class DistributionAbortApi(APIView):
+@extend_schema_view(post=_action_schema(
+    "Abort a distribution",
+    "A scheduled, running or paused distribution stops for good: nothing more is offered and the devices leave it. "
+    "Devices keep what they installed; roll back to undo that.", "rollouts.change_distribution"))
+class DistributionAbortApi(_ReasonActionApi):
     """Stops a distribution for good; devices keep what they installed."""
 
-    required_permission = "rollouts.change_distribution"
-
-    @_action_schema("Abort a distribution",
-                    "A scheduled, running or paused distribution stops for good: nothing more is offered and the "
-                    "devices leave it. Devices keep what they installed; roll back to undo that.",
-                    "rollouts.change_distribution")
-    def post(self, request: Request, distribution_id: int) -> Response:
-        services.distribution_abort(distribution=_distribution(distribution_id), actor=request.user,
-                                    reason=_reason(request))
-        return _detail(distribution_id)
+    action = staticmethod(services.distribution_abort)
 
 
 class DistributionRollbackApi(APIView):
@@ -483,9 +518,10 @@ class DistributionRollbackApi(APIView):
             fields = [*DistributionDetailOutputSerializer.Meta.fields, "reverted_devices"]
 
     @_action_schema("Roll back a distribution",
-                    "A running, paused or completed distribution: every device it offered the version to gets its "
-                    "previous version back as desired state (a device a later distribution or an operator moved "
-                    "on is left alone); devices converge at their next check-in. `reverted_devices` says how many.",
+                    "A running, paused, completed or aborted distribution: every device it offered the version to "
+                    "gets its previous version back as desired state (a device a later distribution or an operator "
+                    "moved on is left alone); devices converge at their next check-in. `reverted_devices` says how "
+                    "many.",
                     "rollouts.rollback_distribution", response=OutputSerializer)
     def post(self, request: Request, distribution_id: int) -> Response:
         reverted = services.distribution_rollback(distribution=_distribution(distribution_id), actor=request.user,

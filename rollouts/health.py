@@ -141,6 +141,10 @@ def health_judge(stage: Stage, *, now: datetime) -> Verdict | None:
     if not _enough(new, criteria):
         if not soak_over:
             return None
+        if not stage.soak_seconds:
+            # No soak was asked for (a canary's last stage by default, an A/B winner going to everyone): the
+            # stage is judged the moment its installs are done, before any window could arrive.
+            return Verdict(Stage.Verdict.PASS, "installs done; no soak, so no telemetry was waited for", evidence)
         return Verdict(Stage.Verdict.INCONCLUSIVE,
                        f"too little data: {evidence['new']['devices']} device(s) and {evidence['new']['inferences']} "
                        f"inferences reported (need {criteria['min_devices']} and {criteria['min_inferences']})",

@@ -14,7 +14,10 @@ from models_app import services
 from models_app.models import ModelVersion
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
+from rollouts.models import Distribution, Stage
+from rollouts.services import distribution_create
 from tests.artifacts import onnx_model_bytes
+from tests.devices.conftest import make_version  # noqa: F401 - fixture
 from tests.models_app.conftest import upload, upload_test_set
 
 pytestmark = pytest.mark.django_db
@@ -54,6 +57,17 @@ MATRIX = [
     ("GET", "/api/v1/enrollment-keys", {ADMIN}),
     ("POST", "/api/v1/enrollment-keys", {ADMIN}),
     ("DELETE", "/api/v1/enrollment-keys/{key_id}", {ADMIN}),
+    ("GET", "/api/v1/distributions", EVERYONE),
+    ("POST", "/api/v1/distributions", {ADMIN, OPS}),
+    ("GET", "/api/v1/distributions/{distribution_id}", EVERYONE),
+    ("GET", "/api/v1/distributions/{distribution_id}/status", EVERYONE),
+    ("GET", "/api/v1/distributions/{distribution_id}/transitions", EVERYONE),
+    ("POST", "/api/v1/distributions/{distribution_id}/approve", {ADMIN, OPS}),
+    ("POST", "/api/v1/distributions/{distribution_id}/pause", {ADMIN, OPS}),
+    ("POST", "/api/v1/distributions/{distribution_id}/resume", {ADMIN, OPS}),
+    ("POST", "/api/v1/distributions/{distribution_id}/abort", {ADMIN, OPS}),
+    ("POST", "/api/v1/distributions/{distribution_id}/rollback", {ADMIN, OPS}),
+    ("POST", "/api/v1/models/{rollout_model}/versions/{rollout_old}/rollback", {ADMIN, OPS}),
 ]
 # Endpoints that identify the caller some other way (credentials in the body, a signed link).
 # Devices authenticate with their own credential (check-in) or an enrollment key in the body (enroll).
@@ -61,8 +75,21 @@ NOT_ROLE_BASED = {"/api/v1/auth/token", "/api/v1/auth/token/refresh", "/api/v1/a
                   "/api/v1/devices/enroll", "/api/v1/devices/checkin", "/api/v1/devices/manifest-key"}
 
 
+def _rollout_fixtures(make) -> dict:
+    """A distribution waiting at a manual gate (so every action applies), and a device to roll back."""
+    old, new = make(name="matrix-rollout", version="1.0.0"), make(name="matrix-rollout", version="1.1.0")
+    device_register(device_id="matrix-rollout-device")
+    later = device_register(device_id="matrix-rollout-later")
+    later.current_version = new
+    later.save(update_fields=["current_version"])
+    distribution = distribution_create(version=new, strategy="direct", target={"device_ids": ["matrix-rollout-device"]})
+    Distribution.objects.filter(pk=distribution.pk).update(status=Distribution.Status.RUNNING)
+    Stage.objects.filter(distribution=distribution).update(status=Stage.Status.AWAITING_APPROVAL)
+    return {"distribution_id": distribution.pk, "rollout_model": "matrix-rollout", "rollout_old": old.version}
+
+
 @pytest.fixture
-def fixtures(make_user):
+def fixtures(make_user, make_version):  # noqa: F811
     owner = make_user(ADMIN)
     artifact = PendingArtifact.receive(artifact_store(), [onnx_model_bytes()], filename="m.onnx", max_bytes=10**9)
     version, _ = services.model_version_upload(artifact=artifact, name="matrix", version="1.0.0", framework="onnx",
@@ -73,7 +100,8 @@ def fixtures(make_user):
     credential, _raw = device_credential_issue(device=device)
     enrollment_key, _raw = enrollment_key_create(name="matrix", created_by=owner)
     return {"model_id": version.model_id, "name": "matrix", "version": "1.0.0", "token_id": token.pk,
-            "device_id": device.device_id, "credential_id": credential.pk, "key_id": enrollment_key.pk}
+            "device_id": device.device_id, "credential_id": credential.pk, "key_id": enrollment_key.pk,
+            **_rollout_fixtures(make_version)}
 
 
 def _request(client: APIClient, method: str, path: str):
@@ -83,6 +111,8 @@ def _request(client: APIClient, method: str, path: str):
         return upload_test_set(client, "matrix")
     if method == "POST" and path == "/api/v1/tokens":
         return client.post(path, {"name": "another"}, format="json")
+    if method == "POST" and path.endswith("/resume"):  # the fixture's distribution runs; resuming needs a pause
+        Distribution.objects.filter(status=Distribution.Status.RUNNING).update(status=Distribution.Status.PAUSED)
     bodies = {
         ("POST", "/api/v1/devices"): {"device_id": "matrix-new", "region": "eu-west"},
         ("PUT", "/api/v1/devices/matrix-device"): {"name": "Renamed"},
@@ -92,6 +122,8 @@ def _request(client: APIClient, method: str, path: str):
         ("POST", "/api/v1/enrollment-keys"): {"name": "another"},
         ("POST", "/api/v1/models/matrix-1.0.0/approve"): {"reason": "Risk accepted for the matrix test."},
         ("POST", "/api/v1/models/matrix-1.0.0/validate"): {},
+        ("POST", "/api/v1/distributions"): {"version": "matrix-rollout-1.1.0",
+                                            "target": {"device_ids": ["matrix-device"]}},
     }
     if (method, path) in bodies:
         return getattr(client, method.lower())(path, bodies[method, path], format="json")
@@ -133,7 +165,9 @@ def _api_routes(resolver=None, prefix: str = "") -> set[str]:
 def test_the_matrix_covers_every_api_route():
     placeholders = {"{model_id}": "<str:model_id>", "{name}": "<str:name>", "{version}": "<str:version>",
                     "{token_id}": "<int:token_id>", "{device_id}": "<str:device_id>",
-                    "{credential_id}": "<int:credential_id>", "{key_id}": "<int:key_id>"}
+                    "{credential_id}": "<int:credential_id>", "{key_id}": "<int:key_id>",
+                    "{distribution_id}": "<int:distribution_id>", "{rollout_model}": "<str:name>",
+                    "{rollout_old}": "<str:version>"}
     covered = set()
     for _method, template, _roles in MATRIX:
         for placeholder, converter in placeholders.items():
