@@ -216,6 +216,55 @@ class DistributionStatusOutputSerializer(serializers.Serializer):
     stages = StageStatusOutputSerializer(many=True)
 
 
+class MetricPointOutputSerializer(serializers.Serializer):
+    """One time slice of one version's figures."""
+
+    at = serializers.DateTimeField()
+    inferences = serializers.IntegerField()
+    error_rate = serializers.FloatField(allow_null=True)
+    latency_p50_ms = serializers.FloatField(allow_null=True)
+    latency_p99_ms = serializers.FloatField(allow_null=True)
+    accuracy = serializers.FloatField(allow_null=True)
+
+
+class MetricSeriesOutputSerializer(serializers.Serializer):
+    """The figures of one version (and group) over time."""
+
+    version = serializers.CharField(allow_null=True)
+    role = serializers.CharField(help_text="new, b (the A/B challenger) or baseline (a version devices ran before)")
+    group = serializers.CharField(allow_null=True, help_text="the region or device type, with group_by")
+    points = MetricPointOutputSerializer(many=True)
+
+
+class MetricStageOutputSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    name = serializers.CharField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    verdict = serializers.CharField()
+
+
+class DistributionMetricsOutputSerializer(serializers.Serializer):
+    """Time series per version and group, with the stage boundaries and any rollback."""
+
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    interval_seconds = serializers.IntegerField()
+    group_by = serializers.CharField()
+    scope = serializers.CharField(help_text="distribution: its own devices; fleet: every device running the "
+                                            "versions (distributions above 20,000 devices)")
+    series = MetricSeriesOutputSerializer(many=True)
+    stages = MetricStageOutputSerializer(many=True)
+    rolled_back_at = serializers.DateTimeField(allow_null=True)
+    rollback_reason = serializers.CharField()
+
+
+class DistributionMetricsInputSerializer(StrictSerializer):
+    interval_seconds = serializers.IntegerField(min_value=60, max_value=86400, default=60,
+                                                help_text="width of a time slice (the telemetry is per minute)")
+    group_by = serializers.ChoiceField(choices=["none", "region", "device_type"], default="none")
+
+
 class TransitionOutputSerializer(serializers.ModelSerializer):
     """One status change of the distribution (stage null) or of one of its stages."""
 
@@ -386,6 +435,28 @@ class DistributionStatusApi(APIView):
     def get(self, request: Request, distribution_id: int) -> Response:
         progress = selectors.distribution_status(distribution=_distribution(distribution_id))
         return Response(DistributionStatusOutputSerializer(progress).data)
+
+
+class DistributionMetricsApi(APIView):
+    """The telemetry of a distribution over time: the new version against its baseline."""
+
+    required_permission = "rollouts.view_distribution"
+    throttle_classes = [MonitorThrottle]
+
+    @extend_schema(tags=TAGS, summary="Telemetry of a distribution over time",
+                   description="Roles: all (`rollouts.view_distribution`). Per version (the new one, an A/B "
+                               "challenger, the versions devices ran before) and optionally per region or device "
+                               "type: inferences, error rate, p50/p99 latency and accuracy per time slice, from 30 "
+                               "minutes before the start; with the stage boundaries and any rollback.",
+                   parameters=[DistributionMetricsInputSerializer],
+                   responses={200: DistributionMetricsOutputSerializer, 400: VALIDATION_ERROR,
+                              401: UNAUTHENTICATED, 403: FORBIDDEN, 404: DISTRIBUTION_NOT_FOUND,
+                              429: RATE_LIMITED})
+    def get(self, request: Request, distribution_id: int) -> Response:
+        query = DistributionMetricsInputSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        metrics = selectors.distribution_metrics(distribution=_distribution(distribution_id), **query.validated_data)
+        return Response(DistributionMetricsOutputSerializer(metrics).data)
 
 
 class DistributionTransitionListApi(APIView):

@@ -12,6 +12,8 @@ urlpatterns = [
     path("distributions/<int:distribution_id>", apis.DistributionGetApi.as_view(), name="distribution-detail"),
     path("distributions/<int:distribution_id>/status", apis.DistributionStatusApi.as_view(),
          name="distribution-status"),
+    path("distributions/<int:distribution_id>/metrics", apis.DistributionMetricsApi.as_view(),
+         name="distribution-metrics"),
     path("distributions/<int:distribution_id>/transitions", apis.DistributionTransitionListApi.as_view(),
          name="distribution-transitions"),
     path("distributions/<int:distribution_id>/approve", apis.DistributionApproveApi.as_view(),

@@ -61,6 +61,7 @@ MATRIX = [
     ("POST", "/api/v1/distributions", {ADMIN, OPS}),
     ("GET", "/api/v1/distributions/{distribution_id}", EVERYONE),
     ("GET", "/api/v1/distributions/{distribution_id}/status", EVERYONE),
+    ("GET", "/api/v1/distributions/{distribution_id}/metrics", EVERYONE),
     ("GET", "/api/v1/distributions/{distribution_id}/transitions", EVERYONE),
     ("POST", "/api/v1/distributions/{distribution_id}/approve", {ADMIN, OPS}),
     ("POST", "/api/v1/distributions/{distribution_id}/pause", {ADMIN, OPS}),
