@@ -8,6 +8,6 @@ ROLLOUT_INSTALL_TIMEOUT_SECONDS = env.int("ROLLOUT_INSTALL_TIMEOUT_SECONDS", def
 ROLLOUT_MAX_ATTEMPTS = env.int("ROLLOUT_MAX_ATTEMPTS", default=3)
 ROLLOUT_FAILURE_THRESHOLD = env.float("ROLLOUT_FAILURE_THRESHOLD", default=0.1)
 # Dotted path of the callable that judges a soaking stage (rollouts/judges.py).
-ROLLOUT_JUDGE = env.str("ROLLOUT_JUDGE", default="rollouts.judges.soak_judge")
+ROLLOUT_JUDGE = env.str("ROLLOUT_JUDGE", default="rollouts.health.health_judge")
 # Alerts (automatic rollback, halts, inconclusive verdicts) are POSTed here as JSON when set.
 ROLLOUT_ALERT_WEBHOOK_URL = env.str("ROLLOUT_ALERT_WEBHOOK_URL", default="")

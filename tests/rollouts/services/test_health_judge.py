@@ -184,3 +184,37 @@ def test_status_and_metrics_show_the_new_version_against_its_baseline(canary, mo
     fleet = distribution_metrics(distribution=distribution, now=now + timedelta(minutes=3))
     assert fleet["scope"] == "fleet"
     assert {s["role"]: s["points"][0]["inferences"] for s in fleet["series"]} == {"new": 2000, "baseline": 6000}
+
+
+def test_a_soak_ending_without_enough_telemetry_pauses_as_inconclusive(canary):
+    distribution, now = canary
+    _feed(distribution, now, new={"inferences": 10}, base={"inferences": 10})
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=11))
+    distribution.refresh_from_db()
+    assert distribution.status == "paused"
+    assert "inconclusive: too little data" in distribution.status_reason
+    assert distribution.stages.get(index=0).verdict == "inconclusive"
+    from rollouts.selectors import distribution_status
+
+    assert "resume or roll back" in distribution_status(distribution=distribution)["waiting_for"]
+
+
+def test_the_manual_policy_pauses_on_a_regression_and_waits(make_fleet, make_version):
+    old = make_version(version="1.0.0")
+    make_fleet({"eu": 20, "us": 20}, running=old)
+    now = timezone.now()
+    new = make_version(version="1.1.0")
+    distribution = distribution_create(version=new, strategy="canary", rollback_policy="manual",
+                                       config={"percent": 25, "soak": "PT10M"}, now=now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    report_installs(offered(distribution, 0))
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
+    _feed(distribution, now, new={"latency": 30.0})
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=1))
+    distribution.refresh_from_db()
+    assert distribution.status == "paused"
+    assert "p99 latency +" in distribution.status_reason
+    assert DesiredState.objects.filter(version=new).count() == 10  # nothing rolled back by itself
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=20))
+    distribution.refresh_from_db()
+    assert distribution.status == "paused"

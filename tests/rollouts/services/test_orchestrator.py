@@ -27,6 +27,13 @@ from rollouts.transitions import TransitionRefused
 from tests.rollouts.conftest import offered, report_installs
 
 
+@pytest.fixture(autouse=True)
+def _soak_judge():
+    # The mechanics of stages, gates and halts; the health judge has its own tests.
+    with override_settings(ROLLOUT_JUDGE="rollouts.judges.soak_judge"):
+        yield
+
+
 def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture_on_commit_callbacks):
     old = make_version(version="1.0.0")
     new = make_version(version="1.1.0")
