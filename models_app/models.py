@@ -167,6 +167,8 @@ class ModelVersion(models.Model):
                                     related_name="approved_versions")
     approved_at = models.DateTimeField(null=True, blank=True)
     approval_reason = models.TextField(blank=True, max_length=2000)
+    # W3C context of the upload's model.upload span (empty when tracing was off): distributions link to it.
+    traceparent = models.CharField(max_length=55, blank=True, editable=False)
 
     class Meta:
         ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]

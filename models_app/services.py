@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
+from hotswap.observability import tracing
 from models_app.formats import ArtifactFormatError
 from models_app.models import SEMVER_PATTERN, AIModel, Framework, ModelVersion
 from models_app.storage import artifact_store
@@ -70,52 +71,58 @@ def model_version_upload(
     harmless); different bytes are a conflict. On any failure nothing is left behind: the
     artifact is aborted or deleted and no row is written.
     """
-    try:
-        semver = _semver_parts(version)
-        if artifact.size == 0:
-            raise _field_error("artifact", "The artifact is empty.", "EMPTY_ARTIFACT")
-        if declared_sha256 and declared_sha256.lower() != artifact.sha256:
-            raise ApplicationError(
-                f"Checksum mismatch: you declared sha256 {declared_sha256.lower()}, the received bytes hash to "
-                f"{artifact.sha256}. The upload was probably corrupted; nothing was stored.",
-                code="CHECKSUM_MISMATCH",
-                details=[{"field": "sha256", "message": "Does not match the uploaded bytes."}],
-                extra={"received_sha256": artifact.sha256, "received_size": artifact.size},
-            )
-        existing = _existing_version(name, version, artifact)
-        if existing:
+    # From the first byte received to the row committed; the validation task continues this trace.
+    with tracing.span("model.upload", start_time=artifact.started_ns, attributes={
+        "model.id": f"{name}-{version}", "model.name": name, "model.version": version, "model.framework": framework,
+        "artifact.size": artifact.size, "artifact.sha256": artifact.sha256,
+    }):
+        try:
+            semver = _semver_parts(version)
+            if artifact.size == 0:
+                raise _field_error("artifact", "The artifact is empty.", "EMPTY_ARTIFACT")
+            if declared_sha256 and declared_sha256.lower() != artifact.sha256:
+                raise ApplicationError(
+                    f"Checksum mismatch: you declared sha256 {declared_sha256.lower()}, the received bytes hash to "
+                    f"{artifact.sha256}. The upload was probably corrupted; nothing was stored.",
+                    code="CHECKSUM_MISMATCH",
+                    details=[{"field": "sha256", "message": "Does not match the uploaded bytes."}],
+                    extra={"received_sha256": artifact.sha256, "received_size": artifact.size},
+                )
+            existing = _existing_version(name, version, artifact)
+            if existing:
+                artifact.discard()
+                return existing, False
+            artifact.commit()
+            detected = _detect_format(artifact, framework)
+            with transaction.atomic():
+                ai_model = _model_get_or_create(
+                    name=name, framework=framework, owner=uploaded_by, description=description, task=task, tags=tags
+                )
+                model_version = ModelVersion(
+                    ai_model=ai_model, version=version, model_id=f"{name}-{version}", **semver,
+                    storage_key=artifact.key, sha256=artifact.sha256, size_bytes=artifact.size,
+                    detected_format=detected.format, format_details=detected.details,
+                    original_filename=artifact.filename, input_schema=input_schema or [],
+                    output_schema=output_schema or [], target_device_type=target_device_type,
+                    min_memory_mb=min_memory_mb, accelerator=accelerator or "none", uploaded_by=uploaded_by,
+                    traceparent=tracing.traceparent(),
+                )
+                model_version.full_clean()
+                model_version.save()
+                validation_request(version=model_version, requested_by=uploaded_by)
+        except IntegrityError:
+            # Another upload of the same name+version committed first: same bytes → return it, else conflict.
             artifact.discard()
-            return existing, False
-        artifact.commit()
-        detected = _detect_format(artifact, framework)
-        with transaction.atomic():
-            ai_model = _model_get_or_create(
-                name=name, framework=framework, owner=uploaded_by, description=description, task=task, tags=tags
-            )
-            model_version = ModelVersion(
-                ai_model=ai_model, version=version, model_id=f"{name}-{version}", **semver,
-                storage_key=artifact.key, sha256=artifact.sha256, size_bytes=artifact.size,
-                detected_format=detected.format, format_details=detected.details,
-                original_filename=artifact.filename, input_schema=input_schema or [],
-                output_schema=output_schema or [], target_device_type=target_device_type,
-                min_memory_mb=min_memory_mb, accelerator=accelerator or "none", uploaded_by=uploaded_by,
-            )
-            model_version.full_clean()
-            model_version.save()
-            validation_request(version=model_version, requested_by=uploaded_by)
-    except IntegrityError:
-        # Another upload of the same name+version committed first: same bytes → return it, else conflict.
-        artifact.discard()
-        existing = _existing_version(name, version, artifact)
-        if existing:
-            return existing, False
-        raise
-    except BaseException:
-        artifact.discard()
-        raise
-    artifact.keep()
-    logger.info("model version uploaded", extra={"model_id": model_version.model_id, "size": artifact.size})
-    return model_version, True
+            existing = _existing_version(name, version, artifact)
+            if existing:
+                return existing, False
+            raise
+        except BaseException:
+            artifact.discard()
+            raise
+        artifact.keep()
+        logger.info("model version uploaded", extra={"model_id": model_version.model_id, "size": artifact.size})
+        return model_version, True
 
 
 def _existing_version(name: str, version: str, artifact: PendingArtifact) -> ModelVersion | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterable
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
@@ -27,6 +28,7 @@ class PendingArtifact:
         self.sha256 = ""
         self.sniffer = FormatSniffer()
         self.state = "receiving"
+        self.started_ns = time.time_ns()  # the first bytes are arriving: the model.upload span starts here
         self.storage_error: StorageUnavailableError | None = None
         self._hasher = hashlib.sha256()
         self._writer = store.writer(self.key)

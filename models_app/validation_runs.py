@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
+from hotswap.observability import tracing
 from models_app.models import ModelVersion, TestSet, ValidationReport
 from models_app.storage import artifact_store
 from models_app.testsets import npz_arrays
@@ -79,7 +80,8 @@ def validation_request(*, version: ModelVersion, requested_by=None, test_set: Te
         if queue:
             from models_app.tasks import model_version_validate
 
-            transaction.on_commit(lambda: model_version_validate.delay(report.pk))
+            # bind: the message carries the requester's trace (model.upload's) even though it is sent at commit.
+            transaction.on_commit(tracing.bind(lambda: model_version_validate.delay(report.pk)))
     return report
 
 
@@ -129,24 +131,30 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
         return None
     report = ValidationReport.objects.select_related("version__ai_model", "test_set").get(pk=report_id)
     version = report.version
-    ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.DEPRECATED).update(
-        status=ModelVersion.Status.VALIDATING)
-    baseline = _baseline(version)
-    gates = gates_for(version, report.gate_overrides)
-    config = _config(version, gates)
-    try:
-        with contextlib.ExitStack() as stack:
-            baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
-            config.baseline = baseline_metrics
-            model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model"))
-            if report.test_set:
-                config.test_set_path = str(stack.enter_context(
-                    _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
-            result = run_isolated(str(model_path), config).to_dict()
-            result["baseline_source"] = baseline_source
-    except ApplicationError as exc:  # storage unreachable: the run can be retried later
-        result = {"outcome": "error", "summary": exc.message, "steps": [], "metrics": {}, "gates": []}
-    return _finish(report, result, gates, baseline)
+    # A child of the task message's context (the upload's trace); a re-validation links to the upload.
+    with tracing.span("model.validate", links=[version.traceparent], attributes={
+        "model.id": version.model_id, "model.name": version.ai_model.name, "model.version": version.version,
+        "validation.report_id": report.pk, "validation.attempt": report.attempts,
+    }):
+        ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.DEPRECATED).update(
+            status=ModelVersion.Status.VALIDATING)
+        baseline = _baseline(version)
+        gates = gates_for(version, report.gate_overrides)
+        config = _config(version, gates)
+        try:
+            with contextlib.ExitStack() as stack:
+                baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
+                config.baseline = baseline_metrics
+                model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model"))
+                if report.test_set:
+                    config.test_set_path = str(stack.enter_context(
+                        _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
+                result = run_isolated(str(model_path), config).to_dict()
+                result["baseline_source"] = baseline_source
+        except ApplicationError as exc:  # storage unreachable: the run can be retried later
+            result = {"outcome": "error", "summary": exc.message, "steps": [], "metrics": {}, "gates": []}
+        tracing.annotate(**{"validation.outcome": result["outcome"]})
+        return _finish(report, result, gates, baseline)
 
 
 def _config(version: ModelVersion, gates: dict) -> ValidationConfig:

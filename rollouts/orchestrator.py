@@ -14,6 +14,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from devices.models import Device
+from hotswap.observability import tracing
 from models_app.models import ModelVersion
 from rollouts import planning
 from rollouts.alerts import alert_raise
@@ -43,11 +45,14 @@ def distributions_due(*, now: datetime) -> list[int]:
 def distribution_advance(*, distribution_id: int, now: datetime | None = None) -> str | None:
     """Takes the distribution as far as it can go now; returns its status, or None if another worker has it."""
     now = now or timezone.now()
+    started = tracing.clock()
+    outcomes: list[planning.InstallOutcome] | None = [] if tracing.enabled() else None
     with transaction.atomic():
         distribution = (Distribution.objects.select_for_update(skip_locked=True, of=("self",))
                         .select_related("version", "version_b", "winner").filter(pk=distribution_id).first())
         if distribution is None:
             return None
+        status_before = distribution.status
         if distribution.status == D.SCHEDULED:
             if distribution.scheduled_at > now:
                 return distribution.status
@@ -56,14 +61,60 @@ def distribution_advance(*, distribution_id: int, now: datetime | None = None) -
         if distribution.status not in (D.RUNNING, D.PAUSED):
             return distribution.status
         stages = list(distribution.stages.order_by("index"))
+        stages_before = [stage.status for stage in stages]
+        followed = 0
         for stage in stages:
             stage.distribution = distribution
             if stage.status in (S.INSTALLING, S.SOAKING, S.AWAITING_APPROVAL):
-                planning.assignments_follow_reports(stage=stage, now=now)
+                followed += planning.assignments_follow_reports(stage=stage, now=now, outcomes=outcomes)
         for _ in range(MAX_STEPS):
             if distribution.status != D.RUNNING or not _step(distribution, stages, now):
                 break
-        return distribution.status
+    if outcomes is not None:  # after the commit: spans describe what was kept
+        _trace_device_updates(distribution, stages, outcomes)
+        if (followed or distribution.status != status_before
+                or [stage.status for stage in stages] != stages_before):
+            _trace_step(distribution, stages, status_before=status_before, followed=followed, started=started)
+    return distribution.status
+
+
+def _trace_step(distribution: Distribution, stages: list[Stage], *, status_before: str, followed: int,
+                started: int) -> None:
+    """A distribution.execute span in the distribution's trace: only for steps that changed something."""
+    current = next((stage for stage in stages if stage.status != S.PASSED), None)
+    tracing.record("distribution.execute", parent=distribution.traceparent, start_time=started, attributes={
+        "distribution.id": distribution.pk, "distribution.strategy": distribution.strategy,
+        "model.id": distribution.version.model_id, "distribution.status_before": str(status_before),
+        "distribution.status": str(distribution.status), "distribution.reports_followed": followed,
+        "stage.index": current.index if current else None, "stage.name": current.name if current else None,
+        "stage.status": str(current.status) if current else None,
+    })
+
+
+def _trace_device_updates(distribution: Distribution, stages: list[Stage],
+                          outcomes: list[planning.InstallOutcome]) -> None:
+    """A device.update span per finished install, from the offer to the report, linked to the agent's model.swap."""
+    if not outcomes:
+        return
+    devices = dict(Device.objects.filter(pk__in={o.device_id for o in outcomes}).values_list("pk", "device_id"))
+    versions = dict(ModelVersion.objects.filter(pk__in={o.version_id for o in outcomes})
+                    .values_list("pk", "model_id"))
+    by_id = {stage.pk: stage for stage in stages}
+    for outcome in outcomes:
+        ended = _ns(outcome.received_at) or tracing.clock()
+        stage = by_id.get(outcome.stage_id)
+        failed = outcome.status != "active"
+        tracing.record(
+            "device.update", parent=distribution.traceparent, start_time=min(_ns(outcome.offered_at) or ended, ended),
+            end_time=ended, links=[outcome.traceparent], error=(outcome.error or outcome.status) if failed else "",
+            attributes={"device.id": devices.get(outcome.device_id), "model.id": versions.get(outcome.version_id),
+                        "distribution.id": distribution.pk, "stage.index": stage.index if stage else None,
+                        "install.status": outcome.status, "install.evidence": outcome.evidence,
+                        "install.duration_ms": outcome.duration_ms})
+
+
+def _ns(moment: datetime | None) -> int | None:
+    return int(moment.timestamp() * 1_000_000) * 1000 if moment is not None else None
 
 
 def _step(distribution: Distribution, stages: list[Stage], now: datetime) -> bool:

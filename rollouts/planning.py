@@ -275,11 +275,36 @@ def assignments_offer(*, stage: Stage, now, condition: str = "a.state = 'pending
 _REPORT_STATES = {"downloading": "downloading", "installed": "installed", "active": "active", "failed": "failed",
                   "refused": "failed", "rolled_back": "failed"}
 _IN_FLIGHT = ("offered", "downloading", "installed")
+_FINAL = ("active", "failed")
 
 
-def assignments_follow_reports(*, stage: Stage, now) -> int:
-    """Moves in-flight assignments of the stage by the devices' install reports and running versions."""
+@dataclass(frozen=True)
+class InstallOutcome:
+    """An assignment an install report (or the device's running version) just finished: a device.update."""
+
+    stage_id: int
+    device_id: int
+    version_id: int
+    offered_at: Any
+    evidence: str  # report, or heartbeat (the device runs the version; its report was lost)
+    status: str
+    error: str
+    traceparent: str
+    duration_ms: int | None
+    received_at: Any
+
+
+_OUTCOME_COLUMNS = "a.stage_id, a.device_id, a.version_id, a.offered_at"
+
+
+def assignments_follow_reports(*, stage: Stage, now, outcomes: list[InstallOutcome] | None = None) -> int:
+    """Moves in-flight assignments of the stage by the devices' install reports and running versions.
+
+    With `outcomes` (tracing), the assignments that reached an outcome are appended to it.
+    """
     mapping = " ".join(f"WHEN '{status}' THEN '{state}'" for status, state in _REPORT_STATES.items())
+    returning = (f" RETURNING {_OUTCOME_COLUMNS}, 'report', r.status, r.error, r.traceparent, r.duration_ms, "
+                 "r.received_at" if outcomes is not None else "")
     with connection.cursor() as cursor:
         cursor.execute(f"""
             UPDATE rollouts_assignment a
@@ -287,7 +312,8 @@ def assignments_follow_reports(*, stage: Stage, now) -> int:
                 finished_at = CASE WHEN r.status IN ('active', 'failed', 'refused', 'rolled_back')
                                    THEN %(now)s END
             FROM (
-                SELECT DISTINCT ON (ir.device_id) ir.device_id, ir.status, ir.error
+                SELECT DISTINCT ON (ir.device_id) ir.device_id, ir.status, ir.error, ir.traceparent, ir.duration_ms,
+                                                  ir.received_at
                 FROM rollouts_assignment a2
                 JOIN devices_installreport ir ON ir.device_id = a2.device_id AND ir.version_id = a2.version_id
                 WHERE a2.stage_id = %(stage)s AND a2.state IN {_IN_FLIGHT}
@@ -295,18 +321,24 @@ def assignments_follow_reports(*, stage: Stage, now) -> int:
                 ORDER BY ir.device_id, ir.id DESC
             ) r
             WHERE a.stage_id = %(stage)s AND a.device_id = r.device_id AND a.state IN {_IN_FLIGHT}
-              AND a.state <> CASE r.status {mapping} END
+              AND a.state <> CASE r.status {mapping} END{returning}
         """  # noqa: S608 - only fixed fragments and placeholders
         , {"stage": stage.pk, "now": now})
         moved = cursor.rowcount
+        if outcomes is not None:
+            outcomes.extend(InstallOutcome(*row) for row in cursor.fetchall() if _REPORT_STATES[row[5]] in _FINAL)
         # A device whose heartbeat says it runs the version is active even if its report was lost.
+        returning = (f" RETURNING {_OUTCOME_COLUMNS}, 'heartbeat', 'active', '', '', NULL, %(now)s"
+                     if outcomes is not None else "")
         cursor.execute(f"""
             UPDATE rollouts_assignment a SET state = 'active', updated_at = %(now)s, finished_at = %(now)s
             FROM devices_device d
             WHERE a.stage_id = %(stage)s AND a.state IN {_IN_FLIGHT} AND d.id = a.device_id
-              AND d.current_version_id = a.version_id
+              AND d.current_version_id = a.version_id{returning}
         """  # noqa: S608 - only fixed fragments and placeholders
         , {"stage": stage.pk, "now": now})
+        if outcomes is not None:
+            outcomes.extend(InstallOutcome(*row) for row in cursor.fetchall())
         return moved + cursor.rowcount
 
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.lib.tracing import new_traceparent
+from hotswap.observability import tracing
 from models_app.models import ModelVersion
 from models_app.validation_runs import version_is_distributable
 from rollouts import planning
@@ -67,6 +68,7 @@ def _stage_rows(distribution: Distribution, plans) -> list[Stage]:
     ])
 
 
+@tracing.traced("distribution.create")
 @transaction.atomic
 def distribution_create(
     *,
@@ -89,7 +91,8 @@ def distribution_create(
     """Resolves the target set, plans the stages and writes every device's assignment, all or nothing.
 
     Refused with 400 when a version may not ship or a setting is invalid, with 409 when a targeted
-    device already belongs to a running distribution or too many distributions run.
+    device already belongs to a running distribution or too many distributions run. The span's
+    context becomes the distribution's traceparent: every device it reaches continues that trace.
     """
     now = now or timezone.now()
     _check_versions(version, version_b, rollback=is_rollback)
@@ -136,7 +139,8 @@ def distribution_create(
         install_timeout_seconds=install_timeout_seconds or settings.ROLLOUT_INSTALL_TIMEOUT_SECONDS,
         max_attempts=max_attempts or settings.ROLLOUT_MAX_ATTEMPTS,
         failure_threshold=settings.ROLLOUT_FAILURE_THRESHOLD if failure_threshold is None else failure_threshold,
-        is_rollback=is_rollback, scheduled_at=scheduled_at or now, created_by=actor, traceparent=new_traceparent(),
+        is_rollback=is_rollback, scheduled_at=scheduled_at or now, created_by=actor,
+        traceparent=tracing.traceparent() or new_traceparent(),
     )
     distribution.full_clean()
     distribution.save()
@@ -155,6 +159,12 @@ def distribution_create(
                       actor=actor, reason=f"created: {chosen.name} ({reason}), {written} devices", now=now)
     logger.info("distribution created", extra={"distribution": distribution.pk, "strategy": chosen.name,
                                                "devices": written})
+    for shipped in (version, version_b):
+        if shipped is not None:
+            tracing.link(shipped.traceparent)
+    tracing.annotate(**{"distribution.id": distribution.pk, "distribution.strategy": chosen.name,
+                        "distribution.devices": written, "distribution.rollback": is_rollback,
+                        "model.id": version.model_id, "model.version_b": version_b.model_id if version_b else None})
     _advance_soon(distribution.pk)
     return distribution
 
@@ -162,7 +172,7 @@ def distribution_create(
 def _advance_soon(distribution_id: int) -> None:
     from rollouts.tasks import distribution_advance
 
-    transaction.on_commit(lambda: distribution_advance.delay(distribution_id))
+    transaction.on_commit(tracing.bind(lambda: distribution_advance.delay(distribution_id)))
 
 
 def stage_current(distribution: Distribution) -> Stage | None:

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from devices.agent import tracing
 from devices.agent.agent import Agent, EnrollmentFailed
 
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tracing.configure()  # OTEL_TRACES_EXPORTER=console|otlp, when opentelemetry's SDK is installed
+    except tracing.TracingConfigError as exc:
+        build_parser().error(str(exc))
     agent = Agent(
         args.server, args.data_dir, enroll_key=args.enroll_key, device_id=args.device_id, name=args.name,
         device_type=args.device_type, region=args.region, tags=[t for t in args.tags.split(",") if t.strip()],

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from devices.agent import health
+from devices.agent import health, tracing
 from devices.agent.client import ApiError, CheckinAnswer, ServerClient, TransientError
 from devices.agent.download import DownloadInterrupted, IntegrityError, download, verify_file
 from devices.agent.manifest import ManifestRefused, PinnedKey, verify_manifest
@@ -421,6 +421,20 @@ class Agent:
         self.state.pending_installs.append(report)
 
     def _install(self, manifest: dict[str, Any], traceparent: str) -> _Outcome:
+        name, version = manifest["model"], manifest["version"]
+        attributes = {"device.id": self.device_id, "model.id": f"{name}-{version}", "model.name": name,
+                      "model.version": version, "manifest.sequence": manifest["sequence"],
+                      "manifest.rollback": bool(manifest.get("rollback"))}
+        # A child of the answer's traceparent (the distribution's trace); the reports then carry this
+        # span's context, so the server's device.update links to the swap it describes.
+        with tracing.span("model.swap", traceparent=traceparent, attributes=attributes) as swap:
+            outcome = self._swap_in(manifest, tracing.traceparent_of(swap, traceparent))
+            tracing.annotate(swap, **{"install.outcome": outcome.action})
+            if outcome.action == "failed":
+                tracing.failed(swap, outcome.error)
+            return outcome
+
+    def _swap_in(self, manifest: dict[str, Any], traceparent: str) -> _Outcome:
         started = time.monotonic()
         name, version, sha256 = manifest["model"], manifest["version"], manifest["sha256"]
         try:

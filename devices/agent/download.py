@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from devices.agent import tracing
+
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
@@ -35,14 +37,15 @@ def file_sha256(path: Path, *, chunk: int = CHUNK_BYTES) -> str:
 
 def verify_file(path: Path, *, size: int, sha256: str) -> None:
     """Raises IntegrityError (and deletes the file) unless it has exactly the expected size and sha256."""
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        path.unlink(missing_ok=True)
-        raise IntegrityError(f"size mismatch: expected {size} bytes, got {actual_size}")
-    actual = file_sha256(path)
-    if actual != sha256:
-        path.unlink(missing_ok=True)
-        raise IntegrityError(f"sha256 mismatch: expected {sha256}, got {actual}")
+    with tracing.span("model.verify", attributes={"artifact.size": size}):
+        actual_size = path.stat().st_size
+        if actual_size != size:
+            path.unlink(missing_ok=True)
+            raise IntegrityError(f"size mismatch: expected {size} bytes, got {actual_size}")
+        actual = file_sha256(path)
+        if actual != sha256:
+            path.unlink(missing_ok=True)
+            raise IntegrityError(f"sha256 mismatch: expected {sha256}, got {actual}")
 
 
 def download(
@@ -62,6 +65,17 @@ def download(
     on the model's size. DownloadInterrupted after `attempts` failed transfers (partial kept);
     IntegrityError when the complete file is not the promised one (file deleted).
     """
+    with tracing.span("model.download", attributes={"artifact.size": size}) as current:
+        made = _fetch(client, url, partial, size=size, attempts=attempts, backoff_seconds=backoff_seconds,
+                      sleep=sleep)
+        tracing.annotate(current, **{"download.attempts": made})
+    verify_file(partial, size=size, sha256=sha256)
+    return partial
+
+
+def _fetch(client: httpx.Client, url: str, partial: Path, *, size: int, attempts: int, backoff_seconds: float,
+           sleep: Callable[[float], None]) -> int:
+    """Transfers until `partial` holds `size` bytes (resuming); returns the attempts made."""
     last_error = "no attempt made"
     for attempt in range(attempts):
         if attempt:
@@ -84,8 +98,7 @@ def download(
         raise DownloadInterrupted(last_error)
     if partial.stat().st_size < size:
         raise DownloadInterrupted(f"only {partial.stat().st_size} of {size} bytes arrived")
-    verify_file(partial, size=size, sha256=sha256)
-    return partial
+    return attempt + 1
 
 
 def _transfer(client: httpx.Client, url: str, partial: Path, *, have: int, size: int) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from devices.agent import tracing
+
 logger = logging.getLogger(__name__)
 
 # infer(session, inputs) runs one inference; the default is session.run(None, inputs).
@@ -91,16 +93,17 @@ def load_model(
         # oversubscribing a small device's cores (and the thread pool's busy spinning).
         options.intra_op_num_threads = session_threads
         options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        inputs = generated_inputs(session)
-        run = infer or _default_infer
-        for _ in range(warmup_runs):
-            run(session, inputs)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"onnxruntime could not load or run {path.name}: {exc}") from exc
+    with tracing.span("model.load", attributes={"model.version": version, "warmup.runs": warmup_runs}):
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            inputs = generated_inputs(session)
+            run = infer or _default_infer
+            for _ in range(warmup_runs):
+                run(session, inputs)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime could not load or run {path.name}: {exc}") from exc
     return LoadedModel(name=name, version=version, sha256=sha256, path=path, session=session, inputs=inputs)
 
 
