@@ -16,6 +16,7 @@ from devices.models import Device
 from devices.services import checkin as service
 from hotswap.exceptions import ApplicationError, error_body
 from hotswap.lib.tracing import new_traceparent
+from hotswap.observability.context import bind_actor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
     device, failure = _authenticate(request)
     if failure:
         return failure
+    bind_actor(f"device:{device.device_id}")  # the actor of this request's log lines
     now = timezone.now()
     try:
         report = service.checkin_parse(request.body, now=now)

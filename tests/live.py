@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,10 +38,12 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
     port = free_port()
     child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
                  **(env or {})}
+    # Logs go to a file: a pipe nobody reads fills up, and the server then blocks on its next log line.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the child process
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
          "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120", "--no-control-socket"],
-        cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -51,7 +54,8 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
                 break
             except requests.RequestException:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {process.stderr.read().decode()[-2000:]}") from None
+                    log.seek(0)
+                    raise RuntimeError(f"gunicorn did not start: {log.read().decode()[-2000:]}") from None
                 time.sleep(0.2)
         yield base_url, process
     finally:
@@ -59,8 +63,9 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # its workers too
             process.wait()
+        log.close()
 
 
 class StreamingMultipart:

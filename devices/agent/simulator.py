@@ -97,6 +97,8 @@ class FleetConfig:
     timeout: float = 30.0
     progress: TextIO | None = None
     progress_seconds: float | None = None  # default: 2 s on a terminal, 10 s otherwise
+    # Set by a supervisor sharing its log (runstack): plain lines starting with this, even on a terminal.
+    progress_prefix: str = ""
     transport: httpx.AsyncBaseTransport | None = None  # tests: an in-process server
     # Credentials an operator issued (device_id → raw hsd_ key) for devices with none cached: they skip
     # enrollment and pin the key the server publishes at /api/v1/devices/manifest-key.
@@ -582,7 +584,8 @@ class Fleet:
 
     async def _progress(self, started: float) -> None:
         output = self.config.progress
-        tty = bool(output and hasattr(output, "isatty") and output.isatty())
+        prefix = self.config.progress_prefix
+        tty = bool(output and not prefix and hasattr(output, "isatty") and output.isatty())
         interval = self.config.progress_seconds or (2.0 if tty else 10.0)
         last_checkins, last_304, last_tick = 0, 0, time.monotonic()
         last_save = last_tick
@@ -603,7 +606,7 @@ class Fleet:
                     f"running {_versions_text(self.snapshot_versions())} | errors {sum(stats.errors.values())}")
             if (wait := self.enroll_resume_at - now) > 0:
                 line += f" | enrollment throttled (429), next try in {wait:.0f}s"
-            output.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
+            output.write(f"\r\x1b[2K{line}" if tty else f"{prefix}{line}\n")
             output.flush()
             last_checkins, last_304, last_tick = stats.checkins, stats.not_modified, now
         if output and tty:
@@ -753,6 +756,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, server_default: str | None
     parser.add_argument("--seed", type=int, default=None, help="random seed for jitter and metrics")
     parser.add_argument("--progress-seconds", type=_positive(float), default=None,
                         help="progress refresh (default 2 s on a terminal, a line every 10 s otherwise)")
+    parser.add_argument("--progress-prefix", default="",
+                        help="print progress as plain lines starting with this, even on a terminal (for a "
+                             "supervisor's log)")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only the summary")
 
 
@@ -768,7 +774,7 @@ def config_from_options(options: Mapping, *, enroll_key: str | None = None,
         download_seconds=options["download_seconds"], duration=options["duration"],
         concurrency=options["concurrency"], state_file=None if options["no_state"] else options["state_file"],
         seed=options["seed"], progress=None if options["quiet"] else (output or sys.stdout),
-        progress_seconds=options["progress_seconds"],
+        progress_seconds=options["progress_seconds"], progress_prefix=options.get("progress_prefix", ""),
     )
 
 
@@ -790,7 +796,8 @@ async def run_until_signalled(config: FleetConfig) -> FleetStats:
 
 def describe(config: FleetConfig) -> str:
     behaviours = "; ".join(f"{key}: {b.describe()}" for key, b in config.behaviours.items()) or "defaults"
-    return (f"simulating {config.devices} devices ({config.prefix}{config.first_index:05d}…) against {config.server}, "
+    return (f"{config.progress_prefix}simulating {config.devices} devices ({config.prefix}{config.first_index:05d}…) "
+            f"against {config.server}, "
             f"regions {','.join(config.regions)}, types {','.join(config.types)}, behaviour: {behaviours}")
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection
 
 from devices import heartbeats, manifests
 from devices.models import LATENCY_BUCKETS_MS, Device, InstallReport
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
+from hotswap.settings.env import env
 from models_app.models import ModelVersion
 from models_app.storage import artifact_store
 
@@ -54,11 +58,45 @@ _IDENTITY_SQL = """
 """
 
 
+class _PreparedCursor(psycopg.Cursor):
+    """Server-side binding, prepared once per connection: later executions skip PostgreSQL's parse and plan."""
+
+    def execute(self, query, params=None, **kwargs):
+        return super().execute(query, params, prepare=True, **kwargs)
+
+
+def _cursor(cursor_class: type[psycopg.Cursor]):
+    """A cursor of the given psycopg class on Django's connection, with Django's error mapping and query log."""
+    connection.ensure_connection()
+    raw = cursor_class(connection.connection)
+    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+
+
 def checkin_device(*, prefix: str) -> CheckinDevice | None:
-    with connection.cursor() as cursor:
-        cursor.execute(_IDENTITY_SQL, [prefix])
-        row = cursor.fetchone()
+    # Other apps change the rows it reads with raw SQL: the plan is kept, never the rows.
+    # CHECKIN_PREPARED_STATEMENTS=false for a connection pooler that cannot keep prepared statements.
+    cursor_class = _PreparedCursor if _prepared_statements() else psycopg.Cursor
+    for attempt in (1, 2):
+        # No CONN_HEALTH_CHECKS probe here: its SELECT 1 is a round trip as costly as this query. A
+        # connection that died while idle fails the query instead, and the read is retried on a new one.
+        connection.health_check_done = True
+        try:
+            with _cursor(cursor_class) as cursor:
+                cursor.execute(_IDENTITY_SQL, [prefix])
+                row = cursor.fetchone()
+            break
+        except (OperationalError, InterfaceError):
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            connection.close()
     return CheckinDevice(*row) if row else None
+
+
+_PREPARED_DEFAULT = env.bool("CHECKIN_PREPARED_STATEMENTS", default=True)
+
+
+def _prepared_statements() -> bool:
+    return getattr(settings, "CHECKIN_PREPARED_STATEMENTS", _PREPARED_DEFAULT)
 
 
 class ManifestVersion(NamedTuple):
@@ -323,29 +361,31 @@ _WINDOW_ROW = ("(%s, %s::bigint, %s, %s, %s, %s::timestamptz, %s::timestamptz, %
 
 
 def checkin_reports_store(*, device: CheckinDevice, report: CheckinReport) -> None:
-    """Stores install reports and metric windows (one transaction, one INSERT per kind)."""
+    """Stores install reports and metric windows: one INSERT per kind, all or nothing, in one round trip."""
     if not report.installs and not report.metrics:
         return
-    with transaction.atomic(), connection.cursor() as cursor:
-        if not settings.TELEMETRY_SYNCHRONOUS_COMMIT:
-            # The commit returns before its WAL is flushed: only a PostgreSQL crash in the next
-            # ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying
-            # metrics costs a fraction of a disk flush. TELEMETRY_SYNCHRONOUS_COMMIT=true restores it.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if report.installs:
-            cursor.execute(_INSTALL_SQL.format(rows=",".join([_INSTALL_ROW] * len(report.installs))), [
-                value for i, r in enumerate(report.installs) for value in (
-                    i, device.pk, f"{r['model']}-{r['version']}", r["model"], r["version"], r["status"], r["error"],
-                    r["sequence"], r["duration_ms"], r["at"], r["traceparent"])
-            ])
-        if report.metrics:
-            cursor.execute(_WINDOW_SQL.format(rows=",".join([_WINDOW_ROW] * len(report.metrics))), [
-                value for i, w in enumerate(report.metrics) for value in (
-                    i, device.pk, f"{w['model']}-{w['version']}", w["model"], w["version"], w["window_start"],
-                    w["window_end"], w["inference_count"], w["error_count"], w["latency_p50_ms"],
-                    w["latency_p95_ms"], w["latency_p99_ms"], w["latency_histogram"], w["accuracy"],
-                    w["labelled_count"])
-            ])
+    statements: list[str] = []
+    params: list = []
+    if not settings.TELEMETRY_SYNCHRONOUS_COMMIT:
+        # The commit returns before its WAL is flushed: only a PostgreSQL crash in the next
+        # ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying
+        # metrics costs a fraction of a disk flush. TELEMETRY_SYNCHRONOUS_COMMIT=true restores it.
+        statements.append("SELECT set_config('synchronous_commit', 'off', true)")
+    if report.installs:
+        statements.append(_INSTALL_SQL.format(rows=",".join([_INSTALL_ROW] * len(report.installs))))
+        params += [value for i, r in enumerate(report.installs) for value in (
+            i, device.pk, f"{r['model']}-{r['version']}", r["model"], r["version"], r["status"], r["error"],
+            r["sequence"], r["duration_ms"], r["at"], r["traceparent"])]
+    if report.metrics:
+        statements.append(_WINDOW_SQL.format(rows=",".join([_WINDOW_ROW] * len(report.metrics))))
+        params += [value for i, w in enumerate(report.metrics) for value in (
+            i, device.pk, f"{w['model']}-{w['version']}", w["model"], w["version"], w["window_start"],
+            w["window_end"], w["inference_count"], w["error_count"], w["latency_p50_ms"], w["latency_p95_ms"],
+            w["latency_p99_ms"], w["latency_histogram"], w["accuracy"], w["labelled_count"])]
+    # Client-side binding sends the statements as one simple query, which PostgreSQL runs as one
+    # transaction: all or nothing without BEGIN and COMMIT round trips.
+    with _cursor(psycopg.ClientCursor) as cursor:
+        cursor.execute(";".join(statements), params)
 
 
 def checkin_heartbeat(*, device: CheckinDevice, report: CheckinReport, now: datetime) -> int | None:
@@ -369,6 +409,44 @@ def checkin_etag(device: CheckinDevice, *, now: datetime) -> str:
     return f'"{device.sequence}-{int(now.timestamp()) // _url_period()}"'
 
 
+class _Lru:
+    """A small thread-safe LRU map (gthread workers answer from several threads)."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+# Presigning is the dearest part of an answer, and a link depends only on the artifact and the URL
+# period, so every device of a rollout shares one. Signed manifests are kept per device and state:
+# every input of one is in its key (issued_at stays the first issue's time, which it is).
+_links = _Lru(1024)
+_manifests = _Lru(4096)
+
+
+def _download_url(version: ManifestVersion, expires_at: datetime, now: datetime) -> str:
+    filename = f"{version.model_id}.{'onnx' if version.detected_format == 'onnx' else 'bin'}"
+    key = (version.storage_key, filename, expires_at)
+    url = _links.get(key)
+    if url is None:
+        url = artifact_store().download_link(version.storage_key, filename=filename,
+                                             expires_in=int((expires_at - now).total_seconds())).url
+        _links.put(key, url)
+    return url
+
+
 def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> dict | None:
     """The signed `desired` block for the device, or None when nothing in particular is desired."""
     if device.version_id is None:
@@ -376,16 +454,21 @@ def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> di
     version = _manifest_version(device.version_id)
     period = _url_period()
     expires_at = datetime.fromtimestamp((int(now.timestamp()) // period + 2) * period, tz=now.tzinfo)
-    filename = f"{version.model_id}.{'onnx' if version.detected_format == 'onnx' else 'bin'}"
-    link = artifact_store().download_link(version.storage_key, filename=filename, request=request,
-                                          expires_in=int((expires_at - now).total_seconds()))
-    manifest = {
-        "device_id": device.device_id, "model": version.model, "version": version.version,
-        "sha256": version.sha256, "size": version.size, "url": link.url, "format": version.detected_format,
-        "issued_at": _iso(now), "expires_at": _iso(expires_at), "rollback": device.rollback,
-        "sequence": device.sequence,
-    }
-    return manifests.sign(manifest)
+    url = _download_url(version, expires_at, now)
+    if request is not None and url.startswith("/"):
+        url = request.build_absolute_uri(url)  # local storage links are paths on the host the device called
+    key = (device.pk, device.sequence, device.version_id, device.rollback, url)
+    desired = _manifests.get(key)
+    if desired is None:
+        manifest = {
+            "device_id": device.device_id, "model": version.model, "version": version.version,
+            "sha256": version.sha256, "size": version.size, "url": url, "format": version.detected_format,
+            "issued_at": _iso(now), "expires_at": _iso(expires_at), "rollback": device.rollback,
+            "sequence": device.sequence,
+        }
+        desired = manifests.sign(manifest)
+        _manifests.put(key, desired)
+    return desired
 
 
 def _iso(moment: datetime) -> str:

@@ -10,12 +10,14 @@ import requests
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from devices.manifests import canonical_bytes
 from devices.models import Device, InstallReport, MetricWindow
 from devices.services.desired_state import desired_state_set
 from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
+from tests.live import gunicorn_server
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +51,10 @@ def test_it_answers_304_without_a_body_when_nothing_changed(client):
     assert again["ETag"] == etag
 
 
-def test_it_does_one_database_read_and_no_write_on_the_warm_path(client, django_assert_num_queries):
+@pytest.mark.parametrize("prepared", [True, False])
+def test_it_does_one_database_read_and_no_write_on_the_warm_path(client, django_assert_num_queries, settings,
+                                                                 prepared):
+    settings.CHECKIN_PREPARED_STATEMENTS = prepared  # false: for connection poolers without prepared statements
     _device, credential = device_with_credential()
     etag = checkin(client, credential)["ETag"]
 
@@ -76,20 +81,47 @@ def test_it_hands_out_a_signed_manifest_for_the_desired_version(client):
     assert requests.get(manifest["url"], timeout=10).content == content
 
 
-def test_it_changes_the_etag_when_the_desired_state_changes(client):
+def change_by_service(device, version) -> None:
+    desired_state_set(devices=[device], version=version)
+
+
+def change_by_raw_sql(device, version) -> None:
+    # How rollouts change desired state in bulk: nothing on the check-in path may hold an old copy.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE devices_desiredstate SET version_id = %s, sequence = sequence + 1 WHERE device_id = %s",
+                       [version.pk, device.pk])
+
+
+@pytest.mark.parametrize("change", [change_by_service, change_by_raw_sql])
+def test_it_changes_the_etag_and_the_answer_at_the_next_check_in_when_the_desired_state_changes(client, change):
     device, credential = device_with_credential()
     first, _ = registry_version(version="1.0.0")
     second, _ = registry_version(version="1.1.0", hidden=9)
     desired_state_set(devices=[device], version=first)
     etag = checkin(client, credential)["ETag"]
+    assert checkin(client, credential).json()["desired"]["manifest"]["version"] == "1.0.0"
 
-    desired_state_set(devices=[device], version=second)
+    change(device, second)
     response = checkin(client, credential, etag=etag)
 
     assert response.status_code == 200
     assert response["ETag"] != etag
     assert response.json()["desired"]["manifest"]["version"] == "1.1.0"
     assert response.json()["desired"]["manifest"]["sequence"] == 2
+
+
+def test_devices_of_a_rollout_share_a_download_link_per_url_period(client, settings):
+    devices = [device_with_credential(f"cam-{i}") for i in range(3)]
+    version, content = registry_version()
+    desired_state_set(devices=[device for device, _ in devices], version=version)
+
+    manifests = [checkin(client, credential).json()["desired"]["manifest"] for _, credential in devices]
+    settings.MANIFEST_TTL_SECONDS = 7200  # another URL period
+    later = checkin(client, devices[0][1]).json()["desired"]["manifest"]
+
+    assert len({m["url"] for m in manifests}) == 1 and len({m["device_id"] for m in manifests}) == 3
+    assert later["url"] != manifests[0]["url"] and later["expires_at"] != manifests[0]["expires_at"]
+    assert requests.get(later["url"], timeout=10).content == content
 
 
 def test_it_rejects_a_tampered_manifest_signature(client):
@@ -261,3 +293,24 @@ def test_it_stores_reports_in_either_commit_mode_in_the_order_sent(client, setti
     assert list(InstallReport.objects.filter(device=device).order_by("id").values_list("status", flat=True)) == [
         "downloading", "installed", "active"]
     assert list(MetricWindow.objects.order_by("id").values_list("inference_count", flat=True)) == [600, 7]
+
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_server_whose_database_connections_died_while_idle_answers_the_next_check_ins():
+    # The hot path skips Django's per-request health check (a SELECT 1 round trip): it must recover as well.
+    _device, credential = device_with_credential()
+    with gunicorn_server() as (base, _process):
+        def check_in(etag: str = "") -> requests.Response:
+            return requests.post(f"{base}/api/v1/devices/checkin", data="{}", timeout=30, headers={
+                "Authorization": f"Device {credential}", "Content-Type": "application/json", "If-None-Match": etag})
+
+        etag = check_in().headers["ETag"]
+        assert [check_in(etag).status_code for _ in range(8)] == [304] * 8  # every thread holds a connection
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            assert cursor.fetchone()[0] >= 1
+
+        assert [check_in(etag).status_code for _ in range(8)] == [304] * 8

@@ -92,3 +92,13 @@ def test_a_never_seen_device_goes_offline_five_minutes_after_registration():
     Device.objects.filter(pk=device.pk).update(registered_at=timezone.now() - timedelta(minutes=5, seconds=1))
 
     assert heartbeats.devices_mark_offline() == 1
+
+
+def test_it_records_heartbeats_after_redis_lost_its_scripts(client):
+    device, credential = device_with_credential()
+    heartbeats._redis().script_flush()  # as after a Redis restart
+
+    assert checkin(client, credential, {"health": {"cpu_percent": 12.5}}).status_code == 200
+    assert checkin(client, credential, {"health": {"cpu_percent": 13.5}}).status_code == 200
+
+    assert heartbeats.heartbeats_pending()[device.pk]["health"] == {"cpu_percent": 13.5}

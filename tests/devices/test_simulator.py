@@ -7,6 +7,7 @@ import io
 import json
 import random
 import statistics
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from devices.agent.fleet import (
     parse_behaviour,
     parse_behaviours,
 )
-from devices.agent.simulator import FleetConfig, run_fleet
+from devices.agent.simulator import Fleet, FleetConfig, FleetStats
 from devices.services.checkin import checkin_parse
 
 # --- behaviour parsing ----------------------------------------------------------------------------------------
@@ -125,6 +126,18 @@ def test_a_metric_window_never_spans_more_than_an_hour_and_an_empty_one_is_skipp
 # --- a live server --------------------------------------------------------------------------------------------
 
 
+async def run_fleet_until(config: FleetConfig, done, timeout: float = 45.0) -> FleetStats:
+    """Runs the fleet until done(stats) holds (or timeout), then stops it as Ctrl-C would."""
+    stop = asyncio.Event()
+    fleet = Fleet(config, stop)
+    run = asyncio.create_task(fleet.run())
+    deadline = time.monotonic() + timeout
+    while not run.done() and not done(fleet.stats) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    stop.set()
+    return await run
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_simulated_fleet_enrolls_checks_in_installs_and_reports_against_a_live_server(tmp_path):
@@ -145,19 +158,21 @@ def test_a_simulated_fleet_enrolls_checks_in_installs_and_reports_against_a_live
 
     server_env = {"DEVICE_POLL_INTERVAL_SECONDS": "1", "THROTTLE_ENROLL": "1000/minute"}
     with gunicorn_server(env=server_env, workers=2) as (base_url, _process):
-        def fleet(duration: float, **extra) -> FleetConfig:
-            return FleetConfig(server=base_url, enroll_key=raw_key, devices=50, prefix="live-", duration=duration,
+        def fleet(**extra) -> FleetConfig:
+            return FleetConfig(server=base_url, enroll_key=raw_key, devices=50, prefix="live-", duration=60,
                                max_poll_seconds=1, concurrency=25, state_file=state, seed=3, **extra)
 
-        first = asyncio.run(run_fleet(fleet(3.5)))
+        # Each run lasts until the fleet has done its part (a loaded machine takes longer, not fails).
+        first = asyncio.run(run_fleet_until(fleet(), lambda stats: stats.checked_in_devices == 50))
 
         assert first.fatal == "" and not first.errors, first.summary()
         assert (first.enrolled_now, first.checked_in_devices) == (50, 50), first.summary()
         assert Device.objects.filter(device_id__startswith="live-", status=Device.Status.ACTIVE).count() == 50
 
         desired_state_set(devices=Device.objects.filter(device_id__startswith="live-"), version=version, actor=None)
-        second = asyncio.run(run_fleet(fleet(5, download=True, inference_rate=50,
-                                             behaviours=parse_behaviours(["simnet-1.1.0=latency:40±5"]))))
+        second = asyncio.run(run_fleet_until(
+            fleet(download=True, inference_rate=50, behaviours=parse_behaviours(["simnet-1.1.0=latency:40±5"])),
+            lambda stats: stats.installs["active"] == 50 and stats.metric_windows >= 100))
 
     assert second.fatal == "" and not second.errors, second.summary()
     assert second.enrolled_now == 0, "the second run reuses the cached credentials"

@@ -1,8 +1,10 @@
-"""`manage.py runstack` on the embedded defaults, as a new user runs it: console, docs, a live worker, Ctrl-C."""
+"""`manage.py runstack` on the embedded defaults, as a new user runs it: console, docs, a live worker, the demo
+fleet checking in, Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-Adm1n-Passw0rd"
 # What the test settings point at the machine's servers; a new user has none of them.
 REMOVED = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX"}
+DEMO_DEVICES = 6
 
 
 def stack_env(var_dir: Path, port: int) -> dict[str, str]:
@@ -28,6 +31,8 @@ def stack_env(var_dir: Path, port: int) -> dict[str, str]:
     env.update(
         HOTSWAP_VAR_DIR=str(var_dir), HOTSWAP_BIND=f"127.0.0.1:{port}", HOTSWAP_ADMIN_PASSWORD=ADMIN_PASSWORD,
         DJANGO_SETTINGS_MODULE="hotswap.settings.base", PYTHONUNBUFFERED="1",
+        # A small demo fleet on a short timer, its heartbeats flushed soon: seconds, not minutes.
+        HOTSWAP_DEMO_DEVICES=str(DEMO_DEVICES), DEVICE_POLL_INTERVAL_SECONDS="1", HEARTBEAT_FLUSH_SECONDS="1",
     )
     return env
 
@@ -65,7 +70,7 @@ def stack_processes(pid: int) -> list[psutil.Process]:
         found = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [p for p in found if any(word in " ".join(p.cmdline()) for word in ("gunicorn", "celery"))]
+    return [p for p in found if any(word in " ".join(p.cmdline()) for word in ("gunicorn", "celery", "simulate_fleet"))]
 
 
 def processes_using(var_dir: Path) -> list[psutil.Process]:
@@ -89,7 +94,13 @@ def kill_everything(proc: subprocess.Popen, var_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_it_serves_the_console_runs_a_worker_and_stops_cleanly_on_ctrl_c(tmp_path):
+def demo_devices(session: requests.Session, base: str) -> list[dict]:
+    response = session.get(f"{base}/api/v1/devices", params={"search": "demo-", "online": "true"}, timeout=10)
+    response.raise_for_status()
+    return response.json()["results"]
+
+
+def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_on_ctrl_c(tmp_path):
     port, var_dir, log = free_port(), tmp_path / "var", tmp_path / "runstack.log"
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
@@ -126,9 +137,22 @@ def test_it_serves_the_console_runs_a_worker_and_stops_cleanly_on_ctrl_c(tmp_pat
         )
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
 
+        # The demo fleet registers itself and checks in; beat's flush makes the registry show it.
+        wait_until(lambda: sum(d["last_seen"] is not None for d in demo_devices(session, base)) == DEMO_DEVICES,
+                   timeout=60, proc=proc, log=log, what=f"{DEMO_DEVICES} demo devices online and seen")
+        fleet = demo_devices(session, base)
+        assert {d["region"] for d in fleet} == {"eu-west", "us-east", "ap-south"}
+        assert {d["device_type"] for d in fleet} == {"edge-camera", "gateway"}
+        output = log.read_text(errors="replace")
+        assert f"demo fleet: simulating {DEMO_DEVICES} devices" in output and "device registered" not in output
+        # The access log stays readable: requests are logged, the fleet's answered check-ins are not.
+        assert '"GET /api/v1/devices?' in output and '"POST /api/v1/devices/checkin' not in output
+
+        children = stack_processes(proc.pid)
         commands = [" ".join(p.cmdline()) for p in children]
         assert sum("gunicorn" in c for c in commands) >= 3  # master and two workers
         assert any(" beat " in c for c in commands)
+        assert any("simulate_fleet" in c for c in commands)
 
         proc.send_signal(signal.SIGINT)
         try:
@@ -142,5 +166,8 @@ def test_it_serves_the_console_runs_a_worker_and_stops_cleanly_on_ctrl_c(tmp_pat
         assert not left, left
         servers = [" ".join(p.cmdline()) for p in processes_using(var_dir) if alive(p)]
         assert not servers, f"embedded servers still running: {servers}"
+        # The fleet's credentials stay in the var dir, so the next start reuses the same devices.
+        state = json.loads((var_dir / "simulator" / "demo-fleet.json").read_text())
+        assert len(state["servers"][base]) == DEMO_DEVICES
     finally:
         kill_everything(proc, var_dir)

@@ -1,4 +1,4 @@
-"""runstack: migrate, ensure an admin account, then run gunicorn, a Celery worker and beat until Ctrl-C."""
+"""runstack: migrate, ensure an admin account, then run gunicorn, Celery worker and beat, a demo fleet until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,15 +14,30 @@ from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
+from gunicorn.glogging import Logger
 
 from hotswap.lib.localservices import port_open
-from hotswap.settings.env import env
+from hotswap.observability.stack import stack_environment
+from hotswap.settings.env import VAR_DIR, env
 
 STOP_TIMEOUT = 10.0
+# Simulated devices started with the stack, so a new user sees a fleet check in (HOTSWAP_DEMO_DEVICES=0: none).
+DEMO_DEVICES = 200
+DEMO_PREFIX = "demo-"
+DEMO_PROGRESS_SECONDS = 30
+CHECKIN_PATH = "/api/v1/devices/checkin"
+
+
+class AccessLog(Logger):
+    """gunicorn's access log without answered device check-ins: a fleet would write a line per device per minute."""
+
+    def access(self, resp, req, environ, request_time):
+        if environ.get("PATH_INFO") == CHECKIN_PATH and resp.status_code in (200, 304):
+            return
+        super().access(resp, req, environ, request_time)
 
 
 def database_url(db: dict) -> str:
@@ -47,15 +62,35 @@ def child_environment() -> dict[str, str]:
     return child_env
 
 
+def demo_fleet_command(server: str, devices: int) -> list[str]:
+    """manage.py simulate_fleet for the demo fleet: registered directly once, credentials kept in the var dir."""
+    argv = [sys.executable, "manage.py", "simulate_fleet", "--server", server, "--devices", str(devices),
+            "--prefix", DEMO_PREFIX, "--provision", "register",
+            "--state-file", str(VAR_DIR / "simulator" / "demo-fleet.json"),
+            # Registered devices hear the server's interval only at their first check-in: start with it.
+            "--poll-seconds", str(settings.DEVICE_POLL_INTERVAL_SECONDS),
+            "--progress-seconds", str(DEMO_PROGRESS_SECONDS), "--progress-prefix", "demo fleet: "]
+    if behaviour := env.str("HOTSWAP_DEMO_BEHAVIOUR", default=""):
+        argv += ["--behaviour", behaviour]
+    return argv
+
+
 class Command(BaseCommand):
-    help = "Run the whole product: migrate, admin account, gunicorn, Celery worker and beat (Ctrl-C stops all)."
+    help = ("Run the whole product: migrate, admin account, gunicorn, Celery worker and beat, and a demo fleet of "
+            "simulated devices (Ctrl-C stops all).")
 
     def add_arguments(self, parser):
         parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker.")
         parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
+        parser.add_argument("--demo-devices", type=int, default=None, metavar="N",
+                            help=f"Simulated devices to run with the stack (default HOTSWAP_DEMO_DEVICES or "
+                                 f"{DEMO_DEVICES}; 0: none).")
 
-    def handle(self, *args, no_worker: bool = False, no_beat: bool = False, **options):
-        child_env = child_environment()
+    def handle(self, *args, no_worker: bool = False, no_beat: bool = False, demo_devices: int | None = None,
+               **options):
+        if demo_devices is None:
+            demo_devices = env.int("HOTSWAP_DEMO_DEVICES", default=DEMO_DEVICES)
+        child_env = stack_environment(child_environment(), VAR_DIR)  # readable logs, multiprocess metrics
         call_command("migrate", interactive=False, verbosity=1)
         credentials = self.ensure_admin()
         connections.close_all()  # this process only supervises from here on
@@ -64,6 +99,7 @@ class Command(BaseCommand):
         commands = {
             "gunicorn": ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "gthread", "--threads", "4",
                          "-w", os.environ.get("WEB_CONCURRENCY") or "2", "--timeout", "300", "--access-logfile", "-",
+                         "--logger-class", f"{__name__}.AccessLog",
                          # gunicorn's control socket defaults to one path per user: two stacks would share it.
                          "--no-control-socket"],
             "celery worker": ["celery", "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2"],
@@ -84,9 +120,7 @@ class Command(BaseCommand):
         died: tuple[str, subprocess.Popen] | None = None
         try:
             for name, argv in commands.items():
-                # Own process group: a terminal's Ctrl-C reaches only us, and we stop the children ourselves.
-                children[name] = subprocess.Popen([str(bin_dir / argv[0]), *argv[1:]], env=child_env,
-                                                  cwd=settings.BASE_DIR, process_group=0)
+                children[name] = self.spawn([str(bin_dir / argv[0]), *argv[1:]], child_env)
             host, _, port = bind.rpartition(":")
             host = "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host  # noqa: S104
             announced = False
@@ -94,7 +128,14 @@ class Command(BaseCommand):
                 died = next(((n, p) for n, p in children.items() if p.poll() is not None), None)
                 if not announced and port.isdigit() and port_open(host.strip("[]"), int(port)):
                     announced = True
-                    self.announce(f"http://{host}:{port}", credentials)
+                    base = f"http://{host}:{port}"
+                    self.announce(base, credentials, demo_devices)
+                    if demo_devices > 0:
+                        # Only now: the simulator gives up on a server that does not answer.
+                        # WARNING: registering the fleet would log two lines per device; progress is printed.
+                        children["demo fleet"] = self.spawn(demo_fleet_command(base, demo_devices),
+                                                            {**child_env, "PYTHONUNBUFFERED": "1",
+                                                             "LOG_LEVEL": "WARNING"})
                 time.sleep(0.3)
         finally:
             self.stop_children(children)
@@ -104,8 +145,15 @@ class Command(BaseCommand):
                                "stopped the rest.")
         self.stdout.write("HotSwap stopped.")
 
+    @staticmethod
+    def spawn(argv: list[str], child_env: dict[str, str]) -> subprocess.Popen:
+        # Own process group: a terminal's Ctrl-C reaches only us, and we stop the children ourselves.
+        return subprocess.Popen(argv, env=child_env, cwd=settings.BASE_DIR, process_group=0)
+
     def ensure_admin(self) -> str:
         """Create (or update) the admin superuser in the Admin group; return the line that tells how to log in."""
+        from django.contrib.auth.models import Group  # not at import time: gunicorn imports AccessLog from here
+
         username = env.str("HOTSWAP_ADMIN_USERNAME", default="") or "admin"
         password = env.str("HOTSWAP_ADMIN_PASSWORD", default="")
         email = env.str("HOTSWAP_ADMIN_EMAIL", default="")
@@ -129,9 +177,11 @@ class Command(BaseCommand):
             return f"{username} / the password in HOTSWAP_ADMIN_PASSWORD"
         return f"{username} (existing account, password unchanged)"
 
-    def announce(self, base: str, credentials: str) -> None:
+    def announce(self, base: str, credentials: str, demo_devices: int = 0) -> None:
         storage = (f"S3 bucket {settings.S3_BUCKET}" if settings.S3_BUCKET
                    else str(settings.STORAGES["artifacts"]["OPTIONS"].get("location")))
+        fleet = (f"{demo_devices} simulated devices ({DEMO_PREFIX}00001…), starting now (HOTSWAP_DEMO_DEVICES=0: none)"
+                 if demo_devices > 0 else "none (HOTSWAP_DEMO_DEVICES or --demo-devices N starts one)")
         rule = "=" * 72
         self.stdout.write(
             f"\n{rule}\n"
@@ -141,6 +191,7 @@ class Command(BaseCommand):
             f"  API docs:  {base}/api/docs/\n"
             f"  Admin:     {credentials}\n"
             f"  Artifacts: {storage}\n"
+            f"  Demo fleet: {fleet}\n"
             f"{rule}\n"
         )
         self.stdout.flush()
@@ -149,7 +200,8 @@ class Command(BaseCommand):
         """SIGTERM each child, give them STOP_TIMEOUT together, then SIGKILL whatever is left of each group."""
         # SIGTERM goes to the leader only: gunicorn and Celery stop their own workers cleanly
         # (a Celery pool process killed directly would abort its task); the group SIGKILL sweeps the rest.
-        for proc in children.values():
+        # Last started first: the demo fleet leaves before the server it talks to.
+        for proc in reversed(children.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
