@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-upload bench-checkin bench-telemetry bench-validation install install-dev clean
+.PHONY: run test lint bench bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ browser:
 	fi
 
 ## bench: every benchmark below
-bench: bench-upload bench-checkin bench-telemetry bench-validation
+bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution
 
 ## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
 bench-upload: install-dev
@@ -62,6 +62,14 @@ bench-telemetry: install-dev
 ## bench-validation: validation latency vs a bare onnxruntime loop; whole validation of a ~100 MB model
 bench-validation: install-dev
 	$(PY) bench/validation.py $(VALIDATION_BENCH_ARGS)
+
+## bench-rollback: 10,000 simulated devices: first degraded window → rollback in check-in answers (≤ 10 s); judge query time per stage
+bench-rollback: install-dev
+	$(PY) bench/rollback.py $(ROLLBACK_BENCH_ARGS)
+
+## bench-distribution: creating a distribution over 100,000 and 1,000,000 devices (target: 1,000,000 in ≤ 60 s); first offer, rollback
+bench-distribution: install-dev
+	$(PY) bench/distribution.py $(DISTRIBUTION_BENCH_ARGS)
 
 clean:
 	rm -rf var/test var/bench .pytest_cache

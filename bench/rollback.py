@@ -1,0 +1,583 @@
+"""Automatic rollback bench: from the first degraded window reaching the server to the rollback in check-in answers.
+
+Run with `make bench-rollback` (or `.venv/bin/python bench/rollback.py --runs 3`). Two parts:
+
+1. Live, 10,000 simulated devices. It starts its own SeaweedFS, gunicorn, a Celery worker and beat (as runstack
+   does, with ROLLOUT_JUDGE=rollouts.health.health_judge and the default 5 s tick), uses the machine's PostgreSQL
+   and Redis when they answer, registers the devices in bulk (credentials issued, every device on rollnet-1.0.0)
+   and runs the fleet simulator in this process, every device a virtual one checking in over HTTP on the
+   server's poll interval (--poll-seconds, default 60) with a metric window per check-in: 1.0.0 measures
+   20±2 ms, each bad version 30±3 ms (+50 %). Each run creates a canary (10 %, soak PT30M) of a new bad version
+   over the whole fleet and times, from the first window of the bad version reaching the server
+   (devices_metricwindow.received_at):
+     - enough data to judge: the window that brought the bad version to min_devices devices and min_inferences,
+     - the tick that rolls back: its start (the transition's `at`) and its commit (seen by polling the row),
+     - the rollback being visible in check-in answers: the first canary device whose check-in answer carries
+       the rollback manifest (rollback=true, version 1.0.0), recorded by the simulator as it reads it,
+     - every canary device having had that answer, and every one running 1.0.0 again (its install report).
+   Medians over --runs runs; target: visible within 10 s (the issue's bound is 60 s).
+   Every device is simulated (none is only a row): the judge's baseline is the 9,000 devices still on 1.0.0,
+   so they must really report, and the check-in load is that of a 10,000-device fleet. On a 2-core machine the
+   simulator and the server share the cores: when they cannot check every device in each poll interval the
+   check-ins queue in the simulator and windows arrive late and unevenly; the bench says so (see its last
+   lines) and --poll-seconds or --devices relieve it.
+2. The judge's cost: a canary stage of 1,000 and of 10,000 devices (10 % of fleets of 10,000 and 100,000, the
+   rest the baseline), each device with --windows one-minute windows since the stage started and as many before
+   it, generated in SQL; medians of --repeat calls of `rollouts.health.stage_samples`, `health_judge`, and a
+   whole tick of that distribution (`distribution_advance`: it fails the stage and rolls every device back; the
+   transaction is rolled back after each call).
+
+Why a single device sees the rollback only at its next check-in: devices pull (DESIGN.md, device protocol), so
+"visible" for the first canary device is ~poll interval / canary size after the rollback, for the whole canary
+up to one poll interval. The server-side part is bounded by the data the judge needs (min_devices windows and
+min_inferences) plus the wait for the next tick (ROLLOUT_TICK_SECONDS) plus the tick's own duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stack import (
+    BASE_DIR,
+    BenchError,
+    Stack,
+    bench_stack,
+    make_onnx,
+    start_gunicorn,
+    stop_process_group,
+    tail,
+)
+from devices.agent.fleet import device_spec, parse_behaviours
+from devices.agent.simulator import CHECKIN_PATH, Fleet, FleetConfig
+from hotswap.lib.localservices import free_port, port_open
+
+BUCKET = "hotswap-bench-rollback"
+BENCH_DB = "hotswap_bench_rollback"
+REDIS_DB = 10
+MODEL = "rollnet"
+TARGET_SECONDS = 10.0
+BOUND_SECONDS = 60.0
+PREFIX = "rb-"
+GOOD = "latency:20±2,errors:0.001"
+BAD = "latency:30±3,errors:0.001"  # +50 % latency
+TICK_LINE = re.compile(r"distributions_tick\[[^\]]+\] succeeded in ([0-9.e-]+)s: (\d+)")
+
+
+class TimedFleet(Fleet):
+    """The simulator, noting when each device first reads an answer carrying a rollback manifest."""
+
+    def __init__(self, config: FleetConfig, stop: asyncio.Event):
+        super().__init__(config, stop)
+        self.rollback_answers: dict[tuple[int, int], float] = {}  # (device index, sequence) → epoch seconds
+        self.answered: list[float] = []  # epoch seconds of every answered check-in
+
+    async def request(self, method: str, path: str, *, index: int = 0, **kwargs):
+        response = await super().request(method, path, index=index, **kwargs)
+        if path != CHECKIN_PATH or response is None:
+            return response
+        at = time.time()
+        self.answered.append(at)
+        if response.status_code == 200:
+            manifest = ((response.json().get("desired") or {}).get("manifest")) or {}
+            if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
+                self.rollback_answers.setdefault((index, manifest["sequence"]), at)
+        return response
+
+
+class FleetThread:
+    """The simulated fleet on its own event loop in a background thread."""
+
+    def __init__(self, config: FleetConfig):
+        self.loop = asyncio.new_event_loop()
+        self.stop_event = asyncio.Event()
+        self.fleet = TimedFleet(config, self.stop_event)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.future = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        try:
+            return self.future.result(timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+def start_celery(env: dict[str, str], scratch: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path]:
+    """A worker (prefork, 2 processes) and beat on the database scheduler, as runstack starts them."""
+    log = scratch / "celery.log"
+    celery = str(Path(sys.executable).parent / "celery")
+    processes = []
+    for argv in ([celery, "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2"],
+                 [celery, "-A", "hotswap", "beat", "-l", "info", "-s", str(scratch / "beat-schedule"),
+                  "-S", "django_celery_beat.schedulers:DatabaseScheduler"]):
+        with log.open("ab") as out:
+            processes.append(subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+    deadline = time.monotonic() + 90
+    while b"ready." not in log.read_bytes():
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            raise BenchError(f"the Celery worker did not start:\n{tail(log)}")
+        time.sleep(0.3)
+    return processes[0], processes[1], log
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float, log: Path | None = None,
+             every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise BenchError(f"not within {timeout:.0f} s: {what}" + (f"\n{tail(log)}" if log else ""))
+        time.sleep(every)
+    return result
+
+
+def upload_version(scratch: Path, minor: int):
+    """rollnet-1.<minor>.0 through the registry service (a small real ONNX model, its own bytes); validation is
+    queued for the worker."""
+    from models_app.services import model_version_upload
+    from models_app.storage import artifact_store
+    from models_app.uploads import PendingArtifact
+
+    path = scratch / f"{MODEL}-{minor}.onnx"
+    make_onnx(path, 4096 + 16 * minor)
+    with path.open("rb") as handle:
+        artifact = PendingArtifact.receive(artifact_store(), iter(lambda: handle.read(1024 * 1024), b""),
+                                           filename=path.name, max_bytes=10**9)
+    version, _ = model_version_upload(artifact=artifact, name=MODEL, version=f"1.{minor}.0", framework="onnx",
+                                      uploaded_by=None)
+    return version
+
+
+def register_fleet(count: int, running) -> dict[str, str]:
+    """Bulk-registers the devices (as an operator would), all running `running`; device_id → raw credential."""
+    from devices.credentials import DEVICE_KIND, new_secret
+    from devices.models import DesiredState, Device, DeviceCredential
+
+    specs = [device_spec(i, prefix=PREFIX) for i in range(1, count + 1)]
+    devices = Device.objects.bulk_create([
+        Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
+               current_version=running, reported_model=MODEL, reported_version=running.version,
+               cpu_cores=s.capabilities["cpu_cores"], memory_mb=s.capabilities["memory_mb"],
+               storage_gb=s.capabilities["storage_gb"], gpu=s.capabilities["gpu"] or "") for s in specs],
+        batch_size=2000)
+    DesiredState.objects.bulk_create([DesiredState(device=d) for d in devices], batch_size=2000)
+    secrets, prefixes = [], set()
+    while len(secrets) < len(devices):  # 32-bit prefixes: a collision among 10,000 is likely enough to matter
+        if (secret := new_secret(DEVICE_KIND)).prefix not in prefixes:
+            prefixes.add(secret.prefix)
+            secrets.append(secret)
+    DeviceCredential.objects.bulk_create([DeviceCredential(device=d, prefix=s.prefix, key_hash=s.key_hash)
+                                          for d, s in zip(devices, secrets, strict=True)], batch_size=2000)
+    return {d.device_id: s.raw for d, s in zip(devices, secrets, strict=True)}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- part 1: live ---------------------------------------------------------------------------------------------
+
+
+def live_run(number: int, bad, old, fleet: FleetThread, *, poll: float, log: Path) -> dict:
+    """One canary of a bad version over the whole fleet; the figures of its rollback."""
+    from django.db.models import Min
+
+    from devices.models import DesiredState, InstallReport, MetricWindow
+    from rollouts.models import Assignment, Distribution, Transition
+    from rollouts.services import distribution_create
+
+    distribution = distribution_create(version=bad, strategy="canary", config={"percent": 10, "soak": "PT30M"},
+                                       name=f"rollback bench run {number}")
+    canary_size = distribution.stages.get(index=0).device_count
+
+    status = Distribution.objects.filter(pk=distribution.pk).values_list("status", flat=True)
+
+    def ended():
+        return status.get() in ("rolled_back", "completed", "paused", "aborted")
+    # Offer seen at the next check-in, a window of the new version one interval after the install. Polled
+    # often: when the rollback is first seen committed tells the tick's duration from its start (`at`).
+    wait_for(ended, f"run {number}: the canary of {bad.model_id} is rolled back", timeout=4 * poll + 120, log=log,
+             every=0.05)
+    committed = time.time()
+    distribution.refresh_from_db()
+    if distribution.status != "rolled_back":
+        raise BenchError(f"run {number}: the distribution ended {distribution.status}: {distribution.status_reason}")
+    first_bad = MetricWindow.objects.filter(version=bad).aggregate(at=Min("received_at"))["at"]
+    enough = _enough_at(bad, distribution.success_criteria)
+    issued = Transition.objects.get(distribution=distribution, stage=None, to_status="rolled_back").at
+    canary = list(Assignment.objects.filter(distribution=distribution, sequence__isnull=False)
+                  .values_list("device_id", "device__device_id"))
+    sequences = dict(DesiredState.objects.filter(device_id__in=[pk for pk, _ in canary])
+                     .values_list("device_id", "sequence"))
+    keys = {pk: (int(device_id.removeprefix(PREFIX)), sequences[pk]) for pk, device_id in canary}
+
+    def answered() -> list[float]:
+        return [at for key in keys.values() if (at := fleet.fleet.rollback_answers.get(key)) is not None]
+    # Every canary device checks in within about one poll interval of the rollback.
+    wait_for(lambda: len(answered()) == len(keys), f"run {number}: every canary device gets the rollback",
+             timeout=3 * poll + 60)
+    back = InstallReport.objects.filter(device_id__in=list(keys), version=old, status="active", received_at__gt=issued)
+    wait_for(lambda: back.values("device").distinct().count() == len(keys),
+             f"run {number}: every canary device runs {old.model_id} again", timeout=3 * poll + 60)
+    stage = distribution.stages.get(index=0)
+    answers = sorted(answered())
+    t0 = first_bad.timestamp()
+    # How often each device really checked in meanwhile: the poll interval, or longer when the machine cannot
+    # answer the whole fleet that often (the simulator queues the check-ins it cannot send yet).
+    checkins = sum(1 for at in list(fleet.fleet.answered) if t0 <= at <= answers[-1])
+    result = {
+        "canary": canary_size, "judged_devices": stage.evidence["new"]["devices"],
+        "increase": stage.evidence.get("latency_increase_pct"), "p": stage.evidence.get("latency_p_value"),
+        "interval": len(fleet.fleet.devices) * (answers[-1] - t0) / max(checkins, 1),
+        "enough": enough.timestamp() - t0, "issued": issued.timestamp() - t0, "committed": committed - t0,
+        "visible": answers[0] - t0, "visible_median": median(answers) - t0, "visible_all": answers[-1] - t0,
+        "back_all": max(r.timestamp() for r in back.values_list("received_at", flat=True)) - t0,
+    }
+    print(f"  run {number}: {bad.model_id} to {canary_size:,} canary devices, judged on {result['judged_devices']} "
+          f"(p99 +{result['increase']} %, p = {result['p']}); from the first bad window: enough data "
+          f"{result['enough']:.1f} s, the tick rolling back "
+          f"started {result['issued']:.1f} s, committed {result['committed']:.1f} s, first answer carrying it "
+          f"{result['visible']:.1f} s, every canary device "
+          f"{result['visible_all']:.1f} s, every one back on {old.model_id} {result['back_all']:.1f} s; each device "
+          f"checked in every {result['interval']:.0f} s meanwhile", flush=True)
+    return result
+
+
+def _enough_at(bad, criteria: dict) -> datetime:
+    """When the bad version's windows first covered min_devices devices and min_inferences inferences."""
+    from devices.models import MetricWindow
+
+    devices, inferences = set(), 0
+    for device, count, received in MetricWindow.objects.filter(version=bad).order_by("received_at", "id") \
+            .values_list("device_id", "inference_count", "received_at").iterator():
+        devices.add(device)
+        inferences += count
+        if len(devices) >= criteria["min_devices"] and inferences >= criteria["min_inferences"]:
+            return received
+    raise BenchError(f"{bad.model_id}: the judge never had enough data, yet it rolled back")
+
+
+def tick_durations(log: Path) -> list[float]:
+    """Durations of the ticks that looked at an open distribution, from the worker's log."""
+    return [float(m[1]) for m in TICK_LINE.finditer(log.read_text(errors="replace")) if int(m[2]) > 0]
+
+
+def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
+    from models_app.models import ModelVersion
+
+    versions = [upload_version(stack.scratch, n) for n in range(args.runs + 1)]
+    old, bad_versions = versions[0], versions[1:]
+    started = time.monotonic()
+    credentials = register_fleet(args.devices, old)
+    print(f"registered {args.devices:,} devices on {old.model_id} in {time.monotonic() - started:.1f} s", flush=True)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=3, threads=2, access_log=False)
+    worker, beat, log = start_celery(stack.env, stack.scratch)
+    fleet = None
+    try:
+        validated = ModelVersion.objects.filter(pk__in=[v.pk for v in versions])
+        wait_for(lambda: not validated.filter(status__in=("uploaded", "validating")).exists(),
+                 "the worker validates the versions", timeout=300, log=log)
+        if set(validated.values_list("status", flat=True)) != {"passed"}:
+            raise BenchError(f"validation: {list(validated.values_list('model_id', 'status'))}")
+        old, *bad_versions = validated.order_by("minor")
+        state = stack.scratch / "fleet-state.json"
+        running = {"model": MODEL, "version": old.version, "sha256": old.sha256}
+        state.write_text(json.dumps({"version": 1, "servers": {base: {
+            device_id: {"credential": raw, "running": running, "poll": args.poll_seconds}
+            for device_id, raw in credentials.items()}}}))
+        behaviours = [f"{MODEL}-{old.version}={GOOD}"] + [f"{MODEL}-{v.version}={BAD}" for v in bad_versions]
+        fleet = FleetThread(FleetConfig(server=base, devices=args.devices, prefix=PREFIX,
+                                        poll_seconds=args.poll_seconds, behaviours=parse_behaviours(behaviours),
+                                        concurrency=args.concurrency, state_file=state, seed=3))
+        started = time.monotonic()
+        wait_for(lambda: fleet.fleet.stats.checked_in_devices == args.devices or fleet.future.done(),
+                 "every simulated device checks in", timeout=2 * args.poll_seconds + 120)
+        if fleet.future.done():
+            raise BenchError(f"the simulator stopped: {fleet.future.result().summary()}")
+        checkins = fleet.fleet.stats.checkins
+        time.sleep(min(10.0, args.poll_seconds))
+        rate = (fleet.fleet.stats.checkins - checkins) / min(10.0, args.poll_seconds)
+        print(f"{args.devices:,} simulated devices checked in within {time.monotonic() - started:.0f} s; "
+              f"{rate:,.0f} check-ins/s (poll interval {args.poll_seconds:g} s)", flush=True)
+        results = []
+        for number, bad in enumerate(bad_versions, start=1):
+            results.append(live_run(number, bad, old, fleet, poll=args.poll_seconds, log=log))
+        errors = fleet.fleet.stats.errors
+        if errors:
+            print(f"  simulator errors: {dict(errors)}")
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        for process in (beat, worker):
+            stop_process_group(process)
+        stop_process_group(stack.gunicorn)
+        stack.gunicorn = None
+    return results, tick_durations(log)
+
+
+# --- part 2: the judge's query time ----------------------------------------------------------------------------
+
+
+def judge_fleet(cursor, *, fleet: int, windows: int, start: datetime, old_id: int) -> None:
+    """`fleet` devices on the old version, `windows` one-minute windows each before `start` (the history)."""
+    cursor.execute("TRUNCATE devices_device, rollouts_distribution CASCADE")
+    cursor.execute("""
+        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, current_version_id,
+            reported_model, reported_version, reported_sha256, status, registered_at, last_seen)
+        SELECT 'j-' || lpad(i::text, 8, '0'), '', 'camera', (ARRAY['eu', 'us', 'ap'])[1 + i %% 3], '{}', '', 4096,
+               %(old)s, %(model)s, '1.0.0', '', 'active', now(), now()
+        FROM generate_series(1, %(fleet)s) AS i
+    """, {"old": old_id, "model": MODEL, "fleet": fleet})
+    cursor.execute("""
+        INSERT INTO devices_desiredstate (device_id, version_id, rollback, sequence, source, reason, set_at,
+                                          traceparent)
+        SELECT id, NULL, false, 0, '', '', now(), '' FROM devices_device
+    """)
+    _windows(cursor, scope="all", version_id=old_id, version="1.0.0", latency=20.0,
+             first=start - timedelta(minutes=windows), count=windows)
+
+
+# Which devices get windows: every one, a stage's, or every one outside it.
+_SCOPES = {"all": "true",
+           "stage": "d.id IN (SELECT device_id FROM rollouts_assignment WHERE stage_id = %(stage)s)",
+           "others": "d.id IN (SELECT device_id FROM rollouts_assignment WHERE stage_id <> %(stage)s)"}
+
+
+def _windows(cursor, *, scope: str, version_id: int, version: str, latency: float, first: datetime, count: int,
+             stage: int | None = None) -> None:
+    # p99 per window: latency * 1.23 +- 5 %, the shape of the simulator's windows (p99 of Normal(mean, mean/10)).
+    cursor.execute(f"""
+        INSERT INTO devices_metricwindow (device_id, version_id, model_name, model_version, window_start, window_end,
+            inference_count, error_count, latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_histogram,
+            accuracy, labelled_count, received_at)
+        SELECT d.id, %(version_id)s, %(model)s, %(version)s, %(first)s + (k - 1) * interval '1 minute',
+               %(first)s + k * interval '1 minute', 600, (random() * 2)::int, %(latency)s, %(latency)s * 1.16,
+               %(latency)s * (1.23 + 0.1 * (random() + random() + random() - 1.5)), NULL, NULL, NULL,
+               %(first)s + k * interval '1 minute'
+        FROM devices_device d CROSS JOIN generate_series(1, %(count)s) AS k
+        WHERE {_SCOPES[scope]}
+    """, {"version_id": version_id, "model": MODEL, "version": version, "first": first,  # noqa: S608
+          "count": count, "latency": latency, "stage": stage})
+
+
+def judge_timing(args) -> list[tuple[int, int, int, dict[str, float]]]:
+    from django.db import connection, transaction
+
+    from models_app.models import ModelVersion
+    from rollouts import orchestrator
+    from rollouts.health import health_judge, stage_samples
+    from rollouts.models import Assignment
+    from rollouts.services import distribution_create
+
+    old = ModelVersion.objects.get(model_id=f"{MODEL}-1.0.0")
+    bad = ModelVersion.objects.filter(ai_model=old.ai_model).exclude(pk=old.pk).order_by("pk").first()
+    rows = []
+    for size in args.judge_sizes:
+        fleet = size * 10
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=args.windows + 1)
+        now = start + timedelta(minutes=args.windows, seconds=30)
+        begun = time.perf_counter()
+        with connection.cursor() as cursor:
+            judge_fleet(cursor, fleet=fleet, windows=args.windows, start=start, old_id=old.pk)
+        distribution = distribution_create(version=bad, strategy="canary", config={"percent": 10, "soak": "PT30M"},
+                                           target={}, now=start, name=f"judge bench {size}")
+        orchestrator.distribution_advance(distribution_id=distribution.pk, now=start)
+        stage = distribution.stages.get(index=0)
+        Assignment.objects.filter(stage=stage).update(state="active")
+        with connection.cursor() as cursor:
+            _windows(cursor, scope="stage", stage=stage.pk, version_id=bad.pk, version=bad.version, latency=30.0,
+                     first=start, count=args.windows)
+            _windows(cursor, scope="others", stage=stage.pk, version_id=old.pk, version="1.0.0", latency=20.0,
+                     first=start, count=args.windows)
+            cursor.execute("VACUUM ANALYZE devices_metricwindow")
+            cursor.execute("VACUUM ANALYZE rollouts_assignment")
+            cursor.execute("SELECT count(*) FROM devices_metricwindow")
+            window_rows = cursor.fetchone()[0]
+        print(f"judge fleet: canary stage of {stage.device_count:,} of {fleet:,} devices, {window_rows:,} windows "
+              f"(generated in {time.perf_counter() - begun:.1f} s)", flush=True)
+        stage = distribution.stages.get(index=0)
+        stage.distribution = distribution
+        samples: dict[str, list[float]] = {"stage_samples": [], "health_judge": [], "tick (fails, rolls back)": []}
+        verdict = health_judge(stage, now=now)  # warm-up: caches, plans
+        for _ in range(args.repeat):
+            begun = time.perf_counter()
+            new, baseline, _ = stage_samples(stage, now=now)
+            samples["stage_samples"].append(time.perf_counter() - begun)
+            begun = time.perf_counter()
+            verdict = health_judge(stage, now=now)
+            samples["health_judge"].append(time.perf_counter() - begun)
+            try:
+                with transaction.atomic():
+                    begun = time.perf_counter()
+                    status = orchestrator.distribution_advance(distribution_id=distribution.pk, now=now)
+                    samples["tick (fails, rolls back)"].append(time.perf_counter() - begun)
+                    raise _Undo(status)
+            except _Undo as undo:
+                if undo.status != "rolled_back":
+                    raise BenchError(f"the tick left the distribution {undo.status}") from None
+        assert verdict is not None and verdict.result == "fail", verdict
+        assert len(new) == stage.device_count and len(baseline) == fleet - stage.device_count, (len(new),
+                                                                                                 len(baseline))
+        medians = {step: median(values) for step, values in samples.items()}
+        print(f"  stage of {size:,}: " + ", ".join(f"{step} {value * 1000:.0f} ms" for step, value in medians.items())
+              + f" (verdict: {verdict.reason})", flush=True)
+        rows.append((size, fleet, window_rows, medians))
+        if args.explain and size == args.judge_sizes[-1]:
+            explain(stage, now)
+    return rows
+
+
+def explain(stage, now: datetime) -> None:
+    """EXPLAIN ANALYZE of the judge's two figure queries (new version, baseline), for finding where time goes."""
+    from django.db import connection
+
+    from rollouts import health
+
+    queries = {"new": ("a.stage_id = %(stage)s AND a.state = 'active'", "a.version_id", stage.started_at),
+               "baseline": ("a.state = 'pending' AND a.previous_version_id IS NOT NULL", "a.previous_version_id",
+                            stage.started_at)}
+    for name, (assignments, version, since) in queries.items():
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + health._FIGURES_SQL.format(assignments=assignments,
+                                                                                      version=version),
+                           {"distribution": stage.distribution_id, "since": since, "until": now, "stage": stage.pk})
+            print(f"\n{name}:\n" + "\n".join(row[0] for row in cursor.fetchall()))
+
+
+class _Undo(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def report(args, results: list[dict], ticks: list[float], judged: list) -> None:
+    if results:
+        report_live(args, results, ticks)
+    if judged:
+        report_judge(args, judged)
+
+
+def report_live(args, results: list[dict], ticks: list[float]) -> None:
+    print(f"\nRollback bench: {args.devices:,} simulated devices, poll {args.poll_seconds:g} s, canary 10 % "
+          f"(+50 % latency), tick {os.environ.get('ROLLOUT_TICK_SECONDS', '5')} s; medians of {len(results)} run(s), "
+          f"seconds from the first degraded window reaching the server\n")
+    rows = [("enough data to judge (min devices, inferences)", "enough"),
+            ("the tick rolling back starts (transition at)", "issued"),
+            ("the rollback is committed (seen by polling)", "committed"),
+            ("visible: first check-in answer carrying it", "visible"),
+            ("visible: half the canary's answers", "visible_median"),
+            ("visible: every canary device's answer", "visible_all"),
+            ("every canary device back on 1.0.0", "back_all")]
+    print(f"  {'step':<44} {'median':>8} {'runs':>24} {'÷ 10 s target':>14}")
+    for label, key in rows:
+        values = [r[key] for r in results]
+        value = median(values)
+        runs = " ".join(f"{v:.1f}" for v in values)
+        print(f"  {label:<44} {value:>7.1f}s {runs:>24} {value / TARGET_SECONDS:>13.2f}×")
+    visible = median([r["visible"] for r in results])
+    verdict = "meets" if visible <= TARGET_SECONDS else "misses"
+    print(f"\n  first degraded window → rollback visible in a check-in answer: {visible:.1f} s, {verdict} the "
+          f"{TARGET_SECONDS:.0f} s target (bound {BOUND_SECONDS:.0f} s)")
+    if ticks:
+        print(f"  ticks with the distribution open: {len(ticks)}, median {median(ticks) * 1000:.0f} ms, "
+              f"max {max(ticks) * 1000:.0f} ms")
+    after_enough = median([r["visible"] - r["enough"] for r in results])
+    print(f"  from the moment the judge had enough data to the first answer: {after_enough:.1f} s (median)")
+    interval = median([r["interval"] for r in results])
+    print(f"  A device sees the rollback at its next check-in: the whole canary within one check-in interval; each "
+          f"device checked in every {interval:.0f} s\n  meanwhile (poll interval {args.poll_seconds:g} s; longer when "
+          "the machine cannot answer the whole fleet that often).")
+    if interval > 1.25 * args.poll_seconds:
+        print(f"  !! the machine could not check the fleet in every {args.poll_seconds:g} s: devices waited in the "
+              "simulator's queue, so windows reached the server late and unevenly\n     (the first one can precede the "
+              "rest by minutes); use a longer --poll-seconds or fewer --devices for figures of the server alone.")
+
+
+def report_judge(args, judged: list) -> None:
+    if judged:
+        print(f"\nJudge query time per stage (medians of {args.repeat}; {args.windows} one-minute windows per device "
+              "since the stage started and as many before)\n")
+        print(f"  {'stage':>8} {'fleet':>9} {'windows':>11} {'stage_samples':>14} {'health_judge':>13} "
+              f"{'whole tick + rollback':>22}")
+        for size, fleet, window_rows, medians in judged:
+            print(f"  {size:>8,} {fleet:>9,} {window_rows:>11,} {medians['stage_samples'] * 1000:>11.0f} ms "
+                  f"{medians['health_judge'] * 1000:>10.0f} ms {medians['tick (fails, rolls back)'] * 1000:>19.0f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000, help="simulated devices (default 10,000)")
+    parser.add_argument("--poll-seconds", type=float, default=60.0,
+                        help="the devices' poll interval (default 60, the server's default)")
+    parser.add_argument("--runs", type=int, default=3, help="canaries rolled back, one after another (default 3)")
+    parser.add_argument("--concurrency", type=int, default=200, help="simulator requests in flight (default 200)")
+    parser.add_argument("--judge-sizes", default="1000,10000",
+                        help="canary stage sizes the judge is timed on (default 1000,10000; 0 skips)")
+    parser.add_argument("--windows", type=int, default=10, help="one-minute windows per device for the judge timing")
+    parser.add_argument("--repeat", type=int, default=5, help="judge timing repeats (median; default 5)")
+    parser.add_argument("--explain", action="store_true",
+                        help="print EXPLAIN ANALYZE of the judge's queries on the largest stage")
+    parser.add_argument("--skip-live", action="store_true", help="only time the judge")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
+    args = parser.parse_args()
+    args.judge_sizes = [int(s) for s in args.judge_sizes.split(",") if s.strip() and int(s)]
+    if not port_open("127.0.0.1", 5432):
+        print("note: no PostgreSQL on 127.0.0.1:5432, an embedded one is started")
+    env = {"LOG_LEVEL": "WARNING", "ROLLOUT_JUDGE": "rollouts.health.health_judge",
+           "DEVICE_POLL_INTERVAL_SECONDS": str(round(args.poll_seconds)),
+           # The worker validates the bench's versions on a busy machine: timing gates would judge its load.
+           "GATE_MAX_LATENCY_P99_MS": "5000", "GATE_MIN_THROUGHPUT_IPS": "1", "GATE_MAX_LATENCY_INCREASE": "100",
+           "VALIDATION_BENCHMARK_RUNS": "20"}
+    for name in ("ROLLOUT_TICK_SECONDS", "HEARTBEAT_FLUSH_SECONDS"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    with bench_stack(prefix="rollback-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
+                     env=env) as stack:
+        stack.env["MANIFEST_SIGNING_KEY_PATH"] = str(stack.scratch / "manifest-signing.key")
+        os.environ.update(stack.env)
+        os.environ["LOG_LEVEL"] = "ERROR"  # this process: no alert per rolled-back test distribution
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        results, ticks = [], []
+        if not args.skip_live:
+            results, ticks = live(stack, args)
+        else:
+            from models_app.models import ModelVersion
+
+            # Nobody validates them without the worker: marked passed, they are only rows to plan with here.
+            for minor in (0, 1):
+                ModelVersion.objects.filter(pk=upload_version(stack.scratch, minor).pk).update(status="passed")
+        judged = judge_timing(args) if args.judge_sizes else []
+        connection.close()
+        if results or judged:
+            report(args, results, ticks, judged)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
