@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -146,7 +147,7 @@ def main() -> int:
         rows = measure(sizes, repeat=args.repeat, large_repeat=args.large_repeat, explain=args.explain)
     finally:
         connection.close()
-        cleanup(keep=args.keep)
+        cleanup(keep=args.keep, scratch=scratch)
 
     target_rate = 1_000_000 / TARGET_SECONDS_PER_MILLION
     print(f"\nDistribution bench: medians of {args.repeat} runs ({args.large_repeat} at 1,000,000+); "
@@ -235,12 +236,13 @@ def measure(sizes: list[int], *, repeat: int, large_repeat: int, explain: bool) 
     return rows
 
 
-def cleanup(*, keep: bool) -> None:
+def cleanup(*, keep: bool, scratch: Path) -> None:
     if not keep and os.environ["DATABASE_URL"] == f"{MACHINE_PG}/{DATABASE}":
         import psycopg
 
         with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        shutil.rmtree(scratch, ignore_errors=True)  # only here: an embedded PostgreSQL keeps its data in it
     if os.environ.get("REDIS_URL", "").endswith(f"/{REDIS_DB}"):
         import redis
 
