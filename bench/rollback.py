@@ -43,7 +43,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -62,7 +61,7 @@ from bench._stack import (
     tail,
 )
 from devices.agent.fleet import device_spec, parse_behaviours
-from devices.agent.simulator import CHECKIN_PATH, Fleet, FleetConfig
+from devices.agent.simulator import CHECKIN_PATH, BackgroundFleet, Fleet, FleetConfig
 from hotswap.lib.localservices import free_port, port_open
 
 BUCKET = "hotswap-bench-rollback"
@@ -96,26 +95,6 @@ class TimedFleet(Fleet):
             if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
                 self.rollback_answers.setdefault((index, manifest["sequence"]), at)
         return response
-
-
-class FleetThread:
-    """The simulated fleet on its own event loop in a background thread."""
-
-    def __init__(self, config: FleetConfig):
-        self.loop = asyncio.new_event_loop()
-        self.stop_event = asyncio.Event()
-        self.fleet = TimedFleet(config, self.stop_event)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.future = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
-
-    def stop(self):
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        try:
-            return self.future.result(timeout=60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
 
 
 def start_celery(env: dict[str, str], scratch: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path]:
@@ -194,7 +173,7 @@ def median(values: list[float]) -> float:
 # --- part 1: live ---------------------------------------------------------------------------------------------
 
 
-def live_run(number: int, bad, old, fleet: FleetThread, *, poll: float, log: Path) -> dict:
+def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log: Path) -> dict:
     """One canary of a bad version over the whole fleet; the figures of its rollback."""
     from django.db.models import Min
 
@@ -305,9 +284,10 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
             device_id: {"credential": raw, "running": running, "poll": args.poll_seconds}
             for device_id, raw in credentials.items()}}}))
         behaviours = [f"{MODEL}-{old.version}={GOOD}"] + [f"{MODEL}-{v.version}={BAD}" for v in bad_versions]
-        fleet = FleetThread(FleetConfig(server=base, devices=args.devices, prefix=PREFIX,
-                                        poll_seconds=args.poll_seconds, behaviours=parse_behaviours(behaviours),
-                                        concurrency=args.concurrency, state_file=state, seed=3))
+        fleet = BackgroundFleet(FleetConfig(server=base, devices=args.devices, prefix=PREFIX,
+                                            poll_seconds=args.poll_seconds, behaviours=parse_behaviours(behaviours),
+                                            concurrency=args.concurrency, state_file=state, seed=3),
+                                fleet_class=TimedFleet)
         started = time.monotonic()
         wait_for(lambda: fleet.fleet.stats.checked_in_devices == args.devices or fleet.future.done(),
                  "every simulated device checks in", timeout=2 * args.poll_seconds + 120)
@@ -326,7 +306,7 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
             print(f"  simulator errors: {dict(errors)}")
     finally:
         if fleet is not None:
-            fleet.stop()
+            fleet.stop(timeout=60)
         for process in (beat, worker):
             stop_process_group(process)
         stop_process_group(stack.gunicorn)

@@ -28,9 +28,10 @@ import secrets
 import signal
 import ssl
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -717,6 +718,32 @@ def _positive(kind):
         return number
 
     return parse
+
+
+class BackgroundFleet:
+    """A fleet on its own event loop in a background thread, for tests and benchmarks that drive a server."""
+
+    def __init__(self, config: FleetConfig, *, fleet_class: type[Fleet] = Fleet):
+        self.loop = asyncio.new_event_loop()
+        self.stop_event = asyncio.Event()
+        self.fleet = fleet_class(config, self.stop_event)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.future = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
+
+    def running(self, regions: Iterable[str]) -> Counter:
+        """What the devices of these regions say they run (version labels)."""
+        wanted = set(regions)
+        return Counter(d.version_label for d in list(self.fleet.devices) if d.spec.region in wanted)
+
+    def stop(self, timeout: float = 30) -> FleetStats:
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        try:
+            return self.future.result(timeout=timeout)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, server_default: str | None = None,

@@ -10,11 +10,8 @@ the faster version; too few devices is paused as inconclusive; the manual policy
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from django.core.management import call_command
 from django.db.models import Max, Min
 
 from devices.agent.fleet import device_spec, parse_behaviours
-from devices.agent.simulator import Fleet, FleetConfig, FleetStats
+from devices.agent.simulator import BackgroundFleet, FleetConfig
 from devices.credentials import DEVICE_KIND, new_secret
 from devices.models import DesiredState, Device, DeviceCredential, InstallReport, MetricWindow
 from hotswap.accounts.roles import Role
@@ -115,31 +112,6 @@ def seed_simulator(path: Path, server: str, credentials: dict[str, str], running
     path.write_text(json.dumps({"version": 1, "servers": {server: devices}}))
 
 
-class FleetThread:
-    """The simulated fleet on an event loop in a background thread; its devices stay readable from the test."""
-
-    def __init__(self, config: FleetConfig):
-        self.loop = asyncio.new_event_loop()
-        self.stop_event = asyncio.Event()
-        self.fleet = Fleet(config, self.stop_event)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.future = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
-
-    def running(self, region: str) -> Counter:
-        """What the simulated devices of a region say they run."""
-        return Counter(d.version_label for d in list(self.fleet.devices) if d.spec.region == region)
-
-    def stop(self) -> FleetStats:
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        try:
-            return self.future.result(timeout=30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
-
-
 @dataclass
 class Stack:
     """The shared stack: the operator's API session, the versions by name, the fleet, the worker's log."""
@@ -147,7 +119,7 @@ class Stack:
     base: str
     api: requests.Session
     versions: dict[str, ModelVersion]
-    fleet: FleetThread
+    fleet: BackgroundFleet
     worker_log: Path
     launched: dict[str, int]  # case → distribution id
 
@@ -182,8 +154,8 @@ class Stack:
     def region_runs(self, region: str, version: ModelVersion, timeout: float = 90.0) -> None:
         """Every simulated device of the region runs `version`, and the server's device list says so too."""
         label = version.model_id
-        wait_for(lambda: set(self.fleet.running(region)) == {label},
-                 f"every simulated device of {region} runs {label} (they run {dict(self.fleet.running(region))})",
+        wait_for(lambda: set(self.fleet.running([region])) == {label},
+                 f"every simulated device of {region} runs {label} (they run {dict(self.fleet.running([region]))})",
                  timeout=timeout)
         wait_for(lambda: not Device.objects.filter(region=region).exclude(current_version=version).exists(),
                  f"the server sees every device of {region} on {label}", timeout=30)
@@ -219,7 +191,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                                                                     "password": PASSWORD}, timeout=30)
                 api.headers["Authorization"] = f"Bearer {token.json()['access']}"
                 seed_simulator(state, base, credentials, versions["1.0.0"])
-                fleet = FleetThread(FleetConfig(
+                fleet = BackgroundFleet(FleetConfig(
                     server=base, devices=DEVICES, prefix="hr-", regions=REGIONS, poll_seconds=POLL_SECONDS,
                     max_poll_seconds=POLL_SECONDS, download_seconds=0.5, concurrency=100, state_file=state,
                     seed=5, behaviours=parse_behaviours(f"{MODEL}-{v}={b}" for v, b in BEHAVIOURS.items())))
@@ -386,13 +358,13 @@ def test_the_manual_policy_pauses_and_waits_for_the_operator(stack, capsys):
     assert "resume to accept it, or roll back" in distribution.status_reason
     lag = seconds_to_act(distribution, bad, "paused")
     canary = canary_devices(distribution)
-    wait_for(lambda: stack.fleet.running("hr-manual")[bad.model_id] == len(canary), "the canary runs the bad version")
+    wait_for(lambda: stack.fleet.running(["hr-manual"])[bad.model_id] == len(canary), "the canary runs the bad version")
     time.sleep(4 * TICK_SECONDS)  # it waits: no rollback, the canary keeps the new version
     distribution.refresh_from_db()
     assert distribution.status == "paused"
     assert not Transition.objects.filter(distribution=distribution, to_status="rolled_back").exists()
     assert not DesiredState.objects.filter(device_id__in=canary).exclude(version=bad).exists()
-    assert stack.fleet.running("hr-manual")[bad.model_id] == len(canary)
+    assert stack.fleet.running(["hr-manual"])[bad.model_id] == len(canary)
 
     stack.post(f"distributions/{distribution.pk}/rollback", {"reason": "confirmed the regression"})
     assert_rolled_back_everywhere(stack, distribution, bad)

@@ -12,13 +12,11 @@ with every transition recorded exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min
 
 from devices.agent.fleet import device_spec
-from devices.agent.simulator import Fleet, FleetConfig, FleetStats
+from devices.agent.simulator import BackgroundFleet, FleetConfig
 from devices.credentials import DEVICE_KIND, new_secret
 from devices.models import DesiredState, Device, DeviceCredential, InstallReport
 from hotswap.accounts.roles import Role
@@ -96,30 +94,6 @@ def wait_for(condition, what: str, *, timeout: float = 60.0, log: Path | None = 
     return result
 
 
-class SimulatedFleet:
-    """The fleet simulator on an event loop in a background thread; what each device runs stays readable."""
-
-    def __init__(self, config: FleetConfig):
-        self.loop = asyncio.new_event_loop()
-        self.stopping = asyncio.Event()
-        self.fleet = Fleet(config, self.stopping)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.done = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
-
-    def runs(self, regions: list[str]) -> Counter:
-        return Counter(d.version_label for d in list(self.fleet.devices) if d.spec.region in regions)
-
-    def stop(self) -> FleetStats:
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        try:
-            return self.done.result(timeout=30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
-
-
 @dataclass
 class Stack:
     """The shared stack: the operator's API session, the versions, the fleet, the current worker."""
@@ -128,7 +102,7 @@ class Stack:
     api: requests.Session
     old: ModelVersion
     new: ModelVersion
-    fleet: SimulatedFleet | None = None
+    fleet: BackgroundFleet | None = None
     worker: subprocess.Popen | None = None
     worker_log: Path | None = None
     worker_exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -179,8 +153,8 @@ class Stack:
         """Every device of the regions runs NEW: the simulated devices say so, their install reports and the
         API's device list too."""
         size = sum(1 for d in self.fleet.fleet.devices if d.spec.region in regions)
-        wait_for(lambda: self.fleet.runs(regions) == Counter({self.new.model_id: size}),
-                 f"every simulated device of {regions} runs {self.new.model_id} ({dict(self.fleet.runs(regions))})")
+        wait_for(lambda: self.fleet.running(regions) == Counter({self.new.model_id: size}),
+                 f"every simulated device of {regions} runs {self.new.model_id} ({dict(self.fleet.running(regions))})")
         reported = InstallReport.objects.filter(device__region__in=regions, version=self.new, status="active")
         assert reported.values("device").distinct().count() == size
         wait_for(lambda: sum(self.get("devices", region=region, version=self.new.model_id, page_size=1)["count"]
@@ -245,7 +219,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                     stack.old, stack.new = versions.get(model_id=ids[0]), versions.get(model_id=ids[1])
                     # No inferences, so no metric windows: the soak judge does not read them, and generating
                     # and storing them would take half of what two cores give the fleet and the server.
-                    stack.fleet = SimulatedFleet(FleetConfig(
+                    stack.fleet = BackgroundFleet(FleetConfig(
                         server=base, credentials=fleet_register(), devices=DEVICES, prefix="ro-", regions=REGIONS,
                         poll_seconds=POLL_SECONDS, max_poll_seconds=POLL_SECONDS, download=True, concurrency=100,
                         inference_rate=0, state_file=tmp_path_factory.mktemp("rollouts-fleet") / "state.json",
@@ -255,7 +229,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                                  "every device checks in", timeout=60)
                         # The whole fleet is put on OLD by hand first, so each case is an upgrade.
                         stack.post("devices/desired", {"version": stack.old.model_id, "regions": list(REGIONS)})
-                        wait_for(lambda: stack.fleet.runs(list(REGIONS)) == Counter({stack.old.model_id: DEVICES}),
+                        wait_for(lambda: stack.fleet.running(list(REGIONS)) == Counter({stack.old.model_id: DEVICES}),
                                  "the fleet runs OLD")
                         wait_for(lambda: Device.objects.filter(current_version=stack.old).count() == DEVICES,
                                  "the heartbeat flush records OLD on every device", timeout=30)
