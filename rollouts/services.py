@@ -312,7 +312,7 @@ def distribution_rollback(*, distribution: Distribution, actor=None, reason: str
         reverted = cursor.rowcount
     Assignment.objects.filter(distribution=distribution, sequence__isnull=False).exclude(
         state__in=(Assignment.State.PENDING, Assignment.State.CANCELLED, Assignment.State.SUPERSEDED)
-    ).update(state=Assignment.State.ROLLED_BACK, updated_at=now)
+    ).update(state=Assignment.State.ROLLED_BACK, is_open=False, updated_at=now)  # closed in the same write
     _close(distribution, now=now, stage_to=S.CANCELLED, pending_to=Assignment.State.CANCELLED, actor=actor,
            reason=reason)
     logger.warning("distribution rolled back", extra={"distribution": distribution.pk, "devices": reverted,
