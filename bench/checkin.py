@@ -9,7 +9,8 @@ each device's ETag with one real check-in, then drives wrk (apt-get install wrk)
   (a) 304   POST /api/v1/devices/checkin, If-None-Match   the device's current ETag → 304, no body
   (b) +win  the same, carrying one metric window          stored in PostgreSQL on every call
 
-Each measure is the median of --repeat runs of --seconds each, the three interleaved so drift hits all
+Under the table, the CPU time each request cost the web workers, PostgreSQL, Redis and wrk (all share
+the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of --repeat runs of --seconds each, the three interleaved so drift hits all
 alike. `--sweep` instead compares gunicorn worker set-ups with short runs. Everything it made is removed
 at the end (--keep keeps the scratch directory with the logs).
 
@@ -28,17 +29,19 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+import psutil
 
 from bench._stack import (
     BASE_DIR,
@@ -80,6 +83,7 @@ class WrkResult:
     read_errors: int
     write_errors: int
     timeouts: int
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU time per request by process group
 
     @property
     def rps(self) -> float:
@@ -160,17 +164,53 @@ def check_window_body(base: str, credential: str, etag: str, template: str) -> N
         raise BenchError(f"a check-in with a metric window answered {response.status_code}: {response.text[:800]}")
 
 
+CPU_GROUPS = ("web", "postgres", "redis", "wrk")
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU time (user + system) used so far by each process the bench shares the cores with: pid → (group, s)."""
+    found = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        name, cmdline, times = process.info["name"] or "", process.info["cmdline"] or [], process.info["cpu_times"]
+        if times is None:
+            continue
+        if name.startswith("postgres"):
+            group = "postgres"
+        elif name.startswith("redis-server"):
+            group = "redis"
+        elif any("gunicorn" in part for part in cmdline[:2]):
+            group = "web"
+        else:
+            continue
+        found[process.pid] = (group, times.user + times.system)
+    return found
+
+
+def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by group between two readings (a process that ended in between is not counted)."""
+    used = dict.fromkeys(CPU_GROUPS, 0.0)
+    for pid, (group, seconds) in after.items():
+        used[group] += seconds - before.get(pid, (group, 0.0))[1]
+    return used
+
+
 def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
             devices_file: Path, bodies: dict[str, Path]) -> WrkResult:
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(LUA), base, "--", "health" if mode == "health" else "checkin", str(threads)]
     if mode != "health":
         argv += [str(devices_file), str(bodies[mode])]
+    before, children_before = cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    used = cpu_used(before, cpu_seconds())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk has exited: its time is a waited child's
+    used["wrk"] = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("WRK_RESULT ")), None)
     if result.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
+    run = WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
+    run.cpu_us = {group: used[group] / max(run.requests, 1) * 1e6 for group in CPU_GROUPS}
+    return run
 
 
 def measure(wrk: str, base: str, *, seconds: float, repeat: int, threads: int, connections: int,
@@ -212,6 +252,11 @@ def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, des
         if failures:
             all_ok = False
             print(f"  {'':<26} !! {failures} requests failed or answered other than 2xx/304")
+    # Where the two cores go: every process on the path shares them, so a cheaper request anywhere is throughput.
+    print("\n  CPU per request (µs, median)  " + "".join(f"{group:>10}" for group in (*CPU_GROUPS, "total")))
+    for mode in MODES:
+        per_group = [statistics.median(r.cpu_us.get(group, 0.0) for r in results[mode]) for group in CPU_GROUPS]
+        print(f"  {LABELS[mode]:<29} " + "".join(f"{value:>10,.0f}" for value in (*per_group, sum(per_group))))
     print(f"\n  {'target':<44} {'(a) 304':>10} {'(b) + window':>13}")
     checks = [
         (f">= {TARGET_RPS:,} check-ins/s", lambda m: _median(results[m], "rps") >= TARGET_RPS),

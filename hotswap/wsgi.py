@@ -1,4 +1,4 @@
-"""WSGI entry point (gunicorn hotswap.wsgi)."""
+"""WSGI entry point (gunicorn hotswap.wsgi): device check-ins take the short road of hotswap/handlers.py."""
 
 import os
 
@@ -8,4 +8,8 @@ from hotswap.lib.memory import return_large_buffers_to_os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hotswap.settings.base")
 return_large_buffers_to_os()
-application = get_wsgi_application()
+_full_stack = get_wsgi_application()  # sets Django up first
+
+from hotswap.handlers import HotSwapApplication  # noqa: E402 - imports Django's URL machinery
+
+application = HotSwapApplication(_full_stack)

@@ -59,7 +59,10 @@ _IDENTITY_SQL = """
 
 
 class _PreparedCursor(psycopg.Cursor):
-    """Server-side binding, prepared once per connection: later executions skip PostgreSQL's parse and plan."""
+    """Server-side binding, prepared once per connection: later executions skip PostgreSQL's parse and plan.
+
+    psycopg honours prepare=True only on a connection whose prepare_threshold is not None (settings/base.py).
+    """
 
     def execute(self, query, params=None, **kwargs):
         return super().execute(query, params, prepare=True, **kwargs)

@@ -34,6 +34,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest, multiprocess
+from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -57,14 +58,31 @@ UPLOAD_SECONDS = Histogram(
     "Time to receive, hash and store an upload (POST /api/v1/models), by outcome: created, existing, failed.",
     ["outcome"], buckets=UPLOAD_BUCKETS,
 )
+# Check-ins skip django-prometheus's per-view metrics (hotswap/handlers.py); these count them instead.
+CHECKINS = PrometheusCounter(
+    "hotswap_device_checkins_total",
+    "Device check-ins answered, by HTTP status (304: nothing changed for the device).",
+    ["status"],
+)
+CHECKIN_SECONDS = Histogram(
+    "hotswap_device_checkin_duration_seconds",
+    "Time the server spent on a device check-in, from its first middleware to the answer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 # Answers that are not upload attempts: the request never reached the artifact.
 _NOT_ATTEMPTS = {401, 403, 405, 429}
 
 
 def request_observe(request, response, seconds: float) -> None:
-    """Records the in-process domain timings of a finished request (the upload view's)."""
+    """Records the in-process domain timings of a finished request: uploads and check-ins."""
     match = getattr(request, "resolver_match", None)
-    if match is None or match.url_name != "model-collection" or request.method != "POST":
+    if match is None:
+        return
+    if match.url_name == "device-checkin":
+        CHECKINS.labels(str(response.status_code)).inc()
+        CHECKIN_SECONDS.observe(seconds)
+        return
+    if match.url_name != "model-collection" or request.method != "POST":
         return
     status = response.status_code
     outcome = {202: "created", 200: "existing"}.get(status)

@@ -48,6 +48,13 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# Device check-ins (hotswap/handlers.py) take only these: request id, log context and the check-in
+# metrics. The view authenticates the device itself; sessions, CSRF and the console's middleware
+# have nothing to do there. Plain __call__ middleware only.
+DEVICE_MIDDLEWARE = [
+    "hotswap.middleware.RequestIdMiddleware",
+    "hotswap.observability.middleware.RequestContextMiddleware",
+]
 
 ROOT_URLCONF = "hotswap.urls"
 WSGI_APPLICATION = "hotswap.wsgi.application"
@@ -80,6 +87,10 @@ def _database_url() -> str:
 DATABASES = {"default": env.db_url_config(_database_url())}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# psycopg prepares only the statements a caller asks it to (the check-in's identity read, see
+# CHECKIN_PREPARED_STATEMENTS): the ORM's client-side binding never prepares, and Django's default of
+# None would silently ignore the request too, re-planning the check-in's join on every call.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31 - 1)
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise environ.ImproperlyConfigured("HotSwap needs PostgreSQL: DATABASE_URL must be postgres://…")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
