@@ -1,5 +1,8 @@
 -- wrk script for bench/checkin.py.
 -- Arguments after `--`: MODE NTHREADS [DEVICES_FILE BODY_FILE]
+-- Environment BENCH_RATE (requests/s in all): unset, as fast as the server answers (closed loop: each
+-- connection sends when its answer came); set, paced (each thread keeps a schedule of slots and sends on
+-- time, at once when behind), so latency is measured at that load rather than at saturation.
 --   MODE health:  GET /health (the ceiling: a trivial JSON view on the same server)
 --   MODE checkin: POST /api/v1/devices/checkin as the devices in DEVICES_FILE ("credential etag" per line,
 --                 each thread takes every NTHREADS-th device), with If-None-Match and the body in BODY_FILE.
@@ -17,10 +20,25 @@ local function iso(t)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", t)
 end
 
+-- A monotonic clock in milliseconds (Lua's os.time() has whole seconds only); wrk is built on LuaJIT.
+local ffi = require("ffi")
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local timespec = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, timespec) -- CLOCK_MONOTONIC
+  return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
+end
+
 function init(args)
   mode = args[1]
   local nthreads = tonumber(args[2])
-  ok, notmod, other = 0, 0, 0
+  ok, notmod, other, late = 0, 0, 0, 0
+  if rate then
+    interval = 1000 * nthreads / rate
+  end
   if mode == "health" then
     fixed = wrk.format("GET", "/health")
     return
@@ -70,6 +88,20 @@ function request()
   return wrk.format("POST", "/api/v1/devices/checkin", devices[index], body_now)
 end
 
+-- wrk waits on a timer before every request when the script has delay(), so only paced runs define it.
+rate = tonumber(os.getenv("BENCH_RATE") or "")
+if rate then
+  function delay()
+    local now = now_ms()
+    next_slot = (next_slot or now) + interval
+    if next_slot < now then
+      late = late + 1
+      return 0
+    end
+    return next_slot - now
+  end
+end
+
 function response(status, headers, body)
   if status == 304 then
     notmod = notmod + 1
@@ -84,8 +116,9 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local answered_ok, answered_304, answered_other = 0, 0, 0
+  local answered_ok, answered_304, answered_other, sent_late = 0, 0, 0, 0
   for _, thread in ipairs(threads) do
+    sent_late = sent_late + thread:get("late")
     answered_ok = answered_ok + thread:get("ok")
     answered_304 = answered_304 + thread:get("notmod")
     answered_other = answered_other + thread:get("other")
@@ -94,7 +127,7 @@ function done(summary, latency, requests)
   io.write(string.format(
     'WRK_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
     '"ok": %d, "not_modified": %d, "other": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
-    '"timeouts": %d}\n',
+    '"timeouts": %d, "late": %d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, answered_ok, answered_304, answered_other, e.connect, e.read, e.write, e.timeout))
+    latency.max, answered_ok, answered_304, answered_other, e.connect, e.read, e.write, e.timeout, sent_late))
 end

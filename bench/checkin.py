@@ -9,10 +9,16 @@ each device's ETag with one real check-in, then drives wrk (apt-get install wrk)
   (a) 304   POST /api/v1/devices/checkin, If-None-Match   the device's current ETag → 304, no body
   (b) +win  the same, carrying one metric window          stored in PostgreSQL on every call
 
+(a) and (b) run twice: as fast as the server answers (throughput, ratio to the ceiling), and paced at
+--rate check-ins/s offered (1,700: 100,000 devices polling every 60 s), where p99 is judged. A
+saturated closed loop's latency is only its queue (connections ÷ throughput); the fleet's load is the
+paced one.
+
 Under the table, the CPU time each request cost the web workers, PostgreSQL, Redis and wrk (all share
-the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of --repeat runs of --seconds each, the three interleaved so drift hits all
-alike. `--sweep` instead compares gunicorn worker set-ups with short runs. Everything it made is removed
-at the end (--keep keeps the scratch directory with the logs).
+the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of
+--repeat runs of --seconds each, all interleaved so drift hits all alike. `--sweep` instead compares
+gunicorn worker set-ups with short runs. Everything it made is removed at the end (--keep keeps the
+scratch directory with the logs).
 
 gunicorn set-up: `-k gthread -w 3 --threads 2`, chosen with --sweep on the 2-core machine, where wrk,
 PostgreSQL and Redis share the cores with the web workers. Sync workers close the connection after every
@@ -64,6 +70,8 @@ SWEEP = [("sync", 2, 1), ("sync", 3, 1), ("sync", 4, 1), ("sync", 6, 1),
          ("gthread", 2, 4), ("gthread", 3, 2), ("gthread", 4, 2), ("gthread", 4, 1)]
 MODES = ("health", "304", "metrics")
 LABELS = {"health": "ceiling: GET /health", "304": "(a) check-in, 304 path", "metrics": "(b) check-in + window"}
+# The same check-ins paced at a fixed offered rate (--rate): their latency at the fleet's load.
+PACED = {"paced-304": "304", "paced-metrics": "metrics"}
 
 
 @dataclass
@@ -83,6 +91,7 @@ class WrkResult:
     read_errors: int
     write_errors: int
     timeouts: int
+    late: int = 0  # paced runs: requests sent behind their schedule (the server could not keep up)
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU time per request by process group
 
     @property
@@ -195,13 +204,14 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
 
 
 def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
-            devices_file: Path, bodies: dict[str, Path]) -> WrkResult:
+            devices_file: Path, bodies: dict[str, Path], rate: float | None = None) -> WrkResult:
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(LUA), base, "--", "health" if mode == "health" else "checkin", str(threads)]
     if mode != "health":
         argv += [str(devices_file), str(bodies[mode])]
     before, children_before = cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    env = {**os.environ, "BENCH_RATE": str(rate)} if rate else None
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, env=env)
     used = cpu_used(before, cpu_seconds())
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk has exited: its time is a waited child's
     used["wrk"] = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
@@ -214,15 +224,19 @@ def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, con
 
 
 def measure(wrk: str, base: str, *, seconds: float, repeat: int, threads: int, connections: int,
-            devices_file: Path, bodies: dict[str, Path], quiet: bool = False) -> dict[str, list[WrkResult]]:
-    results: dict[str, list[WrkResult]] = {mode: [] for mode in MODES}
+            devices_file: Path, bodies: dict[str, Path], rate: float | None = None,
+            quiet: bool = False) -> dict[str, list[WrkResult]]:
+    """Runs every mode (and, given a rate, the paced ones) once per repeat, interleaved."""
+    modes = [*MODES, *(PACED if rate else ())]
+    results: dict[str, list[WrkResult]] = {mode: [] for mode in modes}
     for i in range(repeat):
-        for mode in MODES:
-            results[mode].append(run_wrk(wrk, base, mode, seconds=seconds, threads=threads, connections=connections,
-                                         devices_file=devices_file, bodies=bodies))
+        for mode in modes:
+            results[mode].append(run_wrk(wrk, base, PACED.get(mode, mode), seconds=seconds, threads=threads,
+                                         connections=connections, devices_file=devices_file, bodies=bodies,
+                                         rate=rate if mode in PACED else None))
         if not quiet:
             print(f"run {i + 1}/{repeat}: " + ", ".join(
-                f"{mode} {results[mode][-1].rps:,.0f}/s p99 {results[mode][-1].p99_ms:.1f} ms" for mode in MODES))
+                f"{mode} {results[mode][-1].rps:,.0f}/s p99 {results[mode][-1].p99_ms:.1f} ms" for mode in modes))
     return results
 
 
@@ -230,8 +244,15 @@ def _median(runs: list[WrkResult], attribute: str) -> float:
     return statistics.median(getattr(r, attribute) for r in runs)
 
 
+def _all_answered(runs: list[WrkResult]) -> bool:
+    failures = sum(r.failures for r in runs)
+    if failures:
+        print(f"  {'':<26} !! {failures} requests failed or answered other than 2xx/304")
+    return not failures
+
+
 def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, desired: int, seconds: float,
-           repeat: int) -> bool:
+           repeat: int, rate: float) -> bool:
     ceiling = _median(results["health"], "rps")
 
     def verdict(ok: bool) -> str:
@@ -248,19 +269,27 @@ def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, des
         share = "" if mode == "health" else f"{sum(r.not_modified for r in runs) / max(answered, 1):>8.1%}"
         print(f"  {LABELS[mode]:<26} {rps:>9,.0f} {p50:>6.1f} ms {p99:>6.1f} ms {rps / ceiling:>10.2f}   "
               f"{share:>9}  {', '.join(f'{r.rps:,.0f}' for r in runs)}")
-        failures = sum(r.failures for r in runs)
-        if failures:
-            all_ok = False
-            print(f"  {'':<26} !! {failures} requests failed or answered other than 2xx/304")
+        all_ok = _all_answered(runs) and all_ok
     # Where the two cores go: every process on the path shares them, so a cheaper request anywhere is throughput.
     print("\n  CPU per request (µs, median)  " + "".join(f"{group:>10}" for group in (*CPU_GROUPS, "total")))
     for mode in MODES:
         per_group = [statistics.median(r.cpu_us.get(group, 0.0) for r in results[mode]) for group in CPU_GROUPS]
         print(f"  {LABELS[mode]:<29} " + "".join(f"{value:>10,.0f}" for value in (*per_group, sum(per_group))))
+    print(f"\n  Paced at {rate:,.0f} check-ins/s offered (wrk sends on a fixed schedule; latency at that load)")
+    print(f"  {'path':<26} {'req/s':>9} {'p50':>9} {'p99':>9} {'max':>9} {'sent late':>10}")
+    for mode, plain in PACED.items():
+        runs = results[mode]
+        late = sum(r.late for r in runs) / max(sum(r.requests for r in runs), 1)
+        print(f"  {LABELS[plain]:<26} {_median(runs, 'rps'):>9,.0f} {_median(runs, 'p50_ms'):>6.1f} ms "
+              f"{_median(runs, 'p99_ms'):>6.1f} ms {_median(runs, 'max_us') / 1000:>6.1f} ms {late:>10.1%}")
+        all_ok = _all_answered(runs) and all_ok
     print(f"\n  {'target':<44} {'(a) 304':>10} {'(b) + window':>13}")
     checks = [
-        (f">= {TARGET_RPS:,} check-ins/s", lambda m: _median(results[m], "rps") >= TARGET_RPS),
-        (f"p99 <= {TARGET_P99_MS:g} ms", lambda m: _median(results[m], "p99_ms") <= TARGET_P99_MS),
+        (f">= {TARGET_RPS:,} check-ins/s at saturation", lambda m: _median(results[m], "rps") >= TARGET_RPS),
+        # Kept up with the offered rate: within 2 %, the slack of wrk's millisecond timers.
+        (f"{rate:,.0f}/s offered: all served, p99 <= {TARGET_P99_MS:g} ms",
+         lambda m: _median(results[f"paced-{m}"], "rps") >= 0.98 * rate
+         and _median(results[f"paced-{m}"], "p99_ms") <= TARGET_P99_MS),
         (f">= {TARGET_RATIO} of the ceiling", lambda m: _median(results[m], "rps") / ceiling >= TARGET_RATIO),
     ]
     for label, check in checks:
@@ -280,6 +309,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measure; the median is reported (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--rate", type=float, default=TARGET_RPS,
+                        help=f"offered check-ins/s of the paced runs (default {TARGET_RPS:,}: 100,000 devices "
+                             "polling every 60 s)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--worker-class", choices=("sync", "gthread"), default="gthread",
                         help="gunicorn worker class (default gthread; see --sweep)")
@@ -344,10 +376,11 @@ def main() -> int:
                     f"{mode} {results[mode][0].rps:>6,.0f}/s p99 {results[mode][0].p99_ms:>5.1f} ms" for mode in MODES))
             else:
                 results = measure(wrk, base, seconds=args.seconds, repeat=args.repeat, threads=args.wrk_threads,
-                                  connections=args.connections, devices_file=devices_file, bodies=bodies)
+                                  connections=args.connections, devices_file=devices_file, bodies=bodies,
+                                  rate=args.rate)
                 ok = report(results, setup=f"{setup_text}, wrk -t{args.wrk_threads} -c{args.connections}",
                             devices=fleet["devices"], desired=fleet["desired"], seconds=args.seconds,
-                            repeat=args.repeat)
+                            repeat=args.repeat, rate=args.rate)
                 if not ok:
                     print("\nsome targets were missed (see above)")
             stop_process_group(stack.gunicorn)
