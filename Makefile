@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution install install-dev clean
+.PHONY: run test lint bench bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution bench-metrics install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ browser:
 	fi
 
 ## bench: every benchmark below
-bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution
+bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution bench-metrics
 
 ## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
 bench-upload: install-dev
@@ -70,6 +70,10 @@ bench-rollback: install-dev
 ## bench-distribution: creating a distribution over 100,000 and 1,000,000 devices (target: 1,000,000 in ≤ 60 s); first offer, rollback
 bench-distribution: install-dev
 	$(PY) bench/distribution.py $(DISTRIBUTION_BENCH_ARGS)
+
+## bench-metrics: GET /metrics on a 100,000-device installation: the domain metrics' aggregation from PostgreSQL, uncached and cached
+bench-metrics: install-dev
+	$(PY) bench/metrics.py $(METRICS_BENCH_ARGS)
 
 clean:
 	rm -rf var/test var/bench .pytest_cache

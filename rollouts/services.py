@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 _CREATE_LOCK = 0x484F5453  # "HOTS"
 D = Distribution.Status
 S = Stage.Status
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DistributionInProgress(ConflictError):
@@ -175,11 +178,38 @@ def _advance_soon(distribution_id: int) -> None:
     transaction.on_commit(tracing.bind(lambda: distribution_advance.delay(distribution_id)))
 
 
+def _traced_action(name: str) -> Callable[[F], F]:
+    """Runs an action on a distribution in a span of the distribution's own trace, beside the orchestrator's steps.
+
+    The parent is Distribution.traceparent, as for distribution.execute, so the rollout's trace shows who
+    approved, paused or rolled back and when; the span links to the request (or span) that asked for it.
+    A refused action ends the span with an error.
+    """
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not tracing.enabled():
+                return function(*args, **kwargs)
+            distribution, actor = kwargs["distribution"], kwargs.get("actor")
+            with tracing.span(name, parent=distribution.traceparent, links=[tracing.origin()], attributes={
+                "distribution.id": distribution.pk, "distribution.strategy": distribution.strategy,
+                "model.id": distribution.version.model_id, "distribution.status_before": str(distribution.status),
+                "actor": actor.get_username() if actor is not None else "orchestrator",
+                "action.reason": kwargs.get("reason") or None,
+            }):
+                result = function(*args, **kwargs)
+                tracing.annotate(**{"distribution.status": str(distribution.status)})
+                return result
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
 def stage_current(distribution: Distribution) -> Stage | None:
     """The first stage that has not passed (None once every stage passed)."""
     return distribution.stages.exclude(status=S.PASSED).order_by("index").first()
 
 
+@_traced_action("distribution.approve")
 @transaction.atomic
 def distribution_approve(*, distribution: Distribution, actor, winner: ModelVersion | None = None,
                          now: datetime | None = None) -> Stage:
@@ -201,6 +231,8 @@ def distribution_approve(*, distribution: Distribution, actor, winner: ModelVers
         raise ApplicationError(f"{stage.name} is not an A/B test: there is no winner to name.",
                                code="VALIDATION_ERROR", details=[{"field": "winner", "message": "Only for an A/B "
                                                                   "test."}])
+    tracing.annotate(**{"stage.index": stage.index, "stage.name": stage.name,
+                        "distribution.winner": winner.model_id if winner else None})
     stage_transition(stage=stage, to=S.PASSED, actor=actor, now=now, finished_at=now, approved_by=actor,
                      reason=f"approved{f', winner {winner.model_id}' if winner else ''}")
     Distribution.objects.filter(pk=distribution.pk).update(approved_by=actor)
@@ -229,6 +261,7 @@ def promote(*, distribution: Distribution, stage: Stage, winner: ModelVersion, n
     planning.stage_device_counts(distribution)
 
 
+@_traced_action("distribution.pause")
 def distribution_pause(*, distribution: Distribution, actor=None, reason: str = "",
                        now: datetime | None = None) -> Distribution:
     """Stops offering new stages; devices already offered go on installing."""
@@ -236,6 +269,7 @@ def distribution_pause(*, distribution: Distribution, actor=None, reason: str = 
                                    reason=reason or "paused by an operator")
 
 
+@_traced_action("distribution.resume")
 @transaction.atomic
 def distribution_resume(*, distribution: Distribution, actor, reason: str = "",
                         now: datetime | None = None) -> Distribution:
@@ -264,6 +298,7 @@ def _close(distribution: Distribution, *, now: datetime, stage_to: str, pending_
         stage_transition(stage=stage, to=stage_to, actor=actor, reason=reason, now=now, finished_at=now)
 
 
+@_traced_action("distribution.abort")
 @transaction.atomic
 def distribution_abort(*, distribution: Distribution, actor=None, reason: str = "",
                        now: datetime | None = None) -> Distribution:
@@ -293,6 +328,7 @@ _ROLLBACK_SQL = """
 """
 
 
+@_traced_action("distribution.rollback")
 @transaction.atomic
 def distribution_rollback(*, distribution: Distribution, actor=None, reason: str = "",
                           now: datetime | None = None) -> int:
@@ -315,6 +351,7 @@ def distribution_rollback(*, distribution: Distribution, actor=None, reason: str
     ).update(state=Assignment.State.ROLLED_BACK, is_open=False, updated_at=now)  # closed in the same write
     _close(distribution, now=now, stage_to=S.CANCELLED, pending_to=Assignment.State.CANCELLED, actor=actor,
            reason=reason)
+    tracing.annotate(**{"distribution.devices_reverted": reverted})
     logger.warning("distribution rolled back", extra={"distribution": distribution.pk, "devices": reverted,
                                                       "reason": reason})
     return reverted

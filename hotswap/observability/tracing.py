@@ -7,8 +7,10 @@ A version's life and a rollout are two traces, joined by a span link:
     distribution.create                      one trace per distribution; its context is
     ├ distribution.execute                   Distribution.traceparent, which every desired state and
     ├ model.swap ─ download, verify, load    so every check-in answer carries: the agent's swap is its
-    └ device.update ⇢ model.swap             child, and the orchestrator's device.update (offer → report)
-                                             links to the swap the device reported with
+    ├ device.update ⇢ model.swap             child, and the orchestrator's device.update (offer → report)
+    │                                        links to the swap the device reported with
+    └ distribution.approve, .pause, .resume, an operator's action (the orchestrator's own automatic
+      .abort, .rollback ⇢ the request        rollback too), linked to the request that asked for it
     distribution.create ⇢ model.upload       a link, not a parent: one version ships in many
                                              distributions, days apart, each a trace of its own
 
@@ -153,6 +155,16 @@ def link(traceparent: str) -> None:
     if _provider is not None:
         for found in _links([traceparent], trace.get_current_span().get_span_context()):
             trace.get_current_span().add_link(found.context)
+
+
+def origin() -> str:
+    """The traceparent of the work under way: the current span's, else the API request's own (a CI pipeline's).
+
+    For a span placed in another trace (an operator's action in its distribution's), to link back to.
+    """
+    if _provider is None:
+        return ""
+    return traceparent() or _request_traceparent()
 
 
 def traceparent() -> str:

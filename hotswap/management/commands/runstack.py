@@ -17,9 +17,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
-from gunicorn.glogging import Logger
 
 from hotswap.lib.localservices import port_open
+from hotswap.observability.gunicorn import Logger
 from hotswap.observability.stack import stack_environment
 from hotswap.settings.env import VAR_DIR, env
 
@@ -32,7 +32,7 @@ CHECKIN_PATH = "/api/v1/devices/checkin"
 
 
 class AccessLog(Logger):
-    """gunicorn's access log without answered device check-ins: a fleet would write a line per device per minute."""
+    """gunicorn's logs in LOG_FORMAT, without answered device check-ins: a fleet would log each device every minute."""
 
     def access(self, resp, req, environ, request_time):
         if environ.get("PATH_INFO") == CHECKIN_PATH and resp.status_code in (200, 304):
@@ -60,6 +60,14 @@ def child_environment() -> dict[str, str]:
     if not (child_env.get("REDIS_URL") or child_env.get("REDIS_URL_FILE")):
         child_env["REDIS_URL"] = settings.REDIS_URL
     return child_env
+
+
+def gunicorn_command(bind: str, workers: int | str) -> list[str]:
+    """The web process: gunicorn with its error and access logs in LOG_FORMAT (AccessLog), on stderr and stdout."""
+    return ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "gthread", "--threads", "4",
+            "-w", str(workers), "--timeout", "300", "--access-logfile", "-", "--logger-class", f"{__name__}.AccessLog",
+            # gunicorn's control socket defaults to one path per user: two stacks would share it.
+            "--no-control-socket"]
 
 
 def demo_fleet_command(server: str, devices: int) -> list[str]:
@@ -97,11 +105,7 @@ class Command(BaseCommand):
 
         bind = os.environ.get("HOTSWAP_BIND") or "127.0.0.1:8000"
         commands = {
-            "gunicorn": ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "gthread", "--threads", "4",
-                         "-w", os.environ.get("WEB_CONCURRENCY") or "2", "--timeout", "300", "--access-logfile", "-",
-                         "--logger-class", f"{__name__}.AccessLog",
-                         # gunicorn's control socket defaults to one path per user: two stacks would share it.
-                         "--no-control-socket"],
+            "gunicorn": gunicorn_command(bind, os.environ.get("WEB_CONCURRENCY") or "2"),
             "celery worker": ["celery", "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2"],
             "celery beat": ["celery", "-A", "hotswap", "beat", "-l", "info",
                             "-S", "django_celery_beat.schedulers:DatabaseScheduler"],
