@@ -7,7 +7,8 @@ Each device enrolls once (credentials are cached in a state file, so a restart r
 its own jittered timer with If-None-Match, obeys the server's poll interval, verifies and "installs" its
 desired version (a simulated delay, or a real download with --download), reports installs and metric
 windows drawn from the per-version behaviour. Imports nothing from Django; `run_fleet(config)` runs it
-in-process.
+in-process. With OTEL_TRACES_EXPORTER=console or otlp (service `hotswap-simulator`) each install is a
+`model.swap` span under the distribution's trace, as the reference agent's are (devices/agent/tracing.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import TextIO
 
 import httpx
 
+from devices.agent import tracing
 from devices.agent.fleet import (
     DEFAULT_REGIONS,
     DEFAULT_TYPES,
@@ -71,6 +73,7 @@ ENROLL_CONCURRENCY = 10
 POOL_SIZE = 8  # connections per httpx pool (see Fleet.run)
 INSTALL_ATTEMPTS = 3
 STOP_GRACE_SECONDS = 5.0
+SERVICE_NAME = "hotswap-simulator"  # the spans' service.name, unless OTEL_SERVICE_NAME says otherwise
 _FIELD_INDEX = re.compile(r"^(installs|metrics)\[(\d+)\]")
 
 
@@ -371,7 +374,7 @@ class VirtualDevice:
 
     # --- desired state ------------------------------------------------------------------------------------------
 
-    def _install_report(self, manifest: dict, status: str, *, duration_ms: int | None = None,
+    def _install_report(self, manifest: dict, status: str, *, traceparent: str, duration_ms: int | None = None,
                         error: str = "") -> None:
         report = {"model": str(manifest.get("model", ""))[:64] or "unknown",
                   "version": str(manifest.get("version", ""))[:64] or "unknown", "status": status,
@@ -380,8 +383,8 @@ class VirtualDevice:
             report["sequence"] = manifest["sequence"]
         if duration_ms is not None:
             report["duration_ms"] = duration_ms
-        if self.traceparent:
-            report["traceparent"] = self.traceparent
+        if traceparent:
+            report["traceparent"] = traceparent
         self.pending_installs.append(report)
 
     async def converge(self) -> bool:
@@ -397,72 +400,124 @@ class VirtualDevice:
                     and running.get("sha256") == manifest.get("sha256"))
         if same and isinstance(sequence, int) and sequence <= self.last_sequence:
             return False
-        signature = str(desired.get("signature", ""))
-        if signature == self.refused_signature:
+        if str(desired.get("signature", "")) == self.refused_signature:
             return False
         if isinstance(sequence, int) and self.install_failures.get(sequence, 0) >= INSTALL_ATTEMPTS:
             return False
         if self.retry_next_poll:  # a failed install is retried one poll interval later, not at once
             self.retry_next_poll = False
             return False
+        if same:  # already runs it (e.g. the same version set again): confirm the new sequence; no swap, no span
+            if not self._refused(desired, manifest, traceparent=self.traceparent):
+                self.last_sequence = sequence
+                self._install_report(manifest, "active", duration_ms=0, traceparent=self.traceparent)
+                self.fleet.dirty = True
+            return True
+        # The agent's model.swap, a child of the answer's traceparent (the distribution's trace); the reports
+        # carry the swap's own context so the server's device.update links to it. Without tracing each span
+        # below is one `is None` test and the server's traceparent is reported as is.
+        with tracing.span("model.swap", traceparent=self.traceparent, attributes=_swap_attributes(
+                self.spec.device_id, manifest) if tracing.enabled() else None) as swap:
+            outcome, error = await self._swap(desired, manifest, tracing.traceparent_of(swap, self.traceparent))
+            tracing.annotate(swap, **{"install.outcome": outcome})
+            if error:
+                tracing.failed(swap, error)
+        return outcome != "interrupted"
+
+    def _refused(self, desired: dict, manifest: dict, *, traceparent: str) -> str:
+        """The reference agent's manifest checks; the refusal (counted and reported) or "" when it passes."""
+        running = self.running
         try:
-            # The reference agent's own checks, so the simulated fleet refuses exactly what real devices refuse.
+            # The agent's own code, so the simulated fleet refuses exactly what real devices refuse.
             verify_manifest(desired, key=self.key, device_id=self.spec.device_id, last_sequence=self.last_sequence,
                             running=(running["model"], running["version"]) if running else None,
                             now=datetime.now(UTC))
         except ManifestRefused as refusal:
-            self.refused_signature = signature
+            self.refused_signature = str(desired.get("signature", ""))
             self.fleet.stats.refusals[refusal.code] += 1
-            self._install_report(manifest, "refused", error=str(refusal))
-            return True
-        if same:  # already runs it (e.g. the same version set again): confirm the new sequence
-            self.last_sequence = sequence
-            self._install_report(manifest, "active", duration_ms=0)
-            self.fleet.dirty = True
-            return True
+            self._install_report(manifest, "refused", error=str(refusal), traceparent=traceparent)
+            return str(refusal)
+        return ""
+
+    async def _swap(self, desired: dict, manifest: dict, traceparent: str) -> tuple[str, str]:
+        """Verifies, fetches and switches to the desired version, queueing its reports; (outcome, error)."""
+        with tracing.span("model.verify", attributes={"verify.subject": "manifest"}) as check:
+            if refusal := self._refused(desired, manifest, traceparent=traceparent):
+                tracing.failed(check, refusal)
+                return "refused", refusal
+        sequence = manifest["sequence"]
         started = time.monotonic()
         error = await self._fetch(manifest)
         if self.fleet.stopping:
-            return False
+            return "interrupted", ""
         download_ms = round((time.monotonic() - started) * 1000)
         if error:
             self.install_failures[sequence] = self.install_failures.get(sequence, 0) + 1
             self.retry_next_poll = True
-            self._install_report(manifest, "failed", duration_ms=download_ms, error=error)
-            return True
-        self._install_report(manifest, "installed", duration_ms=download_ms)
+            self._install_report(manifest, "failed", duration_ms=download_ms, error=error, traceparent=traceparent)
+            return "failed", error
+        # Where the agent loads the model into onnxruntime and warms it up: a virtual device has no runtime.
+        with tracing.span("model.load", attributes={"model.version": str(manifest["version"]), "warmup.runs": 0,
+                                                    "device.simulated": True}):
+            pass
+        self._install_report(manifest, "installed", duration_ms=download_ms, traceparent=traceparent)
         # Close the old version's window at the swap, so each window belongs to exactly one version.
         now = datetime.now(UTC)
         self._collect_window(now)
         self.running = {"model": manifest["model"], "version": manifest["version"], "sha256": manifest["sha256"]}
         self.last_sequence = sequence
         self.window_start = now
-        self._install_report(manifest, "active", duration_ms=round((time.monotonic() - started) * 1000))
+        self._install_report(manifest, "active", duration_ms=round((time.monotonic() - started) * 1000),
+                             traceparent=traceparent)
         self.fleet.dirty = True
-        return True
+        return "installed", ""
 
     async def _fetch(self, manifest: dict) -> str:
-        """Simulates the download, or really does it with --download; returns an error message or ""."""
+        """Simulates the download, or really does it with --download and checks it; an error message or ""."""
         config = self.fleet.config
-        if not config.download:
-            await self.fleet.sleep(config.download_seconds * self.rng.uniform(0.5, 1.5))
-            return ""
+        size = manifest["size"]
+        with tracing.span("model.download", attributes={"artifact.size": size,
+                                                        "download.simulated": not config.download}) as current:
+            if not config.download:
+                await self.fleet.sleep(config.download_seconds * self.rng.uniform(0.5, 1.5))
+                return ""
+            error, sha256, received = await self._download(str(manifest["url"]))
+            tracing.annotate(current, **{"download.bytes": received})
+            if error:
+                tracing.failed(current, error)
+                return error
+        with tracing.span("model.verify", attributes={"verify.subject": "artifact", "artifact.size": size}) as check:
+            if sha256 != manifest["sha256"]:
+                error = f"sha256 mismatch: expected {manifest['sha256']}, got {sha256}"
+            elif received != size:
+                error = f"size mismatch: expected {size} bytes, got {received}"
+            if error:
+                tracing.failed(check, error)
+        return error
+
+    async def _download(self, url: str) -> tuple[str, str, int]:
+        """Streams the artifact, hashing it on the way; (error or "", sha256, bytes received)."""
         digest, size = hashlib.sha256(), 0
         try:
             client = self.fleet.client_for(self.spec.index)
-            async with self.fleet.limit, client.stream("GET", str(manifest.get("url", ""))) as response:
+            async with self.fleet.limit, client.stream("GET", url) as response:
                 if response.status_code != 200:
-                    return f"download answered HTTP {response.status_code}"
+                    return f"download answered HTTP {response.status_code}", "", 0
                 async for chunk in response.aiter_bytes():
                     digest.update(chunk)
                     size += len(chunk)
         except httpx.HTTPError as exc:
-            return f"download failed: {type(exc).__name__}: {exc}"[:2000]
-        if digest.hexdigest() != manifest.get("sha256"):
-            return f"sha256 mismatch: expected {manifest.get('sha256')}, got {digest.hexdigest()}"
-        if isinstance(manifest.get("size"), int) and size != manifest["size"]:
-            return f"size mismatch: expected {manifest['size']} bytes, got {size}"
-        return ""
+            return f"download failed: {type(exc).__name__}: {exc}"[:2000], "", size
+        return "", digest.hexdigest(), size
+
+
+def _swap_attributes(device_id: str, manifest: dict) -> dict:
+    """model.swap's attributes, the agent's names, plus device.simulated (these spans come from no real device)."""
+    name, version = str(manifest.get("model", ""))[:64], str(manifest.get("version", ""))[:64]
+    sequence = manifest.get("sequence")
+    return {"device.id": device_id, "device.simulated": True, "model.id": f"{name}-{version}", "model.name": name,
+            "model.version": version, "manifest.sequence": sequence if isinstance(sequence, int) else None,
+            "manifest.rollback": bool(manifest.get("rollback"))}
 
 
 def _error_code(response: httpx.Response | None) -> str:
@@ -805,8 +860,19 @@ def config_from_options(options: Mapping, *, enroll_key: str | None = None,
     )
 
 
+def configure_tracing(environ: Mapping[str, str] = os.environ) -> bool:
+    """Spans go where OTEL_TRACES_EXPORTER says (service `hotswap-simulator`), unless already set; True when tracing.
+
+    Raises tracing.TracingConfigError for an exporter this build does not know.
+    """
+    return tracing.enabled() or tracing.configure(environ, service_name=SERVICE_NAME)
+
+
 async def run_until_signalled(config: FleetConfig) -> FleetStats:
-    """run_fleet with Ctrl-C / SIGTERM stopping it gracefully (a second Ctrl-C interrupts at once)."""
+    """run_fleet as a process's main task (the command line, simulate_fleet, runstack's demo fleet): spans
+    exported as OTEL_TRACES_EXPORTER says, Ctrl-C / SIGTERM stopping it gracefully (a second Ctrl-C interrupts
+    at once)."""
+    configure_tracing()
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -835,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_options(vars(args))
-    except BehaviourError as exc:
+        configure_tracing()
+    except (BehaviourError, tracing.TracingConfigError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     print(describe(config), flush=True)

@@ -82,12 +82,17 @@ def provider_from_env(environ: Mapping[str, str] = os.environ, *, service_name: 
     return provider
 
 
-def configure(environ: Mapping[str, str] = os.environ) -> bool:
+def configure(environ: Mapping[str, str] = os.environ, *, service_name: str = "hotswap-agent") -> bool:
     """Sets the agent's exporter from OTEL_TRACES_EXPORTER (service name `hotswap-agent`); True when tracing."""
-    provider = provider_from_env(environ, service_name="hotswap-agent")
+    provider = provider_from_env(environ, service_name=service_name)
     if provider is not None:
         use_provider(provider)
     return provider is not None
+
+
+def enabled() -> bool:
+    """Whether spans are recorded (a provider is set)."""
+    return _provider is not None
 
 
 def use_provider(provider: Any) -> Any:
