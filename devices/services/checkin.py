@@ -334,61 +334,63 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
     return window
 
 
-# Raw multi-row INSERTs: the version is resolved by model_id inside the statement (no lookup round
-# trip, no cache to go stale), and no ORM query compilation on a path fleets hit every minute.
-# ORDER BY keeps ids in the order the device sent its reports.
-_INSTALL_SQL = """
-    INSERT INTO devices_installreport (device_id, version_id, model_name, model_version, status, error, sequence,
-                                       duration_ms, reported_at, received_at, traceparent)
-    SELECT v.device_id, mv.id, v.model_name, v.model_version, v.status, v.error, v.sequence, v.duration_ms,
-           v.reported_at, now(), v.traceparent
-    FROM (VALUES {rows}) AS v(ord, device_id, model_id, model_name, model_version, status, error, sequence,
-                              duration_ms, reported_at, traceparent)
-    LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model_id
-    ORDER BY v.ord
+# One statement for every check-in that carries reports, whatever their number: the rows travel as one
+# JSON parameter each (cheaper to build and send than a parameter per value), so the text never changes
+# and PostgreSQL plans it once per connection (prepared, like the identity read: planning a statement
+# per shape cost more CPU than the insert). A single statement is its own transaction, so installs and
+# windows are stored all or nothing in one round trip. The version is resolved by model_id inside it
+# (no lookup, no cache to go stale); WITH ORDINALITY ... ORDER BY keeps ids in the order they were sent.
+_REPORTS_SQL = """
+    WITH installs AS (
+        INSERT INTO devices_installreport (device_id, version_id, model_name, model_version, status, error, sequence,
+                                           duration_ms, reported_at, received_at, traceparent)
+        SELECT %(device)s, mv.id, v.model, v.version, v.status, v.error, v.sequence, v.duration_ms, v.at, now(),
+               v.traceparent
+        FROM ROWS FROM (jsonb_to_recordset(%(installs)s::jsonb) AS (
+                 model text, version text, status text, error text, sequence bigint, duration_ms integer,
+                 at timestamptz, traceparent text)) WITH ORDINALITY AS v
+        LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
+        ORDER BY v.ordinality
+    ), windows AS (
+        INSERT INTO devices_metricwindow (device_id, version_id, model_name, model_version, window_start,
+                                          window_end, inference_count, error_count, latency_p50_ms,
+                                          latency_p95_ms, latency_p99_ms, latency_histogram, accuracy,
+                                          labelled_count, received_at)
+        SELECT %(device)s, mv.id, v.model, v.version, v.window_start, v.window_end, v.inference_count,
+               v.error_count, v.latency_p50_ms, v.latency_p95_ms, v.latency_p99_ms, v.latency_histogram,
+               v.accuracy, v.labelled_count, now()
+        FROM ROWS FROM (jsonb_to_recordset(%(windows)s::jsonb) AS (
+                 model text, version text, window_start timestamptz, window_end timestamptz,
+                 inference_count integer, error_count integer, latency_p50_ms float8, latency_p95_ms float8,
+                 latency_p99_ms float8, latency_histogram integer[], accuracy float8, labelled_count integer))
+             WITH ORDINALITY AS v
+        LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
+        ORDER BY v.ordinality
+    )
+    -- With 'off', the commit returns before its WAL is flushed: only a PostgreSQL crash in the next
+    -- ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying metrics costs a
+    -- fraction of a disk flush. TELEMETRY_SYNCHRONOUS_COMMIT=true keeps 'on'. Read at this
+    -- statement's commit; the inserts above run whether or not their rows are read.
+    SELECT set_config('synchronous_commit', %(synchronous_commit)s, true)
 """
-_INSTALL_ROW = "(%s, %s::bigint, %s, %s, %s, %s, %s, %s::bigint, %s::integer, %s::timestamptz, %s)"
-_WINDOW_SQL = """
-    INSERT INTO devices_metricwindow (device_id, version_id, model_name, model_version, window_start, window_end,
-                                      inference_count, error_count, latency_p50_ms, latency_p95_ms, latency_p99_ms,
-                                      latency_histogram, accuracy, labelled_count, received_at)
-    SELECT v.device_id, mv.id, v.model_name, v.model_version, v.window_start, v.window_end, v.inference_count,
-           v.error_count, v.p50, v.p95, v.p99, v.histogram, v.accuracy, v.labelled_count, now()
-    FROM (VALUES {rows}) AS v(ord, device_id, model_id, model_name, model_version, window_start, window_end,
-                              inference_count, error_count, p50, p95, p99, histogram, accuracy, labelled_count)
-    LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model_id
-    ORDER BY v.ord
-"""
-_WINDOW_ROW = ("(%s, %s::bigint, %s, %s, %s, %s::timestamptz, %s::timestamptz, %s::integer, %s::integer, %s::float8, "
-               "%s::float8, %s::float8, %s::integer[], %s::float8, %s::integer)")
+
+
+def _json_default(value: Any) -> str:
+    return value.isoformat()  # the reports' validated datetimes
 
 
 def checkin_reports_store(*, device: CheckinDevice, report: CheckinReport) -> None:
-    """Stores install reports and metric windows: one INSERT per kind, all or nothing, in one round trip."""
+    """Stores install reports and metric windows: one prepared statement, all or nothing, one round trip."""
     if not report.installs and not report.metrics:
         return
-    statements: list[str] = []
-    params: list = []
-    if not settings.TELEMETRY_SYNCHRONOUS_COMMIT:
-        # The commit returns before its WAL is flushed: only a PostgreSQL crash in the next
-        # ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying
-        # metrics costs a fraction of a disk flush. TELEMETRY_SYNCHRONOUS_COMMIT=true restores it.
-        statements.append("SELECT set_config('synchronous_commit', 'off', true)")
-    if report.installs:
-        statements.append(_INSTALL_SQL.format(rows=",".join([_INSTALL_ROW] * len(report.installs))))
-        params += [value for i, r in enumerate(report.installs) for value in (
-            i, device.pk, f"{r['model']}-{r['version']}", r["model"], r["version"], r["status"], r["error"],
-            r["sequence"], r["duration_ms"], r["at"], r["traceparent"])]
-    if report.metrics:
-        statements.append(_WINDOW_SQL.format(rows=",".join([_WINDOW_ROW] * len(report.metrics))))
-        params += [value for i, w in enumerate(report.metrics) for value in (
-            i, device.pk, f"{w['model']}-{w['version']}", w["model"], w["version"], w["window_start"],
-            w["window_end"], w["inference_count"], w["error_count"], w["latency_p50_ms"], w["latency_p95_ms"],
-            w["latency_p99_ms"], w["latency_histogram"], w["accuracy"], w["labelled_count"])]
-    # Client-side binding sends the statements as one simple query, which PostgreSQL runs as one
-    # transaction: all or nothing without BEGIN and COMMIT round trips.
-    with _cursor(psycopg.ClientCursor) as cursor:
-        cursor.execute(";".join(statements), params)
+    params = {
+        "device": device.pk,
+        "installs": json.dumps(report.installs, default=_json_default, allow_nan=False),
+        "windows": json.dumps(report.metrics, default=_json_default, allow_nan=False),
+        "synchronous_commit": "on" if settings.TELEMETRY_SYNCHRONOUS_COMMIT else "off",
+    }
+    with _cursor(_PreparedCursor if _prepared_statements() else psycopg.Cursor) as cursor:
+        cursor.execute(_REPORTS_SQL, params)
 
 
 def checkin_heartbeat(*, device: CheckinDevice, report: CheckinReport, now: datetime) -> int | None:

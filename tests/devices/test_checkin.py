@@ -159,6 +159,49 @@ def test_it_stores_install_reports_and_metric_windows(client):
     assert window.latency_histogram[3] == 400
 
 
+def test_every_reported_field_is_stored_in_the_order_sent_and_unknown_versions_are_kept_unlinked(client):
+    device, credential = device_with_credential()
+    version, _ = registry_version()
+    at = timezone.now() - timedelta(seconds=30)
+    end = timezone.now() - timedelta(seconds=5)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    body = {
+        "installs": [
+            {"model": "resnet", "version": "1.0.0", "status": "downloading", "sequence": 7, "at": at.isoformat()},
+            {"model": "resnet", "version": "1.0.0", "status": "failed", "sequence": 7, "duration_ms": 1234,
+             "error": "sha256 mismatch", "at": at.isoformat(), "traceparent": traceparent},
+            {"model": "ghost", "version": "0.1.0", "status": "active", "at": at.isoformat()},
+        ],
+        "metrics": [
+            metric_window(end=end - timedelta(minutes=1), count=10, errors=0, p50=1.5, p95=2.5, p99=3.5),
+            metric_window(end=end, count=600, errors=3, p50=3.0, p95=5.0, p99=7.0, accuracy=0.5, labelled_count=20,
+                          latency_histogram=[0, 0, 100, 400, 97, 3, 0, 0, 0, 0, 0, 0, 0]),
+            metric_window("ghost", "0.1.0", end=end),
+        ],
+    }
+
+    assert checkin(client, credential, body).json()["accepted"] == {"installs": 3, "metrics": 3}
+
+    installs = list(InstallReport.objects.order_by("id").values_list(
+        "device", "version", "model_name", "model_version", "status", "sequence", "duration_ms", "error",
+        "reported_at", "traceparent"))
+    assert installs == [
+        (device.pk, version.pk, "resnet", "1.0.0", "downloading", 7, None, "", at, ""),
+        (device.pk, version.pk, "resnet", "1.0.0", "failed", 7, 1234, "sha256 mismatch", at, traceparent),
+        (device.pk, None, "ghost", "0.1.0", "active", None, None, "", at, ""),
+    ]
+    windows = list(MetricWindow.objects.order_by("id").values_list(
+        "version", "model_name", "window_start", "window_end", "inference_count", "error_count", "latency_p50_ms",
+        "latency_p95_ms", "latency_p99_ms", "latency_histogram", "accuracy", "labelled_count"))
+    assert windows == [
+        (version.pk, "resnet", end - timedelta(minutes=2), end - timedelta(minutes=1), 10, 0, 1.5, 2.5, 3.5, None,
+         None, None),
+        (version.pk, "resnet", end - timedelta(minutes=1), end, 600, 3, 3.0, 5.0, 7.0,
+         [0, 0, 100, 400, 97, 3, 0, 0, 0, 0, 0, 0, 0], 0.5, 20),
+        (None, "ghost", end - timedelta(minutes=1), end, 600, 1, 3.0, 5.0, 7.0, None, None, None),
+    ]
+
+
 def test_it_stores_reports_sent_with_a_matching_etag(client):
     _device, credential = device_with_credential()
     etag = checkin(client, credential)["ETag"]
