@@ -102,3 +102,16 @@ def test_it_records_heartbeats_after_redis_lost_its_scripts(client):
     assert checkin(client, credential, {"health": {"cpu_percent": 13.5}}).status_code == 200
 
     assert heartbeats.heartbeats_pending()[device.pk]["health"] == {"cpu_percent": 13.5}
+
+
+def test_it_records_heartbeats_after_redis_dropped_the_check_in_connection(client):
+    device, credential = device_with_credential()
+    assert checkin(client, credential, {"health": {"cpu_percent": 12.5}}).status_code == 200
+    check_in_connection = heartbeats._hot_command("CLIENT", "ID")
+
+    # As a Redis restart or its idle timeout would: the server closes the connection check-ins use.
+    assert heartbeats._redis().client_kill_filter(_id=check_in_connection) == 1
+
+    assert checkin(client, credential, {"health": {"cpu_percent": 14.5}}).status_code == 200
+    assert heartbeats.heartbeats_pending()[device.pk]["health"] == {"cpu_percent": 14.5}
+    assert heartbeats._hot_command("CLIENT", "ID") != check_in_connection
