@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from hotswap.exceptions import ApplicationError
+from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.forms import ActionForm, DistributionCreateForm
 from rollouts.models import Assignment, Distribution, Stage
 from rollouts.selectors import distribution_status
@@ -117,6 +118,11 @@ def rollback_progress(distribution: Distribution) -> dict | None:
 def _target_text(target: dict) -> str:
     return "; ".join(f"{key.replace('_', ' ')}: {', '.join(value) if isinstance(value, list) else value}"
                      for key, value in target.items())
+
+
+def _criteria_in_form_order(criteria: dict) -> dict:
+    # jsonb keeps keys sorted by length; the page lists them as the create form does.
+    return {**{key: criteria[key] for key in DEFAULT_CRITERIA if key in criteria}, **criteria}
 
 
 def _attach_page_progress(distributions: list[Distribution]) -> None:
@@ -255,7 +261,7 @@ class DistributionAdmin(admin.ModelAdmin):
             **self._page_context(request, distribution, str(distribution)), **live, "buttons": buttons,
             "current": current, "target_text": _target_text(distribution.target),
             "config_json": json.dumps(distribution.config, indent=2),
-            "criteria_json": json.dumps(distribution.success_criteria, indent=2),
+            "criteria_json": json.dumps(_criteria_in_form_order(distribution.success_criteria), indent=2),
             "transitions": distribution.transitions.select_related("stage").order_by("at", "id"),
             "status_url": reverse("admin:rollouts_distribution_status", args=[distribution.pk]),
             "poll_ms": POLL_MS,

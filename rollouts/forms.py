@@ -10,6 +10,7 @@ from django.db.models import Q
 
 from hotswap.exceptions import ApplicationError
 from models_app.models import ModelVersion
+from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.models import Distribution, RollbackPolicy, Strategy
 from rollouts.strategies.ab_test import METRICS
 
@@ -27,6 +28,8 @@ STRATEGY_FIELDS: dict[str, dict[str, str]] = {
 }
 TARGET_FIELDS = {"target_regions": "regions", "target_device_types": "device_types", "target_tags": "tags",
                  "target_device_ids": "device_ids", "target_min_memory_mb": "min_memory_mb"}
+# The form's success-criteria fields carry the criteria's own names, in DEFAULT_CRITERIA's order.
+CRITERIA_FIELDS = list(DEFAULT_CRITERIA)
 _SPLIT = re.compile(r"[\s,]+")
 
 
@@ -35,6 +38,14 @@ def distributable_versions():
     return (ModelVersion.objects.filter(Q(status=ModelVersion.Status.PASSED) | Q(approved_at__isnull=False))
             .exclude(status=ModelVersion.Status.DEPRECATED).select_related("ai_model")
             .order_by("ai_model__name", "-major", "-minor", "-patch", "-is_release"))
+
+
+def _criterion(key: str, label: str, text: str, unit: str = "") -> forms.Field:
+    # Empty by default so that the service applies its defaults; the help text names them.
+    default = DEFAULT_CRITERIA[key]
+    shown = "none" if default is None else f"{default:g}{' ' + unit if unit else ''}"
+    field = forms.IntegerField if key.startswith("min_") else forms.FloatField
+    return field(required=False, label=label, help_text=f"{text} Empty: the default, {shown}.")
 
 
 class VersionChoiceField(forms.ModelChoiceField):
@@ -97,6 +108,19 @@ class DistributionCreateForm(forms.Form):
                                         help_text="Comma, space or line separated; empty: all.")
     target_min_memory_mb = forms.IntegerField(required=False, min_value=0, label="Minimum memory (MB)")
 
+    max_latency_p99_ms = _criterion("max_latency_p99_ms", "Max p99 latency (ms)",
+                                    "Absolute ceiling of the new version's p99 latency, in milliseconds.", "ms")
+    max_error_rate = _criterion("max_error_rate", "Max error rate (fraction)",
+                                "Highest share of failed inferences, as a fraction from 0 to 1 (0.05 = 5 %).")
+    max_latency_increase = _criterion("max_latency_increase", "Max latency increase (%)",
+                                      "Largest p99 latency increase over the baseline, in percent.", "%")
+    max_accuracy_drop = _criterion("max_accuracy_drop", "Max accuracy drop (%)",
+                                   "Largest accuracy drop against the baseline, in percent of the baseline's.", "%")
+    min_devices = _criterion("min_devices", "Min devices", "Devices that must report before a verdict.")
+    min_inferences = _criterion("min_inferences", "Min inferences",
+                                "Inferences that must be reported before a verdict.")
+    confidence = _criterion("confidence", "Confidence (fraction)",
+                            "Statistical confidence a verdict needs, as a fraction from 0.5 to 0.9999 (0.95 = 95 %).")
     rollback_policy = forms.ChoiceField(choices=RollbackPolicy.choices, initial=RollbackPolicy.AUTOMATIC,
                                         help_text="Automatic: a failing stage rolls every touched device back. "
                                                   "Manual: it pauses for an operator.")
@@ -116,7 +140,8 @@ class DistributionCreateForm(forms.Form):
         tuned = [name for name in self.fields if name in owners and name != "version_b"]
         groups = [("Version", ["name", "version", "version_b"]), ("Strategy", ["strategy", *tuned]),
                   ("Target devices", list(TARGET_FIELDS)),
-                  ("Rollback and schedule", ["rollback_policy", "scheduled_at"])]
+                  ("Success criteria and rollback", [*CRITERIA_FIELDS, "rollback_policy"]),
+                  ("Schedule", ["scheduled_at"])]
         return [(title, [(self[name], " ".join(owners.get(name, []))) for name in names]) for title, names in groups]
 
     def clean_stages(self) -> list[dict] | None:
@@ -170,9 +195,12 @@ class DistributionCreateForm(forms.Form):
                     target[key] = value
             elif names := _names(value or ""):
                 target[key] = names
+        # Only what was filled in: the service's defaults apply to the rest.
+        criteria = {key: _number(value) if isinstance(value, float) else value
+                    for key in CRITERIA_FIELDS if (value := data.get(key)) is not None}
         data["service"] = {
             "name": data.get("name") or "", "version": data.get("version"), "version_b": data.get("version_b"),
-            "strategy": strategy, "config": config, "target": target,
+            "strategy": strategy, "config": config, "target": target, "success_criteria": criteria,
             "rollback_policy": data.get("rollback_policy") or RollbackPolicy.AUTOMATIC,
             "scheduled_at": data.get("scheduled_at"),
         }
@@ -195,6 +223,8 @@ class DistributionCreateForm(forms.Form):
             return key or None
         if head == "target":
             return next((field for field, name in TARGET_FIELDS.items() if name == key), None)
+        if head == "success_criteria":
+            return key if key in CRITERIA_FIELDS else None
         return head if head in ("version", "version_b", "strategy", "rollback_policy", "name") else None
 
 

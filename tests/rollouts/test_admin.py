@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 
@@ -12,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from devices.models import DesiredState, Device
+from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.models import Distribution, Stage, Transition
 from rollouts.orchestrator import distribution_advance
 from rollouts.services import distribution_create
@@ -358,6 +361,42 @@ def test_it_creates_an_ab_test_with_its_settings(console, make_fleet, versions):
     assert distribution.config == {"split": 30.0, "window": "PT2H", "metric": "accuracy", "min_improvement": 2.5}
 
 
+def test_the_success_criteria_are_optional_and_name_their_defaults(console, versions):
+    page = html.unescape(console.get(f"{URL}add/").content.decode())
+
+    assert "<h2>Success criteria and rollback</h2>" in page
+    assert "Max latency increase (%)" in page and "in percent. Empty: the default, 20 %." in page
+    assert "(0.05 = 5 %). Empty: the default, 0.05." in page
+    assert "in milliseconds. Empty: the default, none." in page
+    for name in DEFAULT_CRITERIA:
+        field = re.search(rf'<input type="number" name="{name}"[^>]*>', page)
+        assert field and "value=" not in field.group(), name  # empty: nothing is sent unless typed
+
+
+def test_it_stores_the_criteria_filled_in_and_the_defaults_for_the_rest(console, make_fleet, versions):
+    make_fleet({"eu": 10})
+
+    response = console.post(f"{URL}add/", form(versions[1], strategy="direct", max_latency_increase="10",
+                                               min_devices="5", rollback_policy="manual"), follow=True)
+
+    distribution = Distribution.objects.get()
+    assert distribution.success_criteria == {**DEFAULT_CRITERIA, "max_latency_increase": 10, "min_devices": 5}
+    assert distribution.success_criteria["max_error_rate"] == 0.05  # a default, not something the form sent
+    assert distribution.rollback_policy == "manual"
+    page = html.unescape(response.content.decode())
+    shown = re.search(r"<summary>success criteria</summary><pre>(.*?)</pre>", page, re.S).group(1)
+    assert json.loads(shown) == distribution.success_criteria
+    assert "Manual rollback" in page
+
+
+def test_empty_criteria_store_the_services_defaults(console, make_fleet, versions):
+    make_fleet({"eu": 10})
+
+    console.post(f"{URL}add/", form(versions[1], strategy="direct", max_error_rate="", confidence=""))
+
+    assert Distribution.objects.get().success_criteria == DEFAULT_CRITERIA
+
+
 def test_automatic_chooses_by_fleet_size_and_ignores_other_strategies_settings(console, make_fleet, versions):
     make_fleet({"eu": 40})
 
@@ -377,6 +416,10 @@ def test_automatic_chooses_by_fleet_size_and_ignores_other_strategies_settings(c
     ({"strategy": "canary", "version_b": "self"}, "version_b", "An A/B test needs two different versions."),
     ({"target_regions": "mars"}, None, "No device matches the target filter"),
     ({"strategy": "progressive", "stages": "ten percent"}, "stages", "is not a percent"),
+    ({"strategy": "direct", "confidence": "2"}, "confidence", "A number from 0.5 to 0.9999."),
+    ({"strategy": "direct", "max_error_rate": "5"}, "max_error_rate", "A number from 0 to 1."),
+    ({"strategy": "direct", "min_devices": "0"}, "min_devices", "A number from 1 to 1000000."),
+    ({"strategy": "direct", "min_inferences": "2.5"}, "min_inferences", "Enter a whole number."),
 ])
 def test_refusals_show_on_the_form_not_as_an_error_page(console, make_fleet, versions, fields, field, message):
     make_fleet({"eu": 20})

@@ -78,12 +78,21 @@ def test_create_a_progressive_distribution_and_watch_its_bars_move(page, make_fl
     page.fill("#id_name", "progressive from the console")
     page.fill("#id_stages", "20 PT0S manual\n100 PT0S")
     page.fill("#id_target_regions", "eu")
+    criterion = page.locator(".field-max_latency_increase")
+    expect(criterion).to_be_visible()  # whatever the strategy
+    expect(criterion.locator(".help")).to_contain_text("Empty: the default, 20 %.")
+    page.fill("#id_max_latency_increase", "15")
     page.click("#create")
     page.wait_for_url(re.compile(r".*/change/$"))
     expect(page.locator(".messagelist")).to_contain_text("10 device(s) in 2 stage(s)")
 
     distribution = Distribution.objects.get(name="progressive from the console")
     assert distribution.target == {"regions": ["eu"]} and len(distribution.config["stages"]) == 2
+    criteria = page.locator("details", has=page.locator("summary", has_text="success criteria"))
+    criteria.locator("summary").click()
+    expect(criteria.locator("pre")).to_be_visible()
+    expect(criteria.locator("pre")).to_contain_text('"max_latency_increase": 15,')
+    expect(criteria.locator("pre")).to_contain_text('"min_devices": 3,')  # the default
     expect(page.locator('[data-summary="stage-0"]')).to_have_text("2 pending of 2")
 
     # The orchestrator starts the stage: the state machine moved, so the page reloads itself.
