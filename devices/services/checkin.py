@@ -68,23 +68,25 @@ class _PreparedCursor(psycopg.Cursor):
         return super().execute(query, params, prepare=True, **kwargs)
 
 
-def _cursor(cursor_class: type[psycopg.Cursor]):
-    """A cursor of the given psycopg class on Django's connection, with Django's error mapping and query log."""
+def _cursor():
+    """A server-binding cursor on Django's connection, with Django's error mapping and query log.
+
+    Its statements are prepared unless CHECKIN_PREPARED_STATEMENTS=false (a connection pooler that cannot
+    keep prepared statements).
+    """
     connection.ensure_connection()
-    raw = cursor_class(connection.connection)
+    raw = (_PreparedCursor if _prepared_statements() else psycopg.Cursor)(connection.connection)
     return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
 def checkin_device(*, prefix: str) -> CheckinDevice | None:
     # Other apps change the rows it reads with raw SQL: the plan is kept, never the rows.
-    # CHECKIN_PREPARED_STATEMENTS=false for a connection pooler that cannot keep prepared statements.
-    cursor_class = _PreparedCursor if _prepared_statements() else psycopg.Cursor
     for attempt in (1, 2):
         # No CONN_HEALTH_CHECKS probe here: its SELECT 1 is a round trip as costly as this query. A
         # connection that died while idle fails the query instead, and the read is retried on a new one.
         connection.health_check_done = True
         try:
-            with _cursor(cursor_class) as cursor:
+            with _cursor() as cursor:
                 cursor.execute(_IDENTITY_SQL, [prefix])
                 row = cursor.fetchone()
             break
@@ -389,7 +391,7 @@ def checkin_reports_store(*, device: CheckinDevice, report: CheckinReport) -> No
         "windows": json.dumps(report.metrics, default=_json_default, allow_nan=False),
         "synchronous_commit": "on" if settings.TELEMETRY_SYNCHRONOUS_COMMIT else "off",
     }
-    with _cursor(_PreparedCursor if _prepared_statements() else psycopg.Cursor) as cursor:
+    with _cursor() as cursor:
         cursor.execute(_REPORTS_SQL, params)
 
 

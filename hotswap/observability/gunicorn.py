@@ -7,15 +7,7 @@ from typing import Any
 from gunicorn import glogging
 
 from hotswap.observability.logs import JsonFormatter
-from hotswap.settings.env import env
-
-
-def log_format() -> str:
-    """LOG_FORMAT as the settings read it; gunicorn's master loads no Django settings, so it reads the variable."""
-    value = env.str("LOG_FORMAT", default="json")
-    if value not in ("json", "console"):
-        raise RuntimeError(f"LOG_FORMAT must be json or console, not {value!r}")
-    return value
+from hotswap.settings.env import log_format
 
 
 class Logger(glogging.Logger):
@@ -26,7 +18,7 @@ class Logger(glogging.Logger):
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        self._json = log_format() == "json"
+        self._json = log_format(default="json") == "json"
         if self._json:
             formatter = JsonFormatter()
             for log in (self.error_log, self.access_log):

@@ -5,14 +5,12 @@ import sys
 
 import environ
 
-from hotswap.settings.env import env
+from hotswap.settings.env import env, log_format
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # json: one JSON object per line (production); console: readable lines for a terminal, the default of
 # runstack (the dev mode), for itself and, through LOG_FORMAT in their environment, its children.
-LOG_FORMAT = env.str("LOG_FORMAT", default="console" if sys.argv[1:2] == ["runstack"] else "json")
-if LOG_FORMAT not in ("json", "console"):
-    raise environ.ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}")
+LOG_FORMAT = log_format(default="console" if sys.argv[1:2] == ["runstack"] else "json")
 
 LOGGING = {
     "version": 1,
