@@ -33,39 +33,52 @@ def test_database_url() -> str:
 
 
 @contextmanager
-def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
-    """Starts gunicorn on a free port against the test database; yields (base_url, process)."""
-    port = free_port()
-    child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
-                 **(env or {})}
-    # Logs go to a file: a pipe nobody reads fills up, and the server then blocks on its next log line.
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the child process
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
-         "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120", "--no-control-socket"],
-        cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-    )
+def serving(argv: list[str], *, port: int, probe: str, env: dict[str, str], stdout, stderr, log_text):
+    """Starts a web server (`argv`, listening on `port`) and waits until `probe` answers; yields (base_url, process).
+
+    On leaving it is stopped with SIGTERM and waited for (its shutdown lines reach its logs), its workers
+    killed if it hangs. `log_text()` gives what it logged, for the error when it does not start.
+    """
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                requests.get(f"{base_url}/api/v1/models", timeout=10)
+                requests.get(f"{base_url}{probe}", timeout=10)
                 break
             except requests.RequestException:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"gunicorn did not start: {log.read().decode()[-2000:]}") from None
+                    raise RuntimeError(f"{argv[0]} did not start: {log_text()[-2000:]}") from None
                 time.sleep(0.2)
         yield base_url, process
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # its workers too
             process.wait()
-        log.close()
+
+
+@contextmanager
+def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
+    """Starts gunicorn on a free port against the test database; yields (base_url, process)."""
+    port = free_port()
+    child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
+                 **(env or {})}
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "hotswap.wsgi:application", "-b", f"127.0.0.1:{port}",
+            "-k", "gthread", "--threads", "4", "-w", str(workers), "--timeout", "120", "--no-control-socket"]
+    # Logs go to a file: a pipe nobody reads fills up, and the server then blocks on its next log line.
+    with tempfile.TemporaryFile() as log:
+
+        def log_text() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        with serving(argv, port=port, probe="/api/v1/models", env=child_env, stdout=subprocess.DEVNULL, stderr=log,
+                     log_text=log_text) as running:
+            yield running
 
 
 class StreamingMultipart:

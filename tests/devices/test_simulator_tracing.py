@@ -12,9 +12,6 @@ import time
 from collections import Counter
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from devices.agent import tracing
@@ -22,6 +19,7 @@ from devices.agent.fleet import device_spec
 from devices.agent.simulator import FleetConfig, main
 from tests.devices.test_simulator import run_fleet_until
 from tests.devices.test_simulator_protocol import FakeServer, _until, _with_fleet, config
+from tests.spans import children, named, recording, traceparent_of
 
 # What FakeServer's check-in answers carry: the distribution's trace and span.
 ANSWER_TRACE, ANSWER_SPAN = int("ab" * 16, 16), int("cd" * 8, 16)
@@ -31,13 +29,8 @@ ANSWER_TRACEPARENT = f"00-{'ab' * 16}-{'cd' * 8}-01"
 @pytest.fixture
 def spans():
     """The simulator's spans go to an in-memory exporter for the test."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    previous = tracing.use_provider(provider)
-    yield exporter
-    tracing.use_provider(previous)
-    provider.shutdown()
+    with recording(tracing.use_provider) as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -45,21 +38,6 @@ def no_tracing():
     previous = tracing.use_provider(None)
     yield
     tracing.use_provider(previous)
-
-
-def named(exporter: InMemorySpanExporter, name: str) -> list:
-    return [span for span in exporter.get_finished_spans() if span.name == name]
-
-
-def traceparent_of(span) -> str:
-    context = span.get_span_context()
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def children(exporter: InMemorySpanExporter, parent) -> list:
-    return sorted((span for span in exporter.get_finished_spans()
-                   if span.parent is not None and span.parent.span_id == parent.context.span_id
-                   and span.context.trace_id == parent.context.trace_id), key=lambda span: span.start_time)
 
 
 def test_each_install_is_a_model_swap_under_the_answers_traceparent_and_its_reports_carry_the_swap(tmp_path, spans):

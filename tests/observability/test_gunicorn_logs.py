@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,27 +30,10 @@ def runstack_gunicorn(tmp_path: Path, log_format: str):
     env = {**os.environ, "DATABASE_URL": live.test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
            "LOG_FORMAT": log_format}
     out, err = tmp_path / f"{log_format}.out", tmp_path / f"{log_format}.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=live.ROOT, env=env,
-                                   stdout=stdout, stderr=stderr, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/health", timeout=10)
-                break
-            except requests.RequestException:
-                assert process.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
-                time.sleep(0.2)
+    with open(out, "wb") as stdout, open(err, "wb") as stderr, live.serving(
+            [str(Path(sys.executable).parent / argv[0]), *argv[1:]], port=port, probe="/health", env=env, stdout=stdout,
+            stderr=stderr, log_text=err.read_text) as (base, _process):
         yield base, out, err
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def lines_of(*paths: Path) -> list[str]:

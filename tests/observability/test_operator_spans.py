@@ -6,9 +6,6 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from rest_framework.test import APIClient
 
@@ -24,8 +21,9 @@ from rollouts.services import (
     distribution_rollback,
 )
 from rollouts.transitions import TransitionRefused
-from tests.observability.test_tracing import CI_SPAN, CI_TRACE, CI_TRACEPARENT, is_child, named, one
+from tests.observability.test_tracing import CI_SPAN, CI_TRACE, CI_TRACEPARENT
 from tests.rollouts.conftest import offered, report_installs
+from tests.spans import is_child, named, one, recording
 
 pytestmark = pytest.mark.django_db
 
@@ -33,13 +31,8 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def spans():
     """The server's spans go to an in-memory exporter."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    previous = tracing.install(provider)
-    yield exporter
-    tracing.install(previous)
-    provider.shutdown()
+    with recording(tracing.install) as exporter:
+        yield exporter
 
 
 def advance(distribution: Distribution, now) -> Distribution:

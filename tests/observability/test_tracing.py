@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devices.agent import Agent
 from devices.agent import tracing as agent_tracing
@@ -30,6 +27,7 @@ from tests.artifacts import onnx_model_bytes
 from tests.e2e.test_worker_fleet_tasks import wait_for
 from tests.live import celery_worker, gunicorn_server
 from tests.models_app.conftest import upload
+from tests.spans import is_child, links_to, named, one, recording, traceparent_of
 
 # The CI pipeline's span the upload request continues (`traceparent` request header).
 CI_TRACE, CI_SPAN = secrets.token_hex(16), secrets.token_hex(8)
@@ -39,14 +37,8 @@ CI_TRACEPARENT = f"00-{CI_TRACE}-{CI_SPAN}-01"
 @pytest.fixture
 def spans():
     """Every span of this process (server code and the in-process agent) goes to an in-memory exporter."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    previous, previous_agent = tracing.install(provider), agent_tracing.use_provider(provider)
-    yield exporter
-    tracing.install(previous)
-    agent_tracing.use_provider(previous_agent)
-    provider.shutdown()
+    with recording(tracing.install, agent_tracing.use_provider) as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -56,31 +48,6 @@ def eager_tasks():
     celery_app.conf.task_always_eager = celery_app.conf.task_eager_propagates = True
     yield
     celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
-
-
-def named(exporter: InMemorySpanExporter, name: str) -> list:
-    return [span for span in exporter.get_finished_spans() if span.name == name]
-
-
-def one(exporter: InMemorySpanExporter, name: str):
-    found = named(exporter, name)
-    assert len(found) == 1, f"{name}: {[s.name for s in exporter.get_finished_spans()]}"
-    return found[0]
-
-
-def traceparent_of(span) -> str:
-    context = span.get_span_context()
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def is_child(span, parent) -> bool:
-    return (span.parent is not None and span.parent.span_id == parent.context.span_id
-            and span.context.trace_id == parent.context.trace_id)
-
-
-def links_to(span, target) -> bool:
-    return any(link.context.span_id == target.context.span_id and link.context.trace_id == target.context.trace_id
-               for link in span.links)
 
 
 @pytest.mark.slow
