@@ -61,10 +61,9 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
         report = service.checkin_parse(request.body, now=now)
     except ApplicationError as exc:
         return _error(request, exc.status_code, exc.code, exc.message, exc.details)
-    if retry_after := service.checkin_heartbeat(device=device, report=report, now=now):
+    if retry_after := service.checkin_record(device=device, report=report, now=now):
         return _error(request, 429, "RATE_LIMITED", f"Too many check-ins; retry in {retry_after} s.",
                       Retry_After=str(retry_after))
-    service.checkin_reports_store(device=device, report=report)
 
     etag = service.checkin_etag(device, now=now)
     traceparent = device.traceparent or new_traceparent()

@@ -1,8 +1,16 @@
-"""Heartbeats are buffered in Redis and flushed to PostgreSQL in bulk, so a check-in writes no row.
+"""What a check-in tells Redis, in one round trip: its heartbeat, its rate, and its metric windows.
 
-Last-seen, health and what a device runs are soft state: if Redis loses the buffer, the next
-check-in (every poll interval) restores it. Reports (installs, metric windows) are not buffered:
-they go straight to PostgreSQL, because losing them would be losing telemetry.
+Heartbeats are buffered and flushed to PostgreSQL in bulk, so a check-in writes no row. Last-seen,
+health and what a device runs are soft state: if Redis loses the buffer, the next check-in (every
+poll interval) restores it.
+
+Metric windows are not soft state. They are appended to a Redis list as the check-in's one JSON
+array and written to PostgreSQL in chunks by devices.services.telemetry.metric_windows_flush, which
+deletes them from Redis only once they are committed (and is never counted twice, see there).
+Batched, a window costs PostgreSQL a tenth of what a statement per check-in cost. The list is
+bounded (METRIC_BUFFER_MAX_CHECKINS): when the flush falls behind, check-ins write their windows
+straight to PostgreSQL instead, so nothing is dropped. Install reports are never buffered: they are
+rare, and rollouts act on them at once.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import threading
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
@@ -27,7 +36,7 @@ from models_app.models import ModelVersion
 
 
 @lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
@@ -35,37 +44,55 @@ def _buffer_key() -> str:
     return f"{settings.CACHES['default']['KEY_PREFIX']}:device-heartbeats"
 
 
-# INCR + EXPIRE for the rate window and HSET of the heartbeat as one command: a pipeline of three
-# costs the hot path more client CPU (packing, parsing) than the round trip it saves.
+def metric_buffer_key() -> str:
+    """The Redis list of buffered metric windows: one JSON array per check-in."""
+    return f"{settings.CACHES['default']['KEY_PREFIX']}:metric-windows"
+
+
+# INCR + EXPIRE for the rate window, HSET of the heartbeat and RPUSH of the windows as one command: a
+# pipeline costs the hot path more client CPU (packing, parsing) than the round trips it saves. A
+# throttled call buffers no windows; a full buffer none either (the caller then writes them itself).
+# The answer is calls * 2 + (1 if the windows were buffered).
 _RECORD_SCRIPT = """
 local calls = redis.call('INCR', KEYS[1])
 if calls == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return calls
+if ARGV[4] == '' or calls > tonumber(ARGV[5]) or redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[6]) then
+    return calls * 2
+end
+redis.call('RPUSH', KEYS[3], ARGV[4])
+return calls * 2 + 1
 """
 _RECORD_SHA = hashlib.sha1(_RECORD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
-def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime) -> int | None:
-    """Buffers the heartbeat and counts the call against the device's rate, in one Redis round trip.
+class Recorded(NamedTuple):
+    retry_after: int | None  # seconds to wait: the device is over its rate and nothing was buffered
+    windows_buffered: bool
 
-    Returns the seconds to wait when the device is over THROTTLE_DEVICE_CHECKIN, else None. The
-    limit is a fixed window counter (INCR + EXPIRE): cheap enough for the hot path, and a
-    misbehaving device cannot crowd out the fleet. A later heartbeat of the same device overwrites
-    an unflushed one.
+
+def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime,
+                     metric_windows: str = "") -> Recorded:
+    """Buffers the heartbeat (and the windows, a JSON array) and counts the call against the device's rate.
+
+    retry_after is set when the device is over THROTTLE_DEVICE_CHECKIN. The limit is a fixed window
+    counter (INCR + EXPIRE): cheap enough for the hot path, and a misbehaving device cannot crowd out
+    the fleet. A later heartbeat of the same device overwrites an unflushed one; windows are appended.
     """
     count, period = _rate(settings.THROTTLE_RATES["device_checkin"])
     window = int(now.timestamp()) // period
     rate_key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
     payload = json.dumps({"at": now.isoformat(), "running": running, "health": health}, separators=(",", ":"))
-    args = (rate_key, _buffer_key(), period + 1, device_pk, payload)
+    args = (rate_key, _buffer_key(), metric_buffer_key(), period + 1, device_pk, payload, metric_windows, count,
+            settings.METRIC_BUFFER_MAX_CHECKINS)
     try:
-        calls = _hot_command("EVALSHA", _RECORD_SHA, 2, *args)
+        answer = _hot_command("EVALSHA", _RECORD_SHA, 3, *args)
     except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it once more
-        calls = _hot_command("EVAL", _RECORD_SCRIPT, 2, *args)
+        answer = _hot_command("EVAL", _RECORD_SCRIPT, 3, *args)
+    calls, buffered = divmod(answer, 2)
     if calls <= count:
-        return None
-    return max(1, (window + 1) * period - int(now.timestamp()))
+        return Recorded(None, bool(buffered))
+    return Recorded(max(1, (window + 1) * period - int(now.timestamp())), False)
 
 
 _hot = threading.local()
@@ -87,7 +114,7 @@ def _hot_command(*args):
 def _send(args: tuple):
     connection = getattr(_hot, "connection", None)
     if connection is None or _hot.pid != os.getpid():  # a forked child never shares its parent's socket
-        connection = _redis().connection_pool.make_connection()
+        connection = redis_client().connection_pool.make_connection()
         _hot.connection, _hot.pid = connection, os.getpid()
     try:
         connection.send_command(*args)
@@ -106,7 +133,7 @@ def _rate(rate: str) -> tuple[int, int]:
 
 def heartbeats_pending() -> dict[int, dict]:
     """Heartbeats received but not flushed yet, by device pk (for reads that must be current)."""
-    return {int(pk): json.loads(raw) for pk, raw in _redis().hgetall(_buffer_key()).items()}
+    return {int(pk): json.loads(raw) for pk, raw in redis_client().hgetall(_buffer_key()).items()}
 
 
 def heartbeats_flush() -> int:
@@ -115,7 +142,7 @@ def heartbeats_flush() -> int:
     The buffer is renamed first, so heartbeats arriving during the flush land in a fresh one; a
     flush that dies halfway leaves its renamed copy, which the next flush picks up.
     """
-    client = _redis()
+    client = redis_client()
     key = _buffer_key()
     batch_key = f"{key}:flushing:{uuid.uuid4().hex}"
     with contextlib.suppress(redis.ResponseError):  # no such key: nothing buffered

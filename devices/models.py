@@ -215,6 +215,22 @@ class MetricWindow(models.Model):
         return f"{self.device_id}: {self.model_name}-{self.model_version} {self.window_start:%H:%M}"
 
 
+class MetricWindowBatch(models.Model):
+    """The receipt of one chunk of buffered metric windows, written in the transaction that stored them.
+
+    A flush that died after the commit but before deleting the chunk from Redis finds it here next time
+    and does not store it again. Pruned with the raw windows.
+    """
+
+    key = models.CharField(max_length=100, unique=True, help_text="the Redis batch's id and the chunk's offset")
+    checkins = models.PositiveIntegerField(help_text="check-ins in the chunk")
+    windows = models.PositiveIntegerField(default=0, help_text="windows stored")
+    flushed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.windows} windows"
+
+
 class MetricRollup(models.Model):
     """Per-minute sums of metric windows by version, region and device type: fleet-wide aggregates stay fast.
 

@@ -1,4 +1,5 @@
-"""Thin periodic tasks of the fleet: heartbeat flush, offline detection, telemetry rollup and pruning."""
+"""Thin periodic tasks of the fleet: heartbeat and metric-window flushes, offline detection, telemetry rollup and
+pruning."""
 
 from celery import shared_task
 
@@ -14,6 +15,11 @@ def device_heartbeats_flush() -> int:
 @shared_task
 def devices_mark_offline() -> int:
     return heartbeats.devices_mark_offline()
+
+
+@shared_task
+def metric_windows_flush() -> int:
+    return telemetry.metric_windows_flush()
 
 
 @shared_task

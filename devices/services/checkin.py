@@ -336,12 +336,14 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
     return window
 
 
-# One statement for every check-in that carries reports, whatever their number: the rows travel as one
-# JSON parameter each (cheaper to build and send than a parameter per value), so the text never changes
+# One statement for every batch of reports, whatever their number: the rows travel as one JSON
+# parameter each (cheaper to build and send than a parameter per value), so the text never changes
 # and PostgreSQL plans it once per connection (prepared, like the identity read: planning a statement
 # per shape cost more CPU than the insert). A single statement is its own transaction, so installs and
-# windows are stored all or nothing in one round trip. The version is resolved by model_id inside it
-# (no lookup, no cache to go stale); WITH ORDINALITY ... ORDER BY keeps ids in the order they were sent.
+# windows are stored all or nothing in one round trip. Each window names its device: the flush writes
+# the windows of many check-ins at once, and skips those of a device deleted meanwhile (its windows
+# would have been deleted with it). The version is resolved by model_id inside it (no lookup, no cache
+# to go stale); WITH ORDINALITY ... ORDER BY keeps ids in the order they were sent.
 _REPORTS_SQL = """
     WITH installs AS (
         INSERT INTO devices_installreport (device_id, version_id, model_name, model_version, status, error, sequence,
@@ -358,22 +360,24 @@ _REPORTS_SQL = """
                                           window_end, inference_count, error_count, latency_p50_ms,
                                           latency_p95_ms, latency_p99_ms, latency_histogram, accuracy,
                                           labelled_count, received_at)
-        SELECT %(device)s, mv.id, v.model, v.version, v.window_start, v.window_end, v.inference_count,
+        SELECT v.device, mv.id, v.model, v.version, v.window_start, v.window_end, v.inference_count,
                v.error_count, v.latency_p50_ms, v.latency_p95_ms, v.latency_p99_ms, v.latency_histogram,
                v.accuracy, v.labelled_count, now()
         FROM ROWS FROM (jsonb_to_recordset(%(windows)s::jsonb) AS (
-                 model text, version text, window_start timestamptz, window_end timestamptz,
+                 device bigint, model text, version text, window_start timestamptz, window_end timestamptz,
                  inference_count integer, error_count integer, latency_p50_ms float8, latency_p95_ms float8,
                  latency_p99_ms float8, latency_histogram integer[], accuracy float8, labelled_count integer))
              WITH ORDINALITY AS v
+        JOIN devices_device d ON d.id = v.device
         LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
         ORDER BY v.ordinality
+        RETURNING 1
     )
     -- With 'off', the commit returns before its WAL is flushed: only a PostgreSQL crash in the next
-    -- ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying metrics costs a
+    -- ~0.6 s could lose these rows (never corrupt anything), and a check-in carrying reports costs a
     -- fraction of a disk flush. TELEMETRY_SYNCHRONOUS_COMMIT=true keeps 'on'. Read at this
     -- statement's commit; the inserts above run whether or not their rows are read.
-    SELECT set_config('synchronous_commit', %(synchronous_commit)s, true)
+    SELECT (SELECT count(*) FROM windows), set_config('synchronous_commit', %(synchronous_commit)s, true)
 """
 
 
@@ -381,28 +385,44 @@ def _json_default(value: Any) -> str:
     return value.isoformat()  # the reports' validated datetimes
 
 
-def checkin_reports_store(*, device: CheckinDevice, report: CheckinReport) -> None:
-    """Stores install reports and metric windows: one prepared statement, all or nothing, one round trip."""
-    if not report.installs and not report.metrics:
-        return
-    params = {
-        "device": device.pk,
-        "installs": json.dumps(report.installs, default=_json_default, allow_nan=False),
-        "windows": json.dumps(report.metrics, default=_json_default, allow_nan=False),
-        "synchronous_commit": "on" if settings.TELEMETRY_SYNCHRONOUS_COMMIT else "off",
-    }
+def reports_json(reports: list[dict]) -> str:
+    return json.dumps(reports, default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
+def reports_insert(*, device_pk: int | None, installs: str = "[]", windows: str = "[]",
+                   synchronous: bool | None = None) -> int:
+    """Stores install reports (of device_pk) and metric windows (each naming its device), given as JSON arrays.
+
+    One prepared statement, all or nothing, one round trip; returns how many windows were stored.
+    """
+    synchronous = settings.TELEMETRY_SYNCHRONOUS_COMMIT if synchronous is None else synchronous
+    params = {"device": device_pk, "installs": installs, "windows": windows,
+              "synchronous_commit": "on" if synchronous else "off"}
     with _cursor() as cursor:
         cursor.execute(_REPORTS_SQL, params)
+        return cursor.fetchone()[0]
 
 
-def checkin_heartbeat(*, device: CheckinDevice, report: CheckinReport, now: datetime) -> int | None:
-    """Records the heartbeat; returns seconds to wait when the device checks in too often, else None."""
-    retry_after = heartbeats.heartbeat_record(device_pk=device.pk, running=report.running, health=report.health,
-                                              now=now)
-    if retry_after is None and device.status == Device.Status.OFFLINE:
+def checkin_record(*, device: CheckinDevice, report: CheckinReport, now: datetime) -> int | None:
+    """Records the heartbeat and stores the reports; returns seconds to wait when the device checks in too often.
+
+    A throttled check-in stores nothing. Metric windows alone (nearly every check-in that carries any)
+    ride the heartbeat's Redis call into the buffer the flush writes from (devices/heartbeats.py). A
+    check-in that also reports installs, or finds the buffer full, writes everything in one statement.
+    """
+    windows = [{**window, "device": device.pk} for window in report.metrics]
+    buffer = reports_json(windows) if windows and not report.installs else ""
+    recorded = heartbeats.heartbeat_record(device_pk=device.pk, running=report.running, health=report.health,
+                                           now=now, metric_windows=buffer)
+    if recorded.retry_after is not None:
+        return recorded.retry_after
+    if device.status == Device.Status.OFFLINE:
         # Rare transition, so it is written at once rather than waiting for the flush.
         Device.objects.filter(pk=device.pk, status=Device.Status.OFFLINE).update(status=Device.Status.ACTIVE)
-    return retry_after
+    if report.installs or (windows and not recorded.windows_buffered):
+        reports_insert(device_pk=device.pk, installs=reports_json(report.installs),
+                       windows=buffer or reports_json(windows))
+    return None
 
 
 def _url_period() -> int:

@@ -1,16 +1,25 @@
-"""Telemetry rollups and retention: raw metric windows → per-minute sums by version, region and device type."""
+"""Telemetry: the flush of buffered metric windows, rollups (raw windows → per-minute sums by version, region
+and device type) and retention."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
+from redis.exceptions import ResponseError
 
-from devices.models import MetricWindow
+from devices import heartbeats
+from devices.models import MetricWindow, MetricWindowBatch
+from devices.services.checkin import reports_insert
+
+logger = logging.getLogger(__name__)
 
 WATERMARK_KEY = "devices:metric-rollup:watermark"
 # Without a watermark (first run, Redis flushed) look this far back for windows to roll up.
@@ -46,6 +55,60 @@ GROUP BY w.version_id, w.region, w.device_type, w.bucket
 """
 
 
+def metric_windows_flush() -> int:
+    """Writes the metric windows check-ins buffered in Redis to PostgreSQL; returns how many were stored.
+
+    The buffer is renamed first, so check-ins arriving meanwhile fill a fresh one. Each chunk of
+    METRIC_FLUSH_CHUNK check-ins is one statement whose transaction also records a receipt
+    (MetricWindowBatch, unique per chunk), and the renamed list is deleted only after its last chunk:
+    a flush that dies halfway leaves the list for the next flush, which skips the chunks already
+    receipted. So every window is stored once, even with two flushes at the same time.
+    """
+    client = heartbeats.redis_client()
+    key = heartbeats.metric_buffer_key()
+    with contextlib.suppress(ResponseError):  # no such key: nothing buffered
+        client.rename(key, f"{key}:flushing:{uuid.uuid4().hex}")
+    stored = 0
+    chunk = settings.METRIC_FLUSH_CHUNK
+    for batch in client.scan_iter(match=f"{key}:flushing:*", count=100):
+        batch_id = batch.decode().rpartition(":")[2]
+        for start in range(0, client.llen(batch), chunk):
+            stored += _flush_chunk(f"{batch_id}:{start}", client.lrange(batch, start, start + chunk - 1))
+        client.delete(batch)
+    return stored
+
+
+def metric_buffer_depth() -> tuple[int, int]:
+    """(check-ins whose windows wait for the flush, check-ins whose windows the database refused)."""
+    client = heartbeats.redis_client()
+    key = heartbeats.metric_buffer_key()
+    waiting = client.llen(key) + sum(client.llen(batch) for batch in client.scan_iter(match=f"{key}:flushing:*"))
+    return waiting, client.llen(f"{key}:rejected")
+
+
+def _flush_chunk(receipt: str, arrays: list[bytes]) -> int:
+    # Each entry is one check-in's JSON array; joined, they are one array. Committed synchronously: the
+    # windows leave Redis right after.
+    windows = b"[" + b",".join(entry[1:-1] for entry in arrays if len(entry) > 2) + b"]"
+    try:
+        with transaction.atomic():
+            _, created = MetricWindowBatch.objects.get_or_create(key=receipt, defaults={"checkins": len(arrays)})
+            if not created:
+                return 0  # stored by an earlier flush that died before deleting the list
+            stored = reports_insert(device_pk=None, windows=windows.decode(), synchronous=True)
+            MetricWindowBatch.objects.filter(key=receipt).update(windows=stored)
+            return stored
+    except (DataError, IntegrityError):
+        # Validated windows always fit; should one not (a rule changed under a buffered window), it must
+        # not hold up the rest: each check-in's windows are tried alone, and what still fails is set aside.
+        if len(arrays) > 1:
+            return sum(_flush_chunk(f"{receipt}/{i}", [entry]) for i, entry in enumerate(arrays))
+        heartbeats.redis_client().rpush(f"{heartbeats.metric_buffer_key()}:rejected", arrays[0])
+        logger.exception("metric windows rejected by the database, kept in Redis for inspection",
+                         extra={"receipt": receipt, "key": f"{heartbeats.metric_buffer_key()}:rejected"})
+        return 0
+
+
 def metric_rollup(*, buckets: list[datetime]) -> int:
     """Recomputes the rollup rows of the given minute buckets from the raw windows (idempotent)."""
     if not buckets:
@@ -75,4 +138,5 @@ def metric_windows_prune(*, now: datetime | None = None) -> int:
     """Deletes raw windows older than METRIC_RETENTION_DAYS (rollups are kept)."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.METRIC_RETENTION_DAYS)
     deleted, _ = MetricWindow.objects.filter(window_end__lt=cutoff).delete()
+    MetricWindowBatch.objects.filter(flushed_at__lt=cutoff).delete()
     return deleted

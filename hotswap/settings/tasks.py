@@ -30,6 +30,12 @@ CELERY_BEAT_SCHEDULE = {
     # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.
     "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush",
                                 "schedule": timedelta(seconds=env.int("HEARTBEAT_FLUSH_SECONDS", default=10))},
+    # Check-ins buffer metric windows in Redis; this bounds how late they reach PostgreSQL and the judge.
+    # A run the worker could not start within a few periods is dropped: the next one flushes it all.
+    "flush-metric-windows": {"task": "devices.tasks.metric_windows_flush",
+                             "schedule": timedelta(seconds=env.float("METRIC_FLUSH_SECONDS", default=2.0)),
+                             # django-celery-beat's spelling of Celery's `expires` (seconds)
+                             "options": {"expire_seconds": 10 * env.float("METRIC_FLUSH_SECONDS", default=2.0)}},
     "mark-silent-devices-offline": {"task": "devices.tasks.devices_mark_offline",
                                     "schedule": timedelta(seconds=env.int("OFFLINE_CHECK_SECONDS", default=30))},
     "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup",

@@ -16,6 +16,7 @@ from django.utils import timezone
 from devices.manifests import canonical_bytes
 from devices.models import Device, InstallReport, MetricWindow
 from devices.services.desired_state import desired_state_set
+from devices.services.telemetry import metric_windows_flush
 from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
 from tests.live import gunicorn_server
 
@@ -159,7 +160,9 @@ def test_it_stores_install_reports_and_metric_windows(client):
     assert window.latency_histogram[3] == 400
 
 
-def test_every_reported_field_is_stored_in_the_order_sent_and_unknown_versions_are_kept_unlinked(client):
+@pytest.mark.parametrize("installs_too", [True, False], ids=["with installs, written at once", "windows, buffered"])
+def test_every_reported_field_is_stored_in_the_order_sent_and_unknown_versions_are_kept_unlinked(client,
+                                                                                               installs_too):
     device, credential = device_with_credential()
     version, _ = registry_version()
     at = timezone.now() - timedelta(seconds=30)
@@ -180,16 +183,20 @@ def test_every_reported_field_is_stored_in_the_order_sent_and_unknown_versions_a
         ],
     }
 
-    assert checkin(client, credential, body).json()["accepted"] == {"installs": 3, "metrics": 3}
+    if not installs_too:
+        body.pop("installs")
+    assert checkin(client, credential, body).json()["accepted"] == {"installs": 3 if installs_too else 0,
+                                                                     "metrics": 3}
+    assert metric_windows_flush() == (0 if installs_too else 3)
 
     installs = list(InstallReport.objects.order_by("id").values_list(
         "device", "version", "model_name", "model_version", "status", "sequence", "duration_ms", "error",
         "reported_at", "traceparent"))
-    assert installs == [
+    assert installs == ([
         (device.pk, version.pk, "resnet", "1.0.0", "downloading", 7, None, "", at, ""),
         (device.pk, version.pk, "resnet", "1.0.0", "failed", 7, 1234, "sha256 mismatch", at, traceparent),
         (device.pk, None, "ghost", "0.1.0", "active", None, None, "", at, ""),
-    ]
+    ] if installs_too else [])
     windows = list(MetricWindow.objects.order_by("id").values_list(
         "version", "model_name", "window_start", "window_end", "inference_count", "error_count", "latency_p50_ms",
         "latency_p95_ms", "latency_p99_ms", "latency_histogram", "accuracy", "labelled_count"))
@@ -209,6 +216,7 @@ def test_it_stores_reports_sent_with_a_matching_etag(client):
     response = checkin(client, credential, {"metrics": [metric_window()]}, etag=etag)
 
     assert response.status_code == 304
+    assert metric_windows_flush() == 1
     assert MetricWindow.objects.count() == 1
 
 
@@ -296,6 +304,7 @@ def test_a_device_reports_only_about_itself(client):
     other, _ = device_with_credential("cam-2")
 
     checkin(client, credential, {"metrics": [metric_window()]})
+    metric_windows_flush()
 
     assert MetricWindow.objects.get().device == device
     assert not other.metric_windows.exists()
@@ -319,7 +328,8 @@ def test_it_rate_limits_a_chatty_device_without_touching_the_others(client, sett
     assert statuses == [200, 200, 200, 429]
     limited = checkin(client, credential)
     assert limited.json()["error"]["code"] == "RATE_LIMITED" and 1 <= int(limited["Retry-After"]) <= 60
-    assert MetricWindow.objects.count() == 3  # the refused check-in stored nothing
+    assert metric_windows_flush() == 3  # the refused check-in buffered nothing
+    assert MetricWindow.objects.count() == 3
     assert checkin(client, other_credential).status_code == 200
 
 

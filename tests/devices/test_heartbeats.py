@@ -96,7 +96,7 @@ def test_a_never_seen_device_goes_offline_five_minutes_after_registration():
 
 def test_it_records_heartbeats_after_redis_lost_its_scripts(client):
     device, credential = device_with_credential()
-    heartbeats._redis().script_flush()  # as after a Redis restart
+    heartbeats.redis_client().script_flush()  # as after a Redis restart
 
     assert checkin(client, credential, {"health": {"cpu_percent": 12.5}}).status_code == 200
     assert checkin(client, credential, {"health": {"cpu_percent": 13.5}}).status_code == 200
@@ -110,7 +110,7 @@ def test_it_records_heartbeats_after_redis_dropped_the_check_in_connection(clien
     check_in_connection = heartbeats._hot_command("CLIENT", "ID")
 
     # As a Redis restart or its idle timeout would: the server closes the connection check-ins use.
-    assert heartbeats._redis().client_kill_filter(_id=check_in_connection) == 1
+    assert heartbeats.redis_client().client_kill_filter(_id=check_in_connection) == 1
 
     assert checkin(client, credential, {"health": {"cpu_percent": 14.5}}).status_code == 200
     assert heartbeats.heartbeats_pending()[device.pk]["health"] == {"cpu_percent": 14.5}

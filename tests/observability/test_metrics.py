@@ -300,3 +300,19 @@ def test_it_still_answers_from_the_database_when_redis_is_down(make_version, set
     assert response.status_code == 200
     assert 'hotswap_models_uploaded_total{model="resnet"} 1.0' in response.content.decode()
     assert "hotswap_domain_metrics_up 1.0" in response.content.decode()
+
+
+def test_it_shows_how_many_check_ins_wait_in_the_metric_window_buffer(client, scrape):
+    from devices.services.telemetry import metric_windows_flush
+    from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window
+
+    _device, credential = device_with_credential()
+    for _ in range(3):
+        checkin(client, credential, {"metrics": [metric_window()]})
+
+    values, _text = scrape()
+    assert (values["hotswap_metric_windows_buffered", frozenset()],
+            values["hotswap_metric_windows_rejected", frozenset()]) == (3, 0)
+    metric_windows_flush()
+    values, _text = scrape()
+    assert values["hotswap_metric_windows_buffered", frozenset()] == 0

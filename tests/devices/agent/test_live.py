@@ -12,6 +12,7 @@ from devices.heartbeats import heartbeats_flush
 from devices.models import DesiredState, Device, InstallReport, MetricWindow
 from devices.services.desired_state import desired_state_set
 from devices.services.enrollment import enrollment_key_create
+from devices.services.telemetry import metric_windows_flush
 from models_app import services
 from models_app.models import ModelVersion
 from models_app.storage import artifact_store
@@ -78,6 +79,7 @@ def test_it_enrolls_installs_reports_upgrades_refuses_and_rolls_back(tmp_path):
                 assert agent.runtime.infer() is True
             agent.flush_metrics()
             agent.run_once()
+            assert metric_windows_flush() == 1  # what Celery beat does every METRIC_FLUSH_SECONDS
             window = MetricWindow.objects.get(device=device)
             assert (window.version, window.inference_count, window.error_count) == (v1, 25, 0)
             assert sum(window.latency_histogram) == 25
