@@ -7,15 +7,19 @@ each device's ETag with one real check-in, then drives wrk (apt-get install wrk)
 
   ceiling   GET /health                                   a trivial JSON view on the same server
   (a) 304   POST /api/v1/devices/checkin, If-None-Match   the device's current ETag → 304, no body
-  (b) +win  the same, carrying one metric window          stored in PostgreSQL on every call
+  (b) +win  the same, carrying one metric window          buffered in Redis, flushed to PostgreSQL in chunks
 
 (a) and (b) run twice: as fast as the server answers (throughput, ratio to the ceiling), and paced at
 --rate check-ins/s offered (1,700: 100,000 devices polling every 60 s), where p99 is judged. A
 saturated closed loop's latency is only its queue (connections ÷ throughput); the fleet's load is the
 paced one.
 
-Under the table, the CPU time each request cost the web workers, PostgreSQL, Redis and wrk (all share
-the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of
+A flusher runs beside gunicorn all along, as Celery beat runs it in the product (metric_windows_flush
+every METRIC_FLUSH_SECONDS); its CPU is counted with the rest, and at the end the bench checks that
+every window a check-in was answered for is in PostgreSQL.
+
+Under the table, the CPU time each request cost the web workers, the flusher, PostgreSQL, Redis and
+wrk (all share the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of
 --repeat runs of --seconds each, all interleaved so drift hits all alike. `--sweep` instead compares
 gunicorn worker set-ups with short runs. Everything it made is removed at the end (--keep keeps the
 scratch directory with the logs).
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import psutil
+import psycopg
 
 from bench._stack import (
     BASE_DIR,
@@ -173,7 +178,18 @@ def check_window_body(base: str, credential: str, etag: str, template: str) -> N
         raise BenchError(f"a check-in with a metric window answered {response.status_code}: {response.text[:800]}")
 
 
-CPU_GROUPS = ("web", "postgres", "redis", "wrk")
+CPU_GROUPS = ("web", "flush", "postgres", "redis", "wrk")
+FLUSHER_MARK = "hotswap-bench-metric-flusher"
+# What Celery beat does in the product, without Celery: the flush every METRIC_FLUSH_SECONDS.
+FLUSHER = f"""# {FLUSHER_MARK}
+import time, django
+django.setup()
+from django.conf import settings
+from devices.services.telemetry import metric_windows_flush
+while True:
+    metric_windows_flush()
+    time.sleep(settings.CELERY_BEAT_SCHEDULE["flush-metric-windows"]["schedule"].total_seconds())
+"""
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -189,6 +205,8 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
             group = "redis"
         elif any("gunicorn" in part for part in cmdline[:2]):
             group = "web"
+        elif any(FLUSHER_MARK in part for part in cmdline):
+            group = "flush"
         else:
             continue
         found[process.pid] = (group, times.user + times.system)
@@ -201,6 +219,24 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
     for pid, (group, seconds) in after.items():
         used[group] += seconds - before.get(pid, (group, 0.0))[1]
     return used
+
+
+WINDOWS_ANSWERED = [0, 0]  # windows answered for, at most in flight when a run stopped
+FLUSH_SECONDS = 2.0
+
+
+def check_windows_stored(env: dict[str, str], *, answered: int, in_flight: int) -> None:
+    """Every window a check-in was answered for must be in PostgreSQL once: none lost, none doubled.
+
+    wrk stops counting at the end of a run with up to one request per connection in flight, which the
+    server still stores: those may be more.
+    """
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        stored = conn.execute("SELECT count(*) FROM devices_metricwindow").fetchone()[0]
+    print(f"\n  metric windows: {answered:,} answered, {stored:,} stored in PostgreSQL "
+          f"(up to {in_flight:,} more may have been in flight when wrk stopped)")
+    if not answered <= stored <= answered + in_flight:
+        raise BenchError(f"{answered:,} metric windows were answered for but {stored:,} are stored")
 
 
 def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
@@ -219,6 +255,9 @@ def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, con
     if result.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     run = WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
+    if mode == "metrics":
+        WINDOWS_ANSWERED[0] += run.ok + run.not_modified  # each answered check-in carried one window
+        WINDOWS_ANSWERED[1] += connections
     run.cpu_us = {group: used[group] / max(run.requests, 1) * 1e6 for group in CPU_GROUPS}
     return run
 
@@ -353,6 +392,8 @@ def main() -> int:
         bodies["304"].write_text(json.dumps(body, separators=(",", ":")))
         bodies["metrics"].write_text(window_template)
         devices_file = stack.scratch / "devices.txt"
+        flusher = subprocess.Popen([sys.executable, "-c", FLUSHER], cwd=BASE_DIR, env=stack.env,
+                                   start_new_session=True)
         sweep_rows = []
         for index, (worker_class, workers, threads) in enumerate(setups):
             stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=workers, worker_class=worker_class,
@@ -364,6 +405,7 @@ def main() -> int:
                 devices_file.write_text("".join(f"{c} {e}\n" for c, e in zip(credentials, etags, strict=True)))
                 print(f"learned {len(etags):,} ETags with one check-in each in {time.monotonic() - started:.1f} s")
                 check_window_body(base, credentials[0], etags[0], window_template)
+                WINDOWS_ANSWERED[0] += 1
             # Warm every worker (imports, connections) before measuring.
             measure(wrk, base, seconds=2, repeat=1, threads=args.wrk_threads, connections=args.connections,
                     devices_file=devices_file, bodies=bodies, quiet=True)
@@ -385,6 +427,9 @@ def main() -> int:
                     print("\nsome targets were missed (see above)")
             stop_process_group(stack.gunicorn)
             stack.gunicorn = None
+        time.sleep(2 * FLUSH_SECONDS)  # the last windows' flush
+        stop_process_group(flusher)
+        check_windows_stored(stack.env, answered=WINDOWS_ANSWERED[0], in_flight=WINDOWS_ANSWERED[1])
     return 0
 
 if __name__ == "__main__":
