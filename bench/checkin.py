@@ -182,12 +182,14 @@ CPU_GROUPS = ("web", "flush", "postgres", "redis", "wrk")
 FLUSHER_MARK = "hotswap-bench-metric-flusher"
 # What Celery beat does in the product, without Celery: the flush every METRIC_FLUSH_SECONDS.
 FLUSHER = f"""# {FLUSHER_MARK}
-import time, django
+import sys, time, django
 django.setup()
 from django.conf import settings
 from devices.services.telemetry import metric_windows_flush
 while True:
     metric_windows_flush()
+    if "--once" in sys.argv:
+        break
     time.sleep(settings.CELERY_BEAT_SCHEDULE["flush-metric-windows"]["schedule"].total_seconds())
 """
 
@@ -222,7 +224,6 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
 
 
 WINDOWS_ANSWERED = [0, 0]  # windows answered for, at most in flight when a run stopped
-FLUSH_SECONDS = 2.0
 
 
 def check_windows_stored(env: dict[str, str], *, answered: int, in_flight: int) -> None:
@@ -427,8 +428,8 @@ def main() -> int:
                     print("\nsome targets were missed (see above)")
             stop_process_group(stack.gunicorn)
             stack.gunicorn = None
-        time.sleep(2 * FLUSH_SECONDS)  # the last windows' flush
         stop_process_group(flusher)
+        subprocess.run([sys.executable, "-c", FLUSHER, "--once"], cwd=BASE_DIR, env=stack.env, check=True)
         check_windows_stored(stack.env, answered=WINDOWS_ANSWERED[0], in_flight=WINDOWS_ANSWERED[1])
     return 0
 

@@ -22,6 +22,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 
+METRIC_FLUSH_SECONDS = env.float("METRIC_FLUSH_SECONDS", default=2.0)
+
 CELERY_BEAT_SCHEDULE = {
     "abort-abandoned-uploads": {
         "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
@@ -33,9 +35,9 @@ CELERY_BEAT_SCHEDULE = {
     # Check-ins buffer metric windows in Redis; this bounds how late they reach PostgreSQL and the judge.
     # A run the worker could not start within a few periods is dropped: the next one flushes it all.
     "flush-metric-windows": {"task": "devices.tasks.metric_windows_flush",
-                             "schedule": timedelta(seconds=env.float("METRIC_FLUSH_SECONDS", default=2.0)),
+                             "schedule": timedelta(seconds=METRIC_FLUSH_SECONDS),
                              # django-celery-beat's spelling of Celery's `expires` (seconds)
-                             "options": {"expire_seconds": 10 * env.float("METRIC_FLUSH_SECONDS", default=2.0)}},
+                             "options": {"expire_seconds": 10 * METRIC_FLUSH_SECONDS}},
     "mark-silent-devices-offline": {"task": "devices.tasks.devices_mark_offline",
                                     "schedule": timedelta(seconds=env.int("OFFLINE_CHECK_SECONDS", default=30))},
     "roll-up-metric-windows": {"task": "devices.tasks.metric_rollup",
