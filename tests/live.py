@@ -138,8 +138,9 @@ def celery_worker(*, beat: bool = False, env: dict[str, str] | None = None):
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-worker-"))
     child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
                  **(env or {})}
+    queue = os.environ["HOTSWAP_TEST_QUEUE"]
     command = [str(Path(sys.executable).parent / "celery"), "-A", "hotswap", "worker", "-l", "info",
-               "--concurrency", "1", "--pool", "solo", "-Q", os.environ["HOTSWAP_TEST_QUEUE"]]
+               "--concurrency", "1", "--pool", "solo", "-Q", f"{queue},{queue}-validation"]  # settings/test.py
     if beat:
         command += ["-B", "-s", str(scratch / "beat-schedule")]
     log = scratch / "celery.log"

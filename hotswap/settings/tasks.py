@@ -21,6 +21,12 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Validations run models for seconds to minutes. They have a queue (and in runstack a worker) of their
+# own, so rollout ticks, telemetry flushes and offline detection never wait behind them; everything
+# else goes to the default queue ("celery").
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_VALIDATION_QUEUE = env.str("CELERY_VALIDATION_QUEUE", default="validation")
+CELERY_TASK_ROUTES = {"models_app.tasks.model_version_validate": {"queue": CELERY_VALIDATION_QUEUE}}
 
 METRIC_FLUSH_SECONDS = env.float("METRIC_FLUSH_SECONDS", default=2.0)
 

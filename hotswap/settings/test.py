@@ -16,3 +16,5 @@ TEST_DB_NAME = os.environ.setdefault("HOTSWAP_TEST_DB_NAME", f"test_hotswap_{os.
 DATABASES["default"]["TEST"] = {"NAME": TEST_DB_NAME}  # noqa: F405
 # Likewise one Celery queue per run: workers of a parallel run must not take this run's tasks.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault("HOTSWAP_TEST_QUEUE", f"hotswap-test-{os.getpid()}")
+CELERY_VALIDATION_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-validation"
+CELERY_TASK_ROUTES = {"models_app.tasks.model_version_validate": {"queue": CELERY_VALIDATION_QUEUE}}

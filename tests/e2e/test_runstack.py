@@ -136,6 +136,11 @@ def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_
             cwd=BASE_DIR, env=worker.environ(), capture_output=True, text=True, timeout=60,
         )
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+        # Validations have a worker of their own: ticks and telemetry flushes never wait behind one.
+        assert "fleet@" in ping.stdout and "validation@" in ping.stdout, ping.stdout
+        workers = [" ".join(p.cmdline()) for p in children if " worker " in " ".join(p.cmdline())
+                   and p.ppid() == proc.pid]
+        assert sorted(c.split(" -Q ")[1].split()[0] for c in workers) == ["celery", "validation"], workers
 
         # The demo fleet registers itself and checks in; beat's flush makes the registry show it.
         wait_until(lambda: sum(d["last_seen"] is not None for d in demo_devices(session, base)) == DEMO_DEVICES,

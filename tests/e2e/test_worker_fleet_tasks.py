@@ -1,4 +1,4 @@
-"""A real Celery worker with beat flushes heartbeats and rolls up telemetry on its own schedule."""
+"""A real Celery worker with beat flushes heartbeats and metric windows and rolls up telemetry on its own schedule."""
 
 import time
 from datetime import timedelta
@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import Device, MetricRollup
+from devices.models import Device, MetricRollup, MetricWindow
 from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
 from tests.live import celery_worker
 
@@ -29,14 +29,17 @@ def test_beat_and_worker_flush_heartbeats_and_roll_up_metrics(client):
     checkin(client, credential, {"running": {"model": "resnet", "version": "1.0.0", "sha256": ""},
                                  "metrics": [metric_window(end=end)]})
     assert Device.objects.get(pk=device.pk).last_seen is None
+    assert not MetricWindow.objects.exists()  # buffered in Redis
 
     with celery_worker(beat=True, env={"HEARTBEAT_FLUSH_SECONDS": "2", "METRIC_ROLLUP_SECONDS": "3"}) as (
             _process, log):
         flushed = wait_for(lambda: Device.objects.get(pk=device.pk).last_seen is not None)
+        windows_flushed = wait_for(lambda: MetricWindow.objects.filter(device=device).count() == 1)
         rolled_up = wait_for(lambda: MetricRollup.objects.exists(), timeout=90)
         worker_log = log.read_text()
 
     assert flushed, worker_log[-3000:]
+    assert windows_flushed, worker_log[-3000:]
     assert rolled_up, worker_log[-3000:]
     assert Device.objects.get(pk=device.pk).reported_version == "1.0.0"
     assert MetricRollup.objects.get().inference_count == 600

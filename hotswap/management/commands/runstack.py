@@ -106,12 +106,17 @@ class Command(BaseCommand):
         bind = os.environ.get("HOTSWAP_BIND") or "127.0.0.1:8000"
         commands = {
             "gunicorn": gunicorn_command(bind, os.environ.get("WEB_CONCURRENCY") or "2"),
-            "celery worker": ["celery", "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2"],
+            # Fleet and rollout tasks (short) and validations (long) each have their own worker: see
+            # CELERY_TASK_ROUTES. One validation at a time keeps its latency benchmark off a shared core.
+            "celery worker": ["celery", "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2",
+                              "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "-n", "fleet@%h"],
+            "validation worker": ["celery", "-A", "hotswap", "worker", "-l", "info", "--concurrency", "1",
+                                  "-Q", settings.CELERY_VALIDATION_QUEUE, "-n", "validation@%h"],
             "celery beat": ["celery", "-A", "hotswap", "beat", "-l", "info",
                             "-S", "django_celery_beat.schedulers:DatabaseScheduler"],
         }
         if no_worker:
-            del commands["celery worker"]
+            del commands["celery worker"], commands["validation worker"]
         if no_beat:
             del commands["celery beat"]
 

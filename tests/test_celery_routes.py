@@ -1,0 +1,16 @@
+"""Celery routing: validations wait on their own queue, never in front of the fleet's periodic tasks."""
+
+from django.conf import settings
+
+from hotswap.celery import app
+
+
+def queue_of(task_name: str) -> str:
+    return app.amqp.router.route({}, task_name)["queue"].name
+
+
+def test_validations_have_a_queue_of_their_own_and_every_other_task_the_default():
+    assert queue_of("models_app.tasks.model_version_validate") == settings.CELERY_VALIDATION_QUEUE
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert queue_of(entry["task"]) == settings.CELERY_TASK_DEFAULT_QUEUE, entry["task"]
+    assert settings.CELERY_VALIDATION_QUEUE != settings.CELERY_TASK_DEFAULT_QUEUE
