@@ -214,6 +214,31 @@ class S3RangeReader(io.RawIOBase):
         return len(data)
 
 
+_s3_clients: dict[tuple, tuple[int, object]] = {}
+_s3_clients_lock = threading.Lock()
+
+
+def _s3_client(storage):
+    """One S3 client per process and S3 account, shared by all threads (boto3 clients are thread-safe).
+
+    django-storages keeps a boto3 session and resource per thread, and each loads botocore's S3 model
+    again: ~18 MB for every thread of a gthread web worker that ever presigns a link or takes an upload.
+    Keyed by the connection's settings, not the storage object: threads racing at start-up may each
+    get a storage instance of their own.
+    """
+    key = (storage.endpoint_url, storage.region_name, storage.access_key, storage.secret_key,
+           storage.security_token, storage.session_profile, storage.use_ssl, storage.verify,
+           repr(storage.client_config.__dict__))
+    with _s3_clients_lock:
+        pid, client = _s3_clients.get(key, (None, None))
+        if pid != os.getpid():  # none yet, or a forked child's copy of its parent's (never share sockets)
+            client = storage._create_session().client(
+                "s3", region_name=storage.region_name, use_ssl=storage.use_ssl, endpoint_url=storage.endpoint_url,
+                config=storage.client_config, verify=storage.verify)
+            _s3_clients[key] = (os.getpid(), client)
+        return client
+
+
 class ArtifactStore:
     """The one place that talks to artifact storage; picks S3 or the filesystem from settings.STORAGES."""
 
@@ -222,20 +247,20 @@ class ArtifactStore:
         self.is_s3 = not isinstance(self.storage, FileSystemStorage)
 
     @property
-    def _client(self):
-        return self.storage.connection.meta.client
+    def client(self):
+        return _s3_client(self.storage)
 
     @property
-    def _bucket(self) -> str:
+    def bucket(self) -> str:
         return self.storage.bucket_name
 
     def location(self, key: str) -> str:
-        return f"s3://{self._bucket}/{key}" if self.is_s3 else f"file://{self.storage.path(key)}"
+        return f"s3://{self.bucket}/{key}" if self.is_s3 else f"file://{self.storage.path(key)}"
 
     def writer(self, key: str) -> ArtifactWriter:
         if self.is_s3:
             return S3MultipartWriter(
-                self._client, self._bucket, key,
+                self.client, self.bucket, key,
                 part_bytes=settings.ARTIFACT_PART_BYTES, concurrency=settings.ARTIFACT_UPLOAD_CONCURRENCY,
             )
         return FileWriter(Path(self.storage.location), key)
@@ -243,18 +268,28 @@ class ArtifactStore:
     def open(self, key: str, size: int) -> BinaryIO:
         """A seekable reader; on S3 it reads ranges on demand instead of downloading everything."""
         if self.is_s3:
-            return io.BufferedReader(S3RangeReader(self._client, self._bucket, key, size), buffer_size=256 * 1024)
+            return io.BufferedReader(S3RangeReader(self.client, self.bucket, key, size), buffer_size=256 * 1024)
         return open(self.storage.path(key), "rb")
 
     def exists(self, key: str) -> bool:
-        try:
+        if not self.is_s3:
             return self.storage.exists(key)
-        except (BotoCoreError, ClientError) as exc:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _storage_error("checking the artifact", exc) from exc
+        except BotoCoreError as exc:
             raise _storage_error("checking the artifact", exc) from exc
 
     def delete(self, key: str) -> None:
-        try:
+        if not self.is_s3:
             self.storage.delete(key)
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise _storage_error("deleting the artifact", exc) from exc
 
@@ -263,9 +298,9 @@ class ArtifactStore:
         expires_in = expires_in or settings.ARTIFACT_URL_EXPIRY_SECONDS
         expires_at = timezone.now() + timedelta(seconds=expires_in)
         if self.is_s3:
-            url = self._client.generate_presigned_url(
+            url = self.client.generate_presigned_url(
                 "get_object",
-                Params={"Bucket": self._bucket, "Key": key,
+                Params={"Bucket": self.bucket, "Key": key,
                         "ResponseContentDisposition": f'attachment; filename="{filename}"'},
                 ExpiresIn=expires_in,
             )
@@ -279,12 +314,12 @@ class ArtifactStore:
         cutoff = timezone.now() - older_than
         count = 0
         if self.is_s3:
-            paginator = self._client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self._bucket):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket):
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] < cutoff:
-                        self._client.abort_multipart_upload(
-                            Bucket=self._bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
                         count += 1
             return count

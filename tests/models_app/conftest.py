@@ -3,17 +3,17 @@
 import hashlib
 
 import pytest
-from django.core.files.storage import storages
 
 from hotswap.accounts.roles import Role
+from models_app.storage import artifact_store
 from tests.artifacts import onnx_model_bytes
 
 
 @pytest.fixture
 def s3():
     """(client, bucket) of the real S3 server the test run uses."""
-    storage = storages["artifacts"]
-    return storage.connection.meta.client, storage.bucket_name
+    store = artifact_store()
+    return store.client, store.bucket
 
 
 @pytest.fixture
