@@ -1,4 +1,4 @@
-"""runstack: migrate, ensure an admin account, then run gunicorn, Celery worker and beat, a demo fleet until Ctrl-C."""
+"""runstack: migrate, ensure an admin account, then run gunicorn, Celery workers and beat, a demo fleet until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -84,11 +84,11 @@ def demo_fleet_command(server: str, devices: int) -> list[str]:
 
 
 class Command(BaseCommand):
-    help = ("Run the whole product: migrate, admin account, gunicorn, Celery worker and beat, and a demo fleet of "
-            "simulated devices (Ctrl-C stops all).")
+    help = ("Run the whole product: migrate, admin account, gunicorn, Celery workers (fleet; validation) and beat, "
+            "and a demo fleet of simulated devices (Ctrl-C stops all).")
 
     def add_arguments(self, parser):
-        parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker.")
+        parser.add_argument("--no-worker", action="store_true", help="Do not start the Celery workers.")
         parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
         parser.add_argument("--demo-devices", type=int, default=None, metavar="N",
                             help=f"Simulated devices to run with the stack (default HOTSWAP_DEMO_DEVICES or "
