@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
@@ -136,22 +137,27 @@ def heartbeats_pending() -> dict[int, dict]:
     return {int(pk): json.loads(raw) for pk, raw in redis_client().hgetall(_buffer_key()).items()}
 
 
-def heartbeats_flush() -> int:
-    """Writes buffered heartbeats to the devices table in one UPDATE; returns how many devices.
+def buffer_batches(key: str, *, claim: bool = True) -> Iterator[bytes]:
+    """The Redis keys of a buffer's batches waiting for their flush, leftovers of a dead flush included.
 
-    The buffer is renamed first, so heartbeats arriving during the flush land in a fresh one; a
-    flush that dies halfway leaves its renamed copy, which the next flush picks up.
+    With claim, the live buffer is first renamed into a new batch, so what arrives during the flush
+    lands in a fresh one; a flush that dies halfway leaves its batch for the next flush to pick up.
     """
     client = redis_client()
-    key = _buffer_key()
-    batch_key = f"{key}:flushing:{uuid.uuid4().hex}"
-    with contextlib.suppress(redis.ResponseError):  # no such key: nothing buffered
-        client.rename(key, batch_key)
+    if claim:
+        with contextlib.suppress(redis.ResponseError):  # no such key: nothing buffered
+            client.rename(key, f"{key}:flushing:{uuid.uuid4().hex}")
+    return client.scan_iter(match=f"{key}:flushing:*", count=100)
+
+
+def heartbeats_flush() -> int:
+    """Writes buffered heartbeats to the devices table in one UPDATE; returns how many devices."""
+    client = redis_client()
     flushed = 0
-    for leftover in client.scan_iter(match=f"{key}:flushing:*", count=100):
-        entries = {int(pk): json.loads(raw) for pk, raw in client.hgetall(leftover).items()}
+    for batch in buffer_batches(_buffer_key()):
+        entries = {int(pk): json.loads(raw) for pk, raw in client.hgetall(batch).items()}
         flushed += _write_heartbeats(entries)
-        client.delete(leftover)
+        client.delete(batch)
     return flushed
 
 

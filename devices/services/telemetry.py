@@ -3,9 +3,7 @@ and device type) and retention."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -13,7 +11,6 @@ from django.core.cache import cache
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
-from redis.exceptions import ResponseError
 
 from devices import heartbeats
 from devices.models import MetricWindow, MetricWindowBatch
@@ -58,19 +55,16 @@ GROUP BY w.version_id, w.region, w.device_type, w.bucket
 def metric_windows_flush() -> int:
     """Writes the metric windows check-ins buffered in Redis to PostgreSQL; returns how many were stored.
 
-    The buffer is renamed first, so check-ins arriving meanwhile fill a fresh one. Each chunk of
-    METRIC_FLUSH_CHUNK check-ins is one statement whose transaction also records a receipt
-    (MetricWindowBatch, unique per chunk), and the renamed list is deleted only after its last chunk:
-    a flush that dies halfway leaves the list for the next flush, which skips the chunks already
-    receipted. So every window is stored once, even with two flushes at the same time.
+    The buffer is claimed as a batch first (heartbeats.buffer_batches), so check-ins arriving meanwhile
+    fill a fresh one. Each chunk of METRIC_FLUSH_CHUNK check-ins is one statement whose transaction
+    also records a receipt (MetricWindowBatch, unique per chunk), and the batch is deleted only after
+    its last chunk: a flush that dies halfway leaves it for the next flush, which skips the chunks
+    already receipted. So every window is stored once, even with two flushes at the same time.
     """
     client = heartbeats.redis_client()
-    key = heartbeats.metric_buffer_key()
-    with contextlib.suppress(ResponseError):  # no such key: nothing buffered
-        client.rename(key, f"{key}:flushing:{uuid.uuid4().hex}")
     stored = 0
     chunk = settings.METRIC_FLUSH_CHUNK
-    for batch in client.scan_iter(match=f"{key}:flushing:*", count=100):
+    for batch in heartbeats.buffer_batches(heartbeats.metric_buffer_key()):
         batch_id = batch.decode().rpartition(":")[2]
         for start in range(0, client.llen(batch), chunk):
             stored += _flush_chunk(f"{batch_id}:{start}", client.lrange(batch, start, start + chunk - 1))
@@ -82,7 +76,7 @@ def metric_buffer_depth() -> tuple[int, int]:
     """(check-ins whose windows wait for the flush, check-ins whose windows the database refused)."""
     client = heartbeats.redis_client()
     key = heartbeats.metric_buffer_key()
-    waiting = client.llen(key) + sum(client.llen(batch) for batch in client.scan_iter(match=f"{key}:flushing:*"))
+    waiting = client.llen(key) + sum(client.llen(batch) for batch in heartbeats.buffer_batches(key, claim=False))
     return waiting, client.llen(f"{key}:rejected")
 
 
