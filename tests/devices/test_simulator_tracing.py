@@ -40,15 +40,17 @@ def no_tracing():
     tracing.use_provider(previous)
 
 
+async def _install_everywhere(server: FakeServer) -> None:
+    """Once the 3 devices checked in, desire 1.1.0 on all of them and wait until each reports it active."""
+    await _until(lambda: len(server.devices) == 3)
+    server.set_desired(server.devices, model="resnet", version="1.1.0", content=b"model-bytes")
+    await _until(lambda: len(server.installs_of("active")) == 3)
+
+
 def test_each_install_is_a_model_swap_under_the_answers_traceparent_and_its_reports_carry_the_swap(tmp_path, spans):
     server = FakeServer()
 
-    async def steps():
-        await _until(lambda: len(server.devices) == 3)
-        server.set_desired(server.devices, model="resnet", version="1.1.0", content=b"model-bytes")
-        await _until(lambda: len(server.installs_of("active")) == 3)
-
-    stats = asyncio.run(_with_fleet(config(server, tmp_path, devices=3), steps))
+    stats = asyncio.run(_with_fleet(config(server, tmp_path, devices=3), lambda: _install_everywhere(server)))
 
     assert stats.versions == Counter({"resnet-1.1.0": 3})
     swaps = {swap.attributes["device.id"]: swap for swap in named(spans, "model.swap")}
@@ -112,12 +114,8 @@ def test_a_tampered_download_and_a_refused_manifest_are_failed_swaps_and_reporte
 def test_without_tracing_it_records_nothing_and_reports_with_the_servers_traceparent(tmp_path, no_tracing):
     server = FakeServer()
 
-    async def steps():
-        await _until(lambda: len(server.devices) == 3)
-        server.set_desired(server.devices, model="resnet", version="1.1.0", content=b"model-bytes")
-        await _until(lambda: len(server.installs_of("active")) == 3)
-
-    stats = asyncio.run(_with_fleet(config(server, tmp_path, devices=3, download=True), steps))
+    stats = asyncio.run(_with_fleet(config(server, tmp_path, devices=3, download=True),
+                                    lambda: _install_everywhere(server)))
 
     assert stats.versions == Counter({"resnet-1.1.0": 3}) and stats.errors == Counter()
     assert not tracing.enabled()
