@@ -223,10 +223,18 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
     return used
 
 
-WINDOWS_ANSWERED = [0, 0]  # windows answered for, at most in flight when a run stopped
+@dataclass
+class WindowTally:
+    """Metric windows check-ins were answered for, and at most how many were in flight when a run stopped."""
+
+    answered: int = 0
+    in_flight: int = 0
 
 
-def check_windows_stored(env: dict[str, str], *, answered: int, in_flight: int) -> None:
+WINDOWS = WindowTally()
+
+
+def check_windows_stored(env: dict[str, str], tally: WindowTally) -> None:
     """Every window a check-in was answered for must be in PostgreSQL once: none lost, none doubled.
 
     wrk stops counting at the end of a run with up to one request per connection in flight, which the
@@ -234,10 +242,10 @@ def check_windows_stored(env: dict[str, str], *, answered: int, in_flight: int) 
     """
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         stored = conn.execute("SELECT count(*) FROM devices_metricwindow").fetchone()[0]
-    print(f"\n  metric windows: {answered:,} answered, {stored:,} stored in PostgreSQL "
-          f"(up to {in_flight:,} more may have been in flight when wrk stopped)")
-    if not answered <= stored <= answered + in_flight:
-        raise BenchError(f"{answered:,} metric windows were answered for but {stored:,} are stored")
+    print(f"\n  metric windows: {tally.answered:,} answered, {stored:,} stored in PostgreSQL "
+          f"(up to {tally.in_flight:,} more may have been in flight when wrk stopped)")
+    if not tally.answered <= stored <= tally.answered + tally.in_flight:
+        raise BenchError(f"{tally.answered:,} metric windows were answered for but {stored:,} are stored")
 
 
 def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
@@ -257,8 +265,8 @@ def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, con
         raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     run = WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
     if mode == "metrics":
-        WINDOWS_ANSWERED[0] += run.ok + run.not_modified  # each answered check-in carried one window
-        WINDOWS_ANSWERED[1] += connections
+        WINDOWS.answered += run.ok + run.not_modified  # each answered check-in carried one window
+        WINDOWS.in_flight += connections
     run.cpu_us = {group: used[group] / max(run.requests, 1) * 1e6 for group in CPU_GROUPS}
     return run
 
@@ -406,7 +414,7 @@ def main() -> int:
                 devices_file.write_text("".join(f"{c} {e}\n" for c, e in zip(credentials, etags, strict=True)))
                 print(f"learned {len(etags):,} ETags with one check-in each in {time.monotonic() - started:.1f} s")
                 check_window_body(base, credentials[0], etags[0], window_template)
-                WINDOWS_ANSWERED[0] += 1
+                WINDOWS.answered += 1
             # Warm every worker (imports, connections) before measuring.
             measure(wrk, base, seconds=2, repeat=1, threads=args.wrk_threads, connections=args.connections,
                     devices_file=devices_file, bodies=bodies, quiet=True)
@@ -430,7 +438,7 @@ def main() -> int:
             stack.gunicorn = None
         stop_process_group(flusher)
         subprocess.run([sys.executable, "-c", FLUSHER, "--once"], cwd=BASE_DIR, env=stack.env, check=True)
-        check_windows_stored(stack.env, answered=WINDOWS_ANSWERED[0], in_flight=WINDOWS_ANSWERED[1])
+        check_windows_stored(stack.env, WINDOWS)
     return 0
 
 if __name__ == "__main__":
