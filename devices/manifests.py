@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from hotswap.lib.keyfiles import generated_secret
 
 
 def canonical_bytes(manifest: dict) -> bytes:
@@ -28,19 +28,8 @@ def signing_key() -> Ed25519PrivateKey:
     if settings.MANIFEST_SIGNING_KEY:
         return _key_from_base64(settings.MANIFEST_SIGNING_KEY, "MANIFEST_SIGNING_KEY")
     path = Path(settings.MANIFEST_SIGNING_KEY_PATH)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole to a private temp file, then hard-linked into place: concurrent first starts
-        # (several gunicorn workers) agree on one key and never read a half-written file.
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".manifest-key-")
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(base64.b64encode(os.urandom(32)).decode() + "\n")
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    return _key_from_base64(path.read_text().strip(), str(path))
+    seed = generated_secret(path, lambda: base64.b64encode(os.urandom(32)).decode())
+    return _key_from_base64(seed, str(path))
 
 
 def _key_from_base64(value: str, where: str) -> Ed25519PrivateKey:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -187,6 +188,8 @@ def ensure_test_services() -> None:
     os.environ.setdefault("CACHE_KEY_PREFIX", f"hotswap-test-{os.getpid()}")
     # One manifest key for the run, shared by child processes (gunicorn, workers) through the environment.
     os.environ.setdefault("MANIFEST_SIGNING_KEY", base64.b64encode(os.urandom(32)).decode())
+    # Likewise one SECRET_KEY (JWTs, sessions, signed links); nothing is written to the repository's var/.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     if not os.environ.get("S3_ENDPOINT_URL"):
         bucket = f"hotswap-test-{os.getpid()}"
         server = start_seaweedfs(scratch / "seaweedfs", bucket)

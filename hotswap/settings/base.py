@@ -7,8 +7,9 @@ import environ
 
 from hotswap.settings.env import BASE_DIR, VAR_DIR, env
 
-DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="hotswap-insecure-dev-key-change-me-in-production")
+# First: DEBUG, SECRET_KEY (refused when weak, before any embedded server starts), TLS.
+from hotswap.settings.security import *  # noqa: F403
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -131,9 +132,6 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=str(VAR_DIR / "static"))
 Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start without it
 # Serve straight from the finders when collectstatic has not run (dev, tests).
 WHITENOISE_USE_FINDERS = True
-
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
 
 # Non-file form fields stay small; artifacts stream through their own handler and limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
