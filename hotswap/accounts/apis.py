@@ -11,10 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from hotswap.accounts.authentication import ApiTokenAuthentication
+from hotswap.accounts.jwt import TokenRefreshSerializer
 from hotswap.accounts.models import ApiToken
 from hotswap.accounts.schema import FORBIDDEN, UNAUTHENTICATED, error_response
 from hotswap.accounts.selectors import api_token_get, api_token_list, user_access_get
@@ -49,15 +50,20 @@ class AuthTokenObtainApi(TokenObtainPairView):
 @extend_schema(
     tags=["auth"],
     summary="Refresh a JWT",
-    description="Exchange a valid refresh token for a new access token. Open to everyone holding a refresh token.",
+    description=(
+        "Exchange a valid refresh token for a new access token and a new refresh token. The refresh token "
+        "sent is spent: using it again answers 401. Tokens issued before the user's last password change "
+        "are refused. Open to everyone holding a refresh token."
+    ),
     responses={
         200: TokenRefreshSerializer,
         400: error_response("VALIDATION_ERROR: the refresh token is missing."),
-        401: error_response("AUTHENTICATION_FAILED: the refresh token is invalid or expired."),
+        401: error_response("AUTHENTICATION_FAILED: the refresh token is invalid, expired, already used, or older "
+                            "than the user's password."),
     },
 )
 class AuthTokenRefreshApi(TokenRefreshView):
-    """A refresh JWT in, a fresh access JWT out."""
+    """A refresh JWT in, a fresh access JWT and the next refresh JWT out (hotswap.accounts.jwt)."""
 
 
 def _auth_method(request: Request) -> str:

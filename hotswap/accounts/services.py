@@ -1,4 +1,4 @@
-"""Writes for accounts: role groups, a user's role, API tokens."""
+"""Writes for accounts: role groups, a user's role, API tokens, expired JWTs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Q
 from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from hotswap.accounts import keys
 from hotswap.accounts.models import ApiToken
@@ -105,3 +106,12 @@ def api_token_touch(*, token: ApiToken, now: datetime | None = None) -> bool:
     if written:
         token.last_used_at = now
     return bool(written)
+
+
+def jwt_expired_tokens_delete(*, now: datetime | None = None) -> int:
+    """Forget refresh tokens that have expired, with their blacklist rows (simplejwt's flushexpiredtokens).
+
+    An expired token is refused for its expiry whether it is blacklisted or not, so nothing is lost.
+    """
+    _, deleted = OutstandingToken.objects.filter(expires_at__lte=now or timezone.now()).delete()
+    return deleted.get(OutstandingToken._meta.label, 0)

@@ -52,4 +52,6 @@ CELERY_BEAT_SCHEDULE = {
     "advance-distributions": {"task": "rollouts.tasks.distributions_tick",
                               "schedule": timedelta(seconds=env.float("ROLLOUT_TICK_SECONDS", default=5.0))},
     "prune-metric-windows": {"task": "devices.tasks.metric_windows_prune", "schedule": timedelta(hours=6)},
+    # Every login and refresh writes a row for its refresh token (the rotation blacklist); expired ones go.
+    "flush-expired-jwts": {"task": "hotswap.accounts.tasks.jwt_expired_tokens_flush", "schedule": timedelta(hours=6)},
 }

@@ -1,8 +1,14 @@
 """POST /api/v1/auth/token and /auth/token/refresh: JWTs for people, throttled per client IP."""
 
+import time
+import uuid
+
+import jwt
 import pytest
+from rest_framework.test import APIClient
 
 from hotswap.accounts.roles import Role
+from tests.settings.test_security import OLD_COMMITTED_KEY
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +97,78 @@ def test_it_throttles_logins_per_client_ip(api_client, make_user, settings):
     assert 0 < int(response["Retry-After"]) <= 60
     other_ip = api_client.post(LOGIN, {"username": user.username, "password": PASSWORD}, REMOTE_ADDR="10.0.0.9")
     assert other_ip.status_code == 200
+
+
+def _login(client, user, password: str = PASSWORD) -> dict:
+    response = client.post(LOGIN, {"username": user.username, "password": password})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _me(access: str):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    return client.get(ME)
+
+
+def test_it_refuses_an_admin_token_forged_with_the_key_once_committed(make_user):
+    admin = make_user(Role.ADMIN)
+    now = int(time.time())
+    claims = {"token_type": "access", "user_id": str(admin.pk), "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex}
+
+    response = _me(jwt.encode(claims, OLD_COMMITTED_KEY, algorithm="HS256"))
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "AUTHENTICATION_FAILED"
+
+
+def test_it_rotates_the_refresh_token_and_refuses_a_used_one(api_client, make_user):
+    user = make_user(Role.VIEWER)
+    first = _login(api_client, user)["refresh"]
+
+    rotated = api_client.post(REFRESH, {"refresh": first})
+    reused = api_client.post(REFRESH, {"refresh": first})
+
+    assert rotated.status_code == 200, rotated.content
+    assert set(rotated.json()) == {"access", "refresh"}
+    assert rotated.json()["refresh"] != first
+    assert reused.status_code == 401
+    assert reused.json()["error"]["code"] == "AUTHENTICATION_FAILED"
+    assert _me(rotated.json()["access"]).json()["username"] == user.username
+    assert api_client.post(REFRESH, {"refresh": rotated.json()["refresh"]}).status_code == 200
+
+
+def test_it_ends_every_jwt_of_a_user_whose_password_changes(api_client, make_user):
+    user = make_user(Role.ADMIN)
+    pair = _login(api_client, user)
+    refreshed = api_client.post(REFRESH, {"refresh": pair["refresh"]}).json()
+
+    user.set_password("An0ther-s3cret-Passw0rd")
+    user.save()
+
+    for access in (pair["access"], refreshed["access"]):
+        assert _me(access).status_code == 401
+    refused = api_client.post(REFRESH, {"refresh": refreshed["refresh"]})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "The user's password has been changed."
+    assert _me(_login(api_client, user, "An0ther-s3cret-Passw0rd")["access"]).status_code == 200
+
+
+def test_it_refuses_the_refresh_token_of_a_deleted_user(api_client, make_user):
+    user = make_user(Role.VIEWER)
+    refresh = _login(api_client, user)["refresh"]
+    user.delete()
+
+    assert api_client.post(REFRESH, {"refresh": refresh}).status_code == 401
+
+
+def test_it_keeps_api_tokens_working_when_the_password_changes(make_user, make_token, token_client):
+    user = make_user(Role.MODEL_DEVELOPER)
+    _token, key = make_token(user=user)
+
+    user.set_password("An0ther-s3cret-Passw0rd")
+    user.save()
+
+    me = token_client(key).get(ME)
+    assert me.status_code == 200
+    assert me.json()["auth_method"] == "api_token"
