@@ -3,6 +3,8 @@
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from hotswap.lib.clientip import client_address
+
 
 class RoleScopedThrottle(SimpleRateThrottle):
     """Counts requests per user (or per client IP for anonymous calls) in one named scope."""
@@ -12,6 +14,10 @@ class RoleScopedThrottle(SimpleRateThrottle):
     def get_rate(self) -> str | None:
         # Read at request time so THROTTLE_* variables and test overrides take effect.
         return settings.THROTTLE_RATES.get(self.scope)
+
+    def get_ident(self, request) -> str:
+        # DRF's own believes X-Forwarded-For from anyone: a client rotating it would be a new client each time.
+        return client_address(request)
 
     def get_cache_key(self, request, view) -> str:
         ident = f"user:{request.user.pk}" if request.user and request.user.is_authenticated else self.get_ident(request)

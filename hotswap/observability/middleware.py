@@ -7,6 +7,7 @@ import time
 
 from django.http import HttpRequest, HttpResponse
 
+from hotswap.lib.clientip import client_address
 from hotswap.observability import context as log_context
 from hotswap.observability import metrics
 
@@ -47,5 +48,5 @@ class RequestContextMiddleware:
             return
         logger.log(level, "%s %s %s", request.method, request.path, response.status_code, extra={
             "method": request.method, "path": request.path, "status": response.status_code,
-            "duration_ms": round(seconds * 1000, 1), "view": view or "",
+            "duration_ms": round(seconds * 1000, 1), "view": view or "", "client": client_address(request),
         })

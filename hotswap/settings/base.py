@@ -7,7 +7,7 @@ import environ
 
 from hotswap.settings.env import BASE_DIR, VAR_DIR, env
 
-# First: DEBUG, SECRET_KEY (refused when weak, before any embedded server starts), TLS.
+# First: DEBUG, SECRET_KEY (refused when weak, before any embedded server starts), TLS, trusted proxies.
 from hotswap.settings.security import *  # noqa: F403
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])

@@ -1,5 +1,6 @@
 """Typed environment helpers: loud on bad values, `*_FILE` secrets, embedded defaults."""
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -18,3 +19,14 @@ def log_format(default: str) -> str:
     if value not in ("json", "console"):
         raise environ.ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {value!r}")
     return value
+
+
+def networks(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list of CIDRs (or single addresses), each checked now rather than at the first request."""
+    values = [value.strip() for value in env.list(name, default=default) if value.strip()]
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise environ.ImproperlyConfigured(f"{name}: {exc}") from None
+    return values

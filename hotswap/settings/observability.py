@@ -1,11 +1,8 @@
 """Observability settings: log level and format, who may read /metrics, readiness timeouts."""
 
-import ipaddress
 import sys
 
-import environ
-
-from hotswap.settings.env import env, log_format
+from hotswap.settings.env import env, log_format, networks
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # json: one JSON object per line (production); console: readable lines for a terminal, the default of
@@ -35,12 +32,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # /metrics: open to these networks (every X-Forwarded-For hop must be inside too), or to a bearer token.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
-for _cidr in METRICS_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_cidr, strict=False)
-    except ValueError as _exc:
-        raise environ.ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_exc}") from None
+METRICS_ALLOWED_NETWORKS = networks("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 # Domain metrics are aggregated in PostgreSQL at most once per this many seconds, shared by every worker.
 METRICS_CACHE_SECONDS = env.int("METRICS_CACHE_SECONDS", default=10)
 # Regions beyond the largest N are reported as "other": a label's values stay few whatever devices enroll with.

@@ -1,4 +1,4 @@
-"""Security settings: production or embedded, the secret key, TLS and cookies.
+"""Security settings: production or embedded, the secret key, TLS and cookies, the proxies believed about clients.
 
 HOTSWAP_ENV=production marks every deployment other than the embedded one of `make run` / runstack: it
 refuses to start without a strong SECRET_KEY (or DEBUG on) and turns on HTTPS redirects, HSTS and secure
@@ -18,7 +18,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from hotswap.lib.keyfiles import generated_secret
-from hotswap.settings.env import VAR_DIR, env
+from hotswap.settings.env import VAR_DIR, env, networks
 
 ENVIRONMENTS = ("development", "production")
 HOTSWAP_ENV = env.str("HOTSWAP_ENV", default="development")
@@ -95,3 +95,7 @@ SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=PRODUCTION)
+
+# Proxies (CIDRs) whose X-Forwarded-For is believed; none by default: the peer is the client
+# (hotswap.lib.clientip). Throttles, logs and anything else keyed on a client's address use that one answer.
+TRUSTED_PROXIES = networks("TRUSTED_PROXIES", default=[])

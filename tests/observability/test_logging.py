@@ -51,6 +51,18 @@ def test_an_api_request_logs_a_json_line_with_its_ids_and_actor(client_for, log_
     assert line["timestamp"].endswith("+00:00")
 
 
+def test_a_request_line_names_the_client_a_trusted_proxy_forwarded_for(client_for, log_lines, settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    client = client_for("Viewer")
+
+    client.get("/api/v1/models", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.1, 203.0.113.5")
+    client.get("/api/v1/devices", REMOTE_ADDR="198.51.100.7", HTTP_X_FORWARDED_FOR="203.0.113.5")
+
+    lines = log_lines()
+    assert request_line(lines, "/api/v1/models")["client"] == "203.0.113.5"
+    assert request_line(lines, "/api/v1/devices")["client"] == "198.51.100.7"
+
+
 def test_without_a_traceparent_the_trace_id_is_the_request_id_the_error_body_shows(client_for, log_lines):
     response = client_for("Viewer").get("/api/v1/models/nope-1.0.0")
 
