@@ -21,7 +21,7 @@ from hotswap.lib.localservices import free_port
 BASE_DIR = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-Adm1n-Passw0rd"
 # What the test settings point at the machine's servers; a new user has none of them.
-REMOVED = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX"}
+REMOVED = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX", "SECRET_KEY"}
 DEMO_DEVICES = 6
 
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core import signing
 from django.core.exceptions import ImproperlyConfigured
+from django.test import Client
 
 from hotswap.settings.env import BASE_DIR
 from hotswap.settings.security import secret_key_select, secret_key_weakness
+from models_app.storage import SIGNED_URL_SALT
 
 # The development key committed to the repository until issue 13: public, so anyone could sign with it.
 OLD_COMMITTED_KEY = "hotswap-insecure-dev-key-change-me-in-production"
@@ -105,3 +108,16 @@ def test_it_takes_a_strong_key_as_given(key, tmp_path):
 def test_it_runs_the_tests_on_a_key_of_their_own():
     assert secret_key_weakness(settings.SECRET_KEY) is None
     assert os.environ["SECRET_KEY"] == settings.SECRET_KEY  # shared with the run's child processes
+
+
+def test_it_refuses_a_download_link_signed_with_the_key_once_committed():
+    claims = {"key": "artifacts/resnet/1.0.0/model.onnx", "name": "model.onnx", "exp": 2**40}
+
+    def download(key: str):
+        return Client().get(f"/api/v1/artifacts/{signing.dumps(claims, key=key, salt=SIGNED_URL_SALT)}")
+
+    forged = download(OLD_COMMITTED_KEY)
+
+    assert forged.status_code == 403
+    assert forged.json()["error"]["code"] == "INVALID_LINK"
+    assert download(settings.SECRET_KEY).json()["error"]["code"] != "INVALID_LINK"  # the server's own key signs them

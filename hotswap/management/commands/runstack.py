@@ -171,7 +171,8 @@ class Command(BaseCommand):
             generated = created and not password
             if generated:
                 password = secrets.token_urlsafe(12)
-            if password:
+            # Only a new password is set: re-hashing the same one would end every session and JWT at each start.
+            if password and not user.check_password(password):
                 user.set_password(password)
             if email:
                 user.email = email
