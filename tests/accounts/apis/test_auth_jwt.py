@@ -1,11 +1,14 @@
 """POST /api/v1/auth/token and /auth/token/refresh: JWTs for people, throttled per client IP."""
 
+import threading
 import time
 import uuid
 
 import jwt
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from hotswap.accounts.roles import Role
 from tests.settings.test_security import OLD_COMMITTED_KEY
@@ -172,3 +175,30 @@ def test_it_keeps_api_tokens_working_when_the_password_changes(make_user, make_t
     me = token_client(key).get(ME)
     assert me.status_code == 200
     assert me.json()["auth_method"] == "api_token"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_lets_only_one_of_two_concurrent_uses_of_a_refresh_token_through(make_user, monkeypatch):
+    refresh = _login(APIClient(), make_user(Role.VIEWER))["refresh"]
+    # Both requests have passed the blacklist check (on reading the token) before either blacklists it.
+    both_checked = threading.Barrier(2, timeout=30)
+    blacklist = RefreshToken.blacklist
+
+    def blacklist_when_both_checked(token):
+        both_checked.wait()
+        return blacklist(token)
+
+    monkeypatch.setattr(RefreshToken, "blacklist", blacklist_when_both_checked)
+    statuses = []
+
+    def use():
+        statuses.append(APIClient().post(REFRESH, {"refresh": refresh}).status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(statuses) == [200, 401]
