@@ -172,6 +172,7 @@ def ensure_test_services() -> None:
     import tempfile
 
     if os.environ.get("HOTSWAP_TEST_SERVICES") == "ready":
+        _own_names_per_xdist_worker()
         return
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-test-"))
     atexit.register(shutil.rmtree, scratch, True)
@@ -198,3 +199,32 @@ def ensure_test_services() -> None:
             S3_SECRET_ACCESS_KEY=server.secret_key, S3_REGION=server.region,
         )
     os.environ["HOTSWAP_TEST_SERVICES"] = "ready"
+
+
+def _own_names_per_xdist_worker() -> None:
+    """Under pytest-xdist, gives this worker its own cache prefix, Celery queue and bucket on the run's servers.
+
+    The workers inherit the controller's variables (one SeaweedFS for the run); pytest-django already
+    suffixes the test database. Child processes inherit the suffixed names and HOTSWAP_TEST_WORKER.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or os.environ.get("HOTSWAP_TEST_WORKER") == worker:
+        return
+    os.environ["HOTSWAP_TEST_WORKER"] = worker
+    for name in ("CACHE_KEY_PREFIX", "HOTSWAP_TEST_QUEUE", "S3_BUCKET"):
+        if os.environ.get(name):
+            os.environ[name] = f"{os.environ[name]}-{worker}"
+    if os.environ.get("S3_BUCKET"):
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3", endpoint_url=os.environ["S3_ENDPOINT_URL"], region_name=os.environ.get("S3_REGION"),
+            aws_access_key_id=os.environ.get("S3_ACCESS_KEY_ID"),
+            aws_secret_access_key=os.environ.get("S3_SECRET_ACCESS_KEY"),
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        try:
+            client.create_bucket(Bucket=os.environ["S3_BUCKET"])
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
