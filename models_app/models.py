@@ -253,3 +253,21 @@ class ValidationReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version.model_id} #{self.pk} {self.status}"
+
+
+class MultipartAbort(models.Model):
+    """A multipart upload whose abort could not run (S3 unreachable): the cleanup task retries it."""
+
+    bucket = models.CharField(max_length=63)
+    key = models.CharField(max_length=512)
+    upload_id = models.CharField(max_length=1024)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, max_length=2000)
+
+    class Meta:
+        ordering = ["recorded_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["bucket", "key", "upload_id"], name="multipartabort_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.upload_id[:12]}…)"
