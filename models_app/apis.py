@@ -53,7 +53,6 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
     description = serializers.CharField(source="ai_model.description")
     tags = serializers.ListField(source="ai_model.tags", child=serializers.CharField())
     uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
-    artifact_location = serializers.SerializerMethodField()
     approved_by = serializers.CharField(source="approved_by.username", default=None)
     distributable = serializers.SerializerMethodField()
     device_requirements = serializers.SerializerMethodField()
@@ -62,16 +61,13 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = [
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
-            "sha256", "size_bytes", "detected_format", "format_details", "original_filename", "artifact_location",
+            "sha256", "size_bytes", "detected_format", "format_details", "original_filename",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
             "approved_by", "approved_at", "approval_reason", "distributable",
         ]
 
     def get_distributable(self, obj: ModelVersion) -> bool:
         return version_is_distributable(obj)
-
-    def get_artifact_location(self, obj: ModelVersion) -> str:
-        return artifact_store().location(obj.storage_key)
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_device_requirements(self, obj: ModelVersion) -> dict:
@@ -135,8 +131,11 @@ class ModelVersionUploadApi(APIView):
         version = serializers.RegexField(SEMVER_PATTERN, max_length=64, error_messages={
             "invalid": "Use semantic versioning MAJOR.MINOR.PATCH[-prerelease], e.g. 1.4.0 or 2.0.0-rc.1."})
         framework = serializers.ChoiceField(choices=Framework.choices)
-        sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", required=False, allow_blank=True, error_messages={
-            "invalid": "A SHA-256 checksum is 64 hexadecimal characters."})
+        sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", error_messages={
+            "invalid": "A SHA-256 checksum is 64 hexadecimal characters.",
+            "required": "The artifact's SHA-256 (64 hex characters) is required: the server compares it with the "
+                        "bytes it receives."},
+            help_text="SHA-256 of the artifact, as `sha256sum` prints it; required, compared with the received bytes.")
         description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
         task = serializers.ChoiceField(choices=Task.choices, required=False, default="")
         tags = TagListField(required=False, default=list)
@@ -158,9 +157,9 @@ class ModelVersionUploadApi(APIView):
     @extend_schema(
         summary="Upload a model version",
         description="Roles: Admin, ModelDeveloper. Streams the `artifact` to storage while computing SHA-256 and "
-                    "size; compares with the declared `sha256`; detects the format from the content. 202 for a new "
-                    "version, 200 when the same name+version with identical bytes already exists (retries are "
-                    "harmless). Errors: 400 CHECKSUM_MISMATCH / EMPTY_ARTIFACT / INVALID_ARTIFACT / "
+                    "size; compares with the declared `sha256` (required); detects the format from the content. "
+                    "202 for a new version, 200 when the same name+version with identical bytes already exists "
+                    "(retries are harmless). Errors: 400 CHECKSUM_MISMATCH / EMPTY_ARTIFACT / INVALID_ARTIFACT / "
                     "FRAMEWORK_MISMATCH / VALIDATION_ERROR, 409 VERSION_EXISTS, 413 PAYLOAD_TOO_LARGE, "
                     "503 STORAGE_UNAVAILABLE. Nothing is left behind on any error. "
                     "Rate limit: THROTTLE_UPLOAD per user.",
@@ -184,7 +183,7 @@ class ModelVersionUploadApi(APIView):
             data = serializer.validated_data
             model_version, created = services.model_version_upload(
                 artifact=artifact, name=data["name"], version=data["version"], framework=data["framework"],
-                declared_sha256=data.get("sha256", ""), uploaded_by=request.user,
+                declared_sha256=data["sha256"], uploaded_by=request.user,
                 description=data["description"], task=data["task"], tags=data["tags"],
                 input_schema=data["input_schema"], output_schema=data["output_schema"],
                 target_device_type=data["target_device_type"], min_memory_mb=data["min_memory_mb"],

@@ -36,10 +36,10 @@ def developer(client_for):
 
 
 def upload(client, content: bytes, *, filename: str = "model.onnx", **fields):
-    """POSTs a multipart upload the way CI does."""
+    """POSTs a multipart upload the way CI does (with the artifact's sha256 unless `sha256=` says otherwise)."""
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    data = {"name": "resnet", "version": "1.0.0", "framework": "onnx", **fields}
+    data = {"name": "resnet", "version": "1.0.0", "framework": "onnx", "sha256": sha256(content), **fields}
     data = {k: v for k, v in data.items() if v is not None}
     data["artifact"] = SimpleUploadedFile(filename, content, content_type="application/octet-stream")
     return client.post("/api/v1/models", data, format="multipart")
