@@ -18,12 +18,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
-from hotswap.exceptions import ApplicationError, PayloadTooLargeError, error_body
+from hotswap.exceptions import ApplicationError, ConflictError, PayloadTooLargeError, error_body
 from hotswap.lib.pagination import paginated_response
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
 from models_app import selectors, services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framework, ModelVersion, Task
 from models_app.models import validate_tensor_schema as _validate_tensor_schema
+from models_app.shipping import status_ships, version_refusal
 from models_app.storage import SIGNED_URL_SALT, artifact_store
 from models_app.uploads import ArtifactUploadHandler, PendingArtifact
 from models_app.validation_runs import version_is_distributable
@@ -287,12 +288,16 @@ class ModelDownloadApi(APIView):
     @extend_schema(
         summary="Get a download link",
         description="Roles: Admin, ModelDeveloper, Operator. The URL is valid for ARTIFACT_URL_EXPIRY_SECONDS and "
-                    "supports HTTP Range requests. `?redirect=true` answers 302 to it (for `curl -L`).",
+                    "supports HTTP Range requests. `?redirect=true` answers 302 to it (for `curl -L`). "
+                    "409 ARTIFACT_CORRUPT when the integrity scrub found the stored bytes altered.",
         parameters=[OpenApiParameter("redirect", bool)],
-        responses={200: OutputSerializer, 302: None, **_errors(401, 403, 404)},
+        responses={200: OutputSerializer, 302: None, 409: OpenApiResponse(description="ARTIFACT_CORRUPT"),
+                   **_errors(401, 403, 404)},
     )
     def get(self, request: Request, model_id: str) -> Response:
         version = selectors.model_version_get(model_id=model_id)
+        if not status_ships(version.status):
+            raise ConflictError(version_refusal(version) or "", code="ARTIFACT_CORRUPT")
         filename = f"{version.model_id}.{_extension(version)}"
         link = artifact_store().download_link(version.storage_key, filename=filename, request=request)
         if request.query_params.get("redirect") in ("1", "true", "yes"):
@@ -362,6 +367,10 @@ def artifact_signed_download(request: HttpRequest, token: str):
     if store.is_s3 or not store.exists(claims["key"]):
         return JsonResponse(error_body(request, code="ARTIFACT_NOT_FOUND", message="The artifact is gone."),
                             status=404)
+    if ModelVersion.objects.filter(storage_key=claims["key"], status=ModelVersion.Status.CORRUPT).exists():
+        # Links outlive the scrub's verdict by up to their expiry: the bytes behind them are refused now.
+        return JsonResponse(error_body(request, code="ARTIFACT_CORRUPT",
+                                       message="The stored artifact was altered and is no longer served."), status=409)
     path = store.storage.path(claims["key"])
     size = store.storage.size(claims["key"])
     try:

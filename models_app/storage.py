@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -31,6 +32,10 @@ SIGNED_URL_SALT = "hotswap.artifact-download"
 
 class StorageUnavailableError(ServiceUnavailableError):
     code = "STORAGE_UNAVAILABLE"
+
+
+class ArtifactMissingError(Exception):
+    """The store answered, and the object is not there."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,32 @@ class ArtifactStore:
         if self.is_s3:
             return io.BufferedReader(S3RangeReader(self.client, self.bucket, key, size), buffer_size=256 * 1024)
         return open(self.storage.path(key), "rb")
+
+    def digest(self, key: str, *, chunk_bytes: int = 1024 * 1024) -> tuple[str, int]:
+        """(SHA-256 hex, size) of the stored bytes, streamed: memory stays at one chunk whatever the size."""
+        hasher, size = hashlib.sha256(), 0
+        if not self.is_s3:
+            try:
+                handle = open(self.storage.path(key), "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError as exc:
+                raise ArtifactMissingError(key) from exc
+            with handle:
+                while chunk := handle.read(chunk_bytes):
+                    hasher.update(chunk)
+                    size += len(chunk)
+            return hasher.hexdigest(), size
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(chunk_bytes):
+                hasher.update(chunk)
+                size += len(chunk)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ArtifactMissingError(key) from exc
+            raise _storage_error("reading the artifact", exc) from exc
+        except BotoCoreError as exc:
+            raise _storage_error("reading the artifact", exc) from exc
+        return hasher.hexdigest(), size
 
     def exists(self, key: str) -> bool:
         if not self.is_s3:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from celery import shared_task
 from django.conf import settings
 
+from models_app import scrub
 from models_app.storage import artifact_store
 from models_app.validation_runs import validation_run
 
@@ -22,3 +23,11 @@ def model_version_validate(report_id: int) -> str | None:
     """Runs a queued validation; a duplicate or retried message finds it claimed and does nothing."""
     report = validation_run(report_id=report_id)
     return report.status if report else None
+
+
+@shared_task
+def artifacts_scrub(budget_bytes: int | None = None, now: str | None = None) -> dict:
+    """Beat: re-hashes the least recently checked artifacts within a byte budget; altered ones become corrupt."""
+    result = scrub.artifacts_scrub(budget_bytes=budget_bytes, now=datetime.fromisoformat(now) if now else None)
+    return {"checked": result.checked, "bytes_read": result.bytes_read, "corrupt": result.corrupt,
+            "storage_failed": result.storage_failed}

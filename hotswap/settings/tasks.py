@@ -36,6 +36,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
         "schedule": timedelta(minutes=10),
     },
+    # Re-hashes stored artifacts within a byte budget; an altered one is marked corrupt and never shipped.
+    "scrub-artifacts": {"task": "models_app.tasks.artifacts_scrub", "schedule": timedelta(minutes=10)},
     # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.
     "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush",
                                 "schedule": timedelta(seconds=env.int("HEARTBEAT_FLUSH_SECONDS", default=10))},

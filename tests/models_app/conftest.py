@@ -31,6 +31,16 @@ def stored_keys(s3):
 
 
 @pytest.fixture
+def console(make_user):
+    """A browser session of an Admin in the console."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(make_user("Admin", is_staff=True))
+    return client
+
+
+@pytest.fixture
 def developer(client_for):
     return client_for(Role.MODEL_DEVELOPER)
 
