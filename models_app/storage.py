@@ -292,12 +292,13 @@ def _bounded_config() -> Config:
     """The bounds of every S3 call here: settings S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT and S3_MAX_ATTEMPTS.
 
     botocore applies connect_timeout to opening a connection and read_timeout to each socket read (and,
-    through urllib3, to each blocked send); retries.max_attempts counts the first try, and "standard"
-    mode retries timeouts with a jittered backoff of at most 2**attempt seconds. A call therefore ends
-    within about max_attempts x (connect + read) plus that backoff.
+    through urllib3, to each blocked send). retries.total_max_attempts counts the first try (botocore's
+    retries.max_attempts counts retries only: 3 would mean 4 tries), and "standard" mode retries timeouts
+    with a jittered backoff of at most 2**attempt seconds. A call therefore ends within about
+    S3_MAX_ATTEMPTS x (connect + read) plus that backoff.
     """
     return Config(connect_timeout=settings.S3_CONNECT_TIMEOUT, read_timeout=settings.S3_READ_TIMEOUT,
-                  retries={"max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"})
+                  retries={"total_max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"})
 
 
 class ArtifactStore:

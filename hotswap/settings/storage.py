@@ -42,7 +42,8 @@ if S3_BUCKET:
             # Fail fast when S3 is down: the client gets a 503 in seconds, not after minutes of retries.
             "client_config": Config(
                 connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
-                retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+                # total_max_attempts counts the first try; botocore's "max_attempts" would add one to it.
+                retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
                 s3={"addressing_style": env.str("S3_ADDRESSING_STYLE", default="path"),
                     "payload_signing_enabled": env.bool("S3_PAYLOAD_SIGNING", default=False)},
                 signature_version="s3v4",

@@ -70,8 +70,9 @@ def test_it_answers_503_within_the_s3_timeouts_and_cleans_the_abandoned_upload_l
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "STORAGE_UNAVAILABLE"
     # Every call gives up after ATTEMPTS x (connect + read) plus botocore's backoff (< 2 s here); the abort
-    # that cannot reach S3 is not waited for, so the whole answer fits in one call's budget and a margin.
-    assert waited < ATTEMPTS * (CONNECT + READ) + 6, f"503 came {waited:.1f} s after S3 froze"
+    # that cannot reach S3 is not waited for, so the whole answer fits in one call's budget, the backoff and
+    # 2 s for a loaded machine (4.2 s measured; more than 90 s before: the client gave up first).
+    assert waited < ATTEMPTS * (CONNECT + READ) + 2 + 2, f"503 came {waited:.1f} s after S3 froze"
     assert not ModelVersion.objects.exists()
     assert MultipartAbort.objects.count() == 1  # kept for the cleanup task, not lost with the request
     assert len(open_uploads(own_s3)) == 1
@@ -90,7 +91,7 @@ def test_it_keeps_an_abort_it_could_not_run_and_retries_it_until_s3_answers(own_
     try:
         started = time.monotonic()
         assert artifact_abandoned_uploads_cleanup.apply().get() == 0
-        assert time.monotonic() - started < ATTEMPTS * (CONNECT + READ) + 6
+        assert time.monotonic() - started < ATTEMPTS * (CONNECT + READ) + 2 + 2
     finally:
         os.killpg(own_s3.process.pid, signal.SIGCONT)
     assert [u["UploadId"] for u in open_uploads(own_s3)] == [upload_id]
