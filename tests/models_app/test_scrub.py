@@ -1,5 +1,6 @@
 """The integrity scrub: an artifact altered at rest is found, marked corrupt, alerted and never shipped again."""
 
+import copy
 import logging
 from datetime import timedelta
 
@@ -10,8 +11,9 @@ from rest_framework.test import APIClient
 from devices.models import Device
 from devices.services.desired_state import desired_state_set
 from hotswap.exceptions import ApplicationError
+from hotswap.lib.localservices import free_port
 from models_app.models import ModelVersion
-from models_app.scrub import artifacts_scrub
+from models_app.scrub import CORRUPT_FOUND, artifacts_scrub
 from models_app.storage import artifact_store
 from models_app.tasks import artifacts_scrub as artifacts_scrub_task
 from rollouts.services import distribution_create
@@ -76,10 +78,12 @@ def test_it_marks_an_artifact_altered_on_s3_corrupt_and_refuses_it_on_every_path
     stored = client.get_object(Bucket=bucket, Key=version.storage_key)["Body"].read()
     client.put_object(Bucket=bucket, Key=version.storage_key, Body=flip_one_byte(stored))
 
+    found_before = CORRUPT_FOUND._value.get()
     with caplog.at_level(logging.ERROR, logger="hotswap.alerts"):
         result = artifacts_scrub()
 
     assert result.corrupt == [version.model_id] and result.checked == 2
+    assert CORRUPT_FOUND._value.get() == found_before + 1
     assert [r.alert["model_id"] for r in caplog.records if hasattr(r, "alert")] == [version.model_id]
     intact.refresh_from_db()
     assert intact.status == ModelVersion.Status.PASSED and intact.scrubbed_at is not None
@@ -114,6 +118,20 @@ def test_it_marks_a_missing_artifact_corrupt(s3):
     assert artifacts_scrub().corrupt == [version.model_id]
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.CORRUPT and "missing" in version.scrub_error
+
+
+def test_it_changes_nothing_when_storage_does_not_answer(settings):
+    version = passed_version()
+    artifacts = copy.deepcopy(settings.STORAGES["artifacts"])
+    artifacts["OPTIONS"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings.STORAGES = {**settings.STORAGES, "artifacts": artifacts}
+    settings.S3_MAX_ATTEMPTS = 1
+
+    result = artifacts_scrub()
+
+    assert result.storage_failed and result.checked == 0 and result.corrupt == []
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.PASSED and version.scrubbed_at is None  # tried again next run
 
 
 def test_it_reads_within_its_budget_oldest_scrubbed_first_and_again_after_the_interval(settings):
