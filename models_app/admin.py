@@ -138,7 +138,8 @@ class UploadForm(forms.Form):
 class ModelVersionAdmin(admin.ModelAdmin):
     """Every version with its checksum, size, status and uploader."""
 
-    list_display = ["model_id", "status", "detected_format", "short_sha256", "size", "uploaded_by", "uploaded_at"]
+    list_display = ["model_id", "status_shown", "detected_format", "short_sha256", "size", "uploaded_by",
+                    "uploaded_at"]
     list_filter = ["status", "detected_format", "ai_model__framework"]
     search_fields = ["model_id", "sha256", "ai_model__name"]
     list_select_related = ["ai_model", "uploaded_by"]
@@ -146,11 +147,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "model_id", "ai_model", "version", "status", "sha256", "size_bytes", "detected_format", "format_details",
         "storage_location", "original_filename", "input_schema", "output_schema", "target_device_type",
         "min_memory_mb", "accelerator", "uploaded_by", "uploaded_at", "deprecated_at", "approved_by", "approved_at",
-        "approval_reason",
+        "approval_reason", "scrubbed_at", "scrub_error",
     ]
     exclude = ["storage_key"]
     actions = ["deprecate_selected", "validate_again", "approve_selected"]
     inlines = [ValidationReportInline]
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, obj: ModelVersion) -> str:
+        if obj.status == ModelVersion.Status.CORRUPT:
+            return format_html('<strong class="errornote" title="{}">corrupt: not shipped</strong>', obj.scrub_error)
+        return obj.status
 
     @admin.display(description="sha256")
     def short_sha256(self, obj: ModelVersion) -> str:
@@ -175,9 +182,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Validate again", permissions=["validate"])
     def validate_again(self, request, queryset):
+        queued = 0
         for version in queryset:
-            validation_request(version=version, requested_by=request.user)
-        self.message_user(request, f"Queued validation of {queryset.count()} version(s).", messages.SUCCESS)
+            try:
+                validation_request(version=version, requested_by=request.user)
+                queued += 1
+            except ApplicationError as exc:
+                self.message_user(request, f"{version.model_id}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"Queued validation of {queued} version(s).", messages.SUCCESS)
 
     def has_validate_permission(self, request) -> bool:
         return request.user.has_perm("models_app.validate_modelversion")

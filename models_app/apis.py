@@ -18,12 +18,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
-from hotswap.exceptions import ApplicationError, PayloadTooLargeError, error_body
+from hotswap.exceptions import ApplicationError, ConflictError, PayloadTooLargeError, error_body
 from hotswap.lib.pagination import paginated_response
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
 from models_app import selectors, services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framework, ModelVersion, Task
 from models_app.models import validate_tensor_schema as _validate_tensor_schema
+from models_app.shipping import status_ships, version_refusal
 from models_app.storage import SIGNED_URL_SALT, artifact_store
 from models_app.uploads import ArtifactUploadHandler, PendingArtifact
 from models_app.validation_runs import version_is_distributable
@@ -53,7 +54,6 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
     description = serializers.CharField(source="ai_model.description")
     tags = serializers.ListField(source="ai_model.tags", child=serializers.CharField())
     uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
-    artifact_location = serializers.SerializerMethodField()
     approved_by = serializers.CharField(source="approved_by.username", default=None)
     distributable = serializers.SerializerMethodField()
     device_requirements = serializers.SerializerMethodField()
@@ -62,16 +62,13 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = [
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
-            "sha256", "size_bytes", "detected_format", "format_details", "original_filename", "artifact_location",
+            "sha256", "size_bytes", "detected_format", "format_details", "original_filename",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
             "approved_by", "approved_at", "approval_reason", "distributable",
         ]
 
     def get_distributable(self, obj: ModelVersion) -> bool:
         return version_is_distributable(obj)
-
-    def get_artifact_location(self, obj: ModelVersion) -> str:
-        return artifact_store().location(obj.storage_key)
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_device_requirements(self, obj: ModelVersion) -> dict:
@@ -135,8 +132,11 @@ class ModelVersionUploadApi(APIView):
         version = serializers.RegexField(SEMVER_PATTERN, max_length=64, error_messages={
             "invalid": "Use semantic versioning MAJOR.MINOR.PATCH[-prerelease], e.g. 1.4.0 or 2.0.0-rc.1."})
         framework = serializers.ChoiceField(choices=Framework.choices)
-        sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", required=False, allow_blank=True, error_messages={
-            "invalid": "A SHA-256 checksum is 64 hexadecimal characters."})
+        sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", error_messages={
+            "invalid": "A SHA-256 checksum is 64 hexadecimal characters.",
+            "required": "The artifact's SHA-256 (64 hex characters) is required: the server compares it with the "
+                        "bytes it receives."},
+            help_text="SHA-256 of the artifact, as `sha256sum` prints it; required, compared with the received bytes.")
         description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
         task = serializers.ChoiceField(choices=Task.choices, required=False, default="")
         tags = TagListField(required=False, default=list)
@@ -158,9 +158,9 @@ class ModelVersionUploadApi(APIView):
     @extend_schema(
         summary="Upload a model version",
         description="Roles: Admin, ModelDeveloper. Streams the `artifact` to storage while computing SHA-256 and "
-                    "size; compares with the declared `sha256`; detects the format from the content. 202 for a new "
-                    "version, 200 when the same name+version with identical bytes already exists (retries are "
-                    "harmless). Errors: 400 CHECKSUM_MISMATCH / EMPTY_ARTIFACT / INVALID_ARTIFACT / "
+                    "size; compares with the declared `sha256` (required); detects the format from the content. "
+                    "202 for a new version, 200 when the same name+version with identical bytes already exists "
+                    "(retries are harmless). Errors: 400 CHECKSUM_MISMATCH / EMPTY_ARTIFACT / INVALID_ARTIFACT / "
                     "FRAMEWORK_MISMATCH / VALIDATION_ERROR, 409 VERSION_EXISTS, 413 PAYLOAD_TOO_LARGE, "
                     "503 STORAGE_UNAVAILABLE. Nothing is left behind on any error. "
                     "Rate limit: THROTTLE_UPLOAD per user.",
@@ -184,7 +184,7 @@ class ModelVersionUploadApi(APIView):
             data = serializer.validated_data
             model_version, created = services.model_version_upload(
                 artifact=artifact, name=data["name"], version=data["version"], framework=data["framework"],
-                declared_sha256=data.get("sha256", ""), uploaded_by=request.user,
+                declared_sha256=data["sha256"], uploaded_by=request.user,
                 description=data["description"], task=data["task"], tags=data["tags"],
                 input_schema=data["input_schema"], output_schema=data["output_schema"],
                 target_device_type=data["target_device_type"], min_memory_mb=data["min_memory_mb"],
@@ -288,12 +288,16 @@ class ModelDownloadApi(APIView):
     @extend_schema(
         summary="Get a download link",
         description="Roles: Admin, ModelDeveloper, Operator. The URL is valid for ARTIFACT_URL_EXPIRY_SECONDS and "
-                    "supports HTTP Range requests. `?redirect=true` answers 302 to it (for `curl -L`).",
+                    "supports HTTP Range requests. `?redirect=true` answers 302 to it (for `curl -L`). "
+                    "409 ARTIFACT_CORRUPT when the integrity scrub found the stored bytes altered.",
         parameters=[OpenApiParameter("redirect", bool)],
-        responses={200: OutputSerializer, 302: None, **_errors(401, 403, 404)},
+        responses={200: OutputSerializer, 302: None, 409: OpenApiResponse(description="ARTIFACT_CORRUPT"),
+                   **_errors(401, 403, 404)},
     )
     def get(self, request: Request, model_id: str) -> Response:
         version = selectors.model_version_get(model_id=model_id)
+        if not status_ships(version.status):
+            raise ConflictError(version_refusal(version) or "", code="ARTIFACT_CORRUPT")
         filename = f"{version.model_id}.{_extension(version)}"
         link = artifact_store().download_link(version.storage_key, filename=filename, request=request)
         if request.query_params.get("redirect") in ("1", "true", "yes"):
@@ -363,6 +367,10 @@ def artifact_signed_download(request: HttpRequest, token: str):
     if store.is_s3 or not store.exists(claims["key"]):
         return JsonResponse(error_body(request, code="ARTIFACT_NOT_FOUND", message="The artifact is gone."),
                             status=404)
+    if ModelVersion.objects.filter(storage_key=claims["key"], status=ModelVersion.Status.CORRUPT).exists():
+        # Links outlive the scrub's verdict by up to their expiry: the bytes behind them are refused now.
+        return JsonResponse(error_body(request, code="ARTIFACT_CORRUPT",
+                                       message="The stored artifact was altered and is no longer served."), status=409)
     path = store.storage.path(claims["key"])
     size = store.storage.size(claims["key"])
     try:

@@ -131,6 +131,8 @@ class ModelVersion(models.Model):
         # Stored and checked, but its framework cannot be executed here: an Admin must approve it.
         NEEDS_APPROVAL = "needs_approval"
         DEPRECATED = "deprecated"
+        # The stored bytes no longer hash to sha256 (found by the integrity scrub): never shipped again.
+        CORRUPT = "corrupt"
 
     ai_model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="versions")
     version = models.CharField(max_length=64, validators=[semver_validator])
@@ -169,17 +171,21 @@ class ModelVersion(models.Model):
     approval_reason = models.TextField(blank=True, max_length=2000)
     # W3C context of the upload's model.upload span (empty when tracing was off): distributions link to it.
     traceparent = models.CharField(max_length=55, blank=True, editable=False)
+    # Integrity scrub (models_app/scrub.py): when the stored bytes were last re-hashed, and what it found wrong.
+    scrubbed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scrub_error = models.TextField(blank=True, max_length=2000, editable=False)
 
     class Meta:
         ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]
-        indexes = [models.Index(fields=["ai_model", "major", "minor", "patch"], name="version_precedence_idx")]
+        indexes = [models.Index(fields=["ai_model", "major", "minor", "patch"], name="version_precedence_idx"),
+                   models.Index(fields=["scrubbed_at"], name="version_scrubbed_idx")]
         constraints = [
             models.UniqueConstraint(fields=["ai_model", "version"], name="modelversion_unique_version"),
             models.CheckConstraint(condition=Q(sha256__regex=SHA256_PATTERN), name="modelversion_sha256_format"),
             models.CheckConstraint(condition=Q(size_bytes__gte=1), name="modelversion_size_positive"),
             models.CheckConstraint(condition=Q(version__regex=SEMVER_PATTERN), name="modelversion_semver"),
             models.CheckConstraint(condition=Q(status__in=["uploaded", "validating", "passed", "failed",
-                                                           "needs_approval", "deprecated"]),
+                                                           "needs_approval", "deprecated", "corrupt"]),
                                    name="modelversion_status_valid"),
         ]
         permissions = [
@@ -253,3 +259,21 @@ class ValidationReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version.model_id} #{self.pk} {self.status}"
+
+
+class MultipartAbort(models.Model):
+    """A multipart upload whose abort could not run (S3 unreachable): the cleanup task retries it."""
+
+    bucket = models.CharField(max_length=63)
+    key = models.CharField(max_length=512)
+    upload_id = models.CharField(max_length=1024)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, max_length=2000)
+
+    class Meta:
+        ordering = ["recorded_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["bucket", "key", "upload_id"], name="multipartabort_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.upload_id[:12]}…)"

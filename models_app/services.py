@@ -14,6 +14,7 @@ from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.observability import tracing
 from models_app.formats import ArtifactFormatError
 from models_app.models import SEMVER_PATTERN, AIModel, Framework, ModelVersion
+from models_app.shipping import model_version_status_change
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
 from models_app.validation_runs import validation_request
@@ -180,9 +181,8 @@ def _model_get_or_create(*, name: str, framework: str, owner, description: str, 
 def model_version_deprecate(*, model_version: ModelVersion, actor: AbstractBaseUser | None) -> ModelVersion:
     """Marks a version deprecated (kept and downloadable, no longer offered for new rollouts). Idempotent."""
     now = timezone.now()
-    ModelVersion.objects.filter(pk=model_version.pk).exclude(status=ModelVersion.Status.DEPRECATED).update(
-        status=ModelVersion.Status.DEPRECATED, deprecated_at=now, updated_at=now
-    )
+    model_version_status_change(version_id=model_version.pk, to=ModelVersion.Status.DEPRECATED, now=now,
+                                deprecated_at=now)
     model_version.refresh_from_db()
     logger.info("model version deprecated", extra={"model_id": model_version.model_id, "actor": str(actor)})
     return model_version

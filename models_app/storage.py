@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -13,10 +14,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core import signing
 from django.core.files.storage import FileSystemStorage, storages
+from django.db import DatabaseError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -29,6 +32,10 @@ SIGNED_URL_SALT = "hotswap.artifact-download"
 
 class StorageUnavailableError(ServiceUnavailableError):
     code = "STORAGE_UNAVAILABLE"
+
+
+class ArtifactMissingError(Exception):
+    """The store answered, and the object is not there."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,10 @@ class ArtifactWriter(Protocol):
     def abort(self) -> None: ...
 
 
-def new_artifact_key(prefix: str = "artifacts") -> str:
+ARTIFACT_PREFIX = "artifacts"
+
+
+def new_artifact_key(prefix: str = ARTIFACT_PREFIX) -> str:
     # Keys don't carry the model name: the upload streams before the form fields are validated.
     today = timezone.now()
     return f"{prefix}/{today:%Y/%m}/{uuid.uuid4().hex}"
@@ -76,6 +86,7 @@ class S3MultipartWriter:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-part")
         self._slots = threading.BoundedSemaphore(concurrency)
         self._done = False
+        self._unreachable: BaseException | None = None
 
     def write(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -94,8 +105,16 @@ class S3MultipartWriter:
             try:
                 self._upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
             except (BotoCoreError, ClientError) as exc:
+                self._note_failure(exc)
                 raise _storage_error("starting the upload", exc) from exc
         self._slots.acquire()  # backpressure: the request waits instead of buffering without bound
+        try:
+            # A slot frees when a part ends, failed ones included: stop at the first failure rather than
+            # send another part into a store that stopped answering (each costs a full timeout).
+            self._raise_failed_part()
+        except StorageUnavailableError:
+            self._slots.release()
+            raise
         number = len(self._parts) + 1
         future = self._pool.submit(self._upload_part, number, body)
         future.add_done_callback(lambda _f: self._slots.release())
@@ -109,8 +128,14 @@ class S3MultipartWriter:
 
     def _raise_failed_part(self) -> None:
         for future in self._parts:
-            if future.done() and future.exception() is not None:
-                raise _storage_error("uploading a part", future.exception())  # type: ignore[arg-type]
+            if future.done() and (exc := future.exception()) is not None:
+                self._note_failure(exc)
+                raise _storage_error("uploading a part", exc)  # type: ignore[arg-type]
+
+    def _note_failure(self, exc: BaseException) -> None:
+        # BotoCoreError: no answer at all (timeout, refused, reset), as opposed to an S3 error reply.
+        if isinstance(exc, BotoCoreError):
+            self._unreachable = exc
 
     def commit(self) -> None:
         try:
@@ -124,6 +149,7 @@ class S3MultipartWriter:
                     Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
                 )
         except (BotoCoreError, ClientError) as exc:
+            self._note_failure(exc)
             self.abort()
             raise _storage_error("storing the artifact", exc) from exc
         except StorageUnavailableError:
@@ -135,19 +161,41 @@ class S3MultipartWriter:
         self._pool.shutdown(wait=False)
 
     def abort(self) -> None:
+        """Removes the uploaded parts; when S3 does not answer, leaves that to the cleanup task instead of waiting."""
         if self._done:
             return
         self._done = True
         self._chunks, self._buffered = [], 0
         for future in self._parts:
             future.cancel()
+        if self._unreachable is not None:
+            # Parts still in flight end on their own within the S3 timeouts; waiting for them, then for an
+            # abort that cannot get through either, is what kept a client minutes for its 503.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._upload_id is not None:
+                multipart_abort_later(bucket=self.bucket, key=self.key, upload_id=self._upload_id,
+                                      error=self._unreachable)
+            return
+        # S3 answers: let in-flight parts finish (bounded by the timeouts) so the abort removes them too.
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._upload_id is not None:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             except (BotoCoreError, ClientError) as exc:
-                # The periodic cleanup task aborts stale multipart uploads that this could not.
-                logger.warning("could not abort multipart upload %s for %s: %s", self._upload_id, self.key, exc)
+                multipart_abort_later(bucket=self.bucket, key=self.key, upload_id=self._upload_id, error=exc)
+
+
+def multipart_abort_later(*, bucket: str, key: str, upload_id: str, error: BaseException) -> None:
+    """Records an abort that could not run, durably: artifact_abandoned_uploads_cleanup retries it."""
+    from models_app.models import MultipartAbort
+
+    logger.warning("could not abort multipart upload %s for %s (%s); the cleanup task will", upload_id, key, error)
+    try:
+        MultipartAbort.objects.get_or_create(bucket=bucket, key=key, upload_id=upload_id,
+                                             defaults={"last_error": str(error)[:2000]})
+    except DatabaseError:
+        # Still found later by listing S3's open uploads (ARTIFACT_UPLOAD_STALE_MINUTES).
+        logger.exception("could not record the pending abort of %s", key)
 
 
 class FileWriter:
@@ -226,17 +274,31 @@ def _s3_client(storage):
     Keyed by the connection's settings, not the storage object: threads racing at start-up may each
     get a storage instance of their own.
     """
+    config = storage.client_config.merge(_bounded_config())
     key = (storage.endpoint_url, storage.region_name, storage.access_key, storage.secret_key,
            storage.security_token, storage.session_profile, storage.use_ssl, storage.verify,
-           repr(storage.client_config.__dict__))
+           repr(config.__dict__))
     with _s3_clients_lock:
         pid, client = _s3_clients.get(key, (None, None))
         if pid != os.getpid():  # none yet, or a forked child's copy of its parent's (never share sockets)
             client = storage._create_session().client(
                 "s3", region_name=storage.region_name, use_ssl=storage.use_ssl, endpoint_url=storage.endpoint_url,
-                config=storage.client_config, verify=storage.verify)
+                config=config, verify=storage.verify)
             _s3_clients[key] = (os.getpid(), client)
         return client
+
+
+def _bounded_config() -> Config:
+    """The bounds of every S3 call here: settings S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT and S3_MAX_ATTEMPTS.
+
+    botocore applies connect_timeout to opening a connection and read_timeout to each socket read (and,
+    through urllib3, to each blocked send). retries.total_max_attempts counts the first try (botocore's
+    retries.max_attempts counts retries only: 3 would mean 4 tries), and "standard" mode retries timeouts
+    with a jittered backoff of at most 2**attempt seconds. A call therefore ends within about
+    S3_MAX_ATTEMPTS x (connect + read) plus that backoff.
+    """
+    return Config(connect_timeout=settings.S3_CONNECT_TIMEOUT, read_timeout=settings.S3_READ_TIMEOUT,
+                  retries={"total_max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"})
 
 
 class ArtifactStore:
@@ -270,6 +332,32 @@ class ArtifactStore:
         if self.is_s3:
             return io.BufferedReader(S3RangeReader(self.client, self.bucket, key, size), buffer_size=256 * 1024)
         return open(self.storage.path(key), "rb")
+
+    def digest(self, key: str, *, chunk_bytes: int = 1024 * 1024) -> tuple[str, int]:
+        """(SHA-256 hex, size) of the stored bytes, streamed: memory stays at one chunk whatever the size."""
+        hasher, size = hashlib.sha256(), 0
+        if not self.is_s3:
+            try:
+                handle = open(self.storage.path(key), "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError as exc:
+                raise ArtifactMissingError(key) from exc
+            with handle:
+                while chunk := handle.read(chunk_bytes):
+                    hasher.update(chunk)
+                    size += len(chunk)
+            return hasher.hexdigest(), size
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(chunk_bytes):
+                hasher.update(chunk)
+                size += len(chunk)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ArtifactMissingError(key) from exc
+            raise _storage_error("reading the artifact", exc) from exc
+        except BotoCoreError as exc:
+            raise _storage_error("reading the artifact", exc) from exc
+        return hasher.hexdigest(), size
 
     def exists(self, key: str) -> bool:
         if not self.is_s3:
@@ -309,20 +397,54 @@ class ArtifactStore:
         path = reverse("artifact-signed-download", kwargs={"token": token})
         return DownloadLink(url=request.build_absolute_uri(path) if request else path, expires_at=expires_at)
 
-    def abandoned_uploads_abort(self, *, older_than: timedelta) -> int:
-        """Aborts multipart uploads (S3) or removes partial files (filesystem) left by crashed processes."""
-        cutoff = timezone.now() - older_than
+    def abandoned_uploads_abort(self, *, older_than: timedelta, now=None) -> int:
+        """Aborts multipart uploads (S3) or removes partial files (filesystem) that failed or crashed uploads left.
+
+        First the aborts recorded as failed (MultipartAbort), at once; then any upload under the artifact
+        prefix open for longer than `older_than` (a killed process recorded nothing). Stops at the first
+        sign that S3 does not answer: the next run carries on.
+        """
+        now = now or timezone.now()
+        cutoff = now - older_than
+        if not self.is_s3:
+            return self._partial_files_remove(cutoff)
         count = 0
-        if self.is_s3:
+        try:
+            count += self._recorded_aborts_retry()
             paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{ARTIFACT_PREFIX}/"):
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] < cutoff:
-                        self.client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
+                        self._multipart_abort(upload["Key"], upload["UploadId"])
                         count += 1
-            return count
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("abandoned upload cleanup stopped after %d: S3 failed: %s", count, exc)
+        return count
+
+    def _recorded_aborts_retry(self) -> int:
+        from models_app.models import MultipartAbort
+
+        count = 0
+        for pending in MultipartAbort.objects.filter(bucket=self.bucket):
+            try:
+                self._multipart_abort(pending.key, pending.upload_id)
+            except (BotoCoreError, ClientError) as exc:
+                MultipartAbort.objects.filter(pk=pending.pk).update(attempts=pending.attempts + 1,
+                                                                    last_error=str(exc)[:2000])
+                raise
+            pending.delete()
+            count += 1
+        return count
+
+    def _multipart_abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                raise  # already gone is what an abort wants
+
+    def _partial_files_remove(self, cutoff) -> int:
+        count = 0
         root = Path(self.storage.location)
         for partial in root.rglob(".*.partial") if root.exists() else []:
             if partial.stat().st_mtime < cutoff.timestamp():

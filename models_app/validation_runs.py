@@ -18,6 +18,7 @@ from django.utils import timezone
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.observability import tracing
 from models_app.models import ModelVersion, TestSet, ValidationReport
+from models_app.shipping import model_version_status_change, version_refusal
 from models_app.storage import artifact_store
 from models_app.testsets import npz_arrays
 from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
@@ -64,6 +65,9 @@ def validation_request(*, version: ModelVersion, requested_by=None, test_set: Te
     """Creates a pending report and queues it; a pending or running one for the version is returned instead."""
     if version.status == ModelVersion.Status.DEPRECATED:
         raise ConflictError(f"{version.model_id} is deprecated; it is not validated again.", code="VERSION_DEPRECATED")
+    if version.status == ModelVersion.Status.CORRUPT:
+        raise ConflictError(f"{version.model_id}'s stored artifact was altered; delete it and upload it again.",
+                            code="ARTIFACT_CORRUPT")
     if test_set is not None and test_set.ai_model_id != version.ai_model_id:
         raise ApplicationError("That test set belongs to another model.", code="VALIDATION_ERROR",
                                details=[{"field": "test_set", "message": "Belongs to another model."}])
@@ -136,8 +140,7 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
         "model.id": version.model_id, "model.name": version.ai_model.name, "model.version": version.version,
         "validation.report_id": report.pk, "validation.attempt": report.attempts,
     }):
-        ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.DEPRECATED).update(
-            status=ModelVersion.Status.VALIDATING)
+        model_version_status_change(version_id=version.pk, to=ModelVersion.Status.VALIDATING)
         baseline = _baseline(version)
         gates = gates_for(version, report.gate_overrides)
         config = _config(version, gates)
@@ -198,8 +201,7 @@ def _finish(report: ValidationReport, result: dict, gates: dict, baseline: Valid
         )
         latest = version.validation_reports.order_by("-requested_at", "-id").values_list("pk", flat=True).first()
         if latest == report.pk:
-            ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.DEPRECATED).update(
-                status=OUTCOME_STATUS[status], updated_at=timezone.now())
+            model_version_status_change(version_id=version.pk, to=OUTCOME_STATUS[status])
     logger.info("model version validated", extra={"model_id": version.model_id, "outcome": status})
     report.refresh_from_db()
     return report
@@ -223,8 +225,8 @@ def model_version_approve(*, version: ModelVersion, actor, reason: str) -> Model
 
 
 def version_is_distributable(version: ModelVersion) -> bool:
-    """Passed validation, or an Admin approved it."""
-    return version.status == ModelVersion.Status.PASSED or version.approved_at is not None
+    """Passed validation, or an Admin approved it; neither deprecated nor corrupt (models_app/shipping.py)."""
+    return version_refusal(version) is None
 
 
 def test_set_upload(*, ai_model, name: str, artifact, uploaded_by=None) -> TestSet:

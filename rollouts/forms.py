@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 from django import forms
-from django.db.models import Q
 
 from hotswap.exceptions import ApplicationError
 from models_app.models import ModelVersion
+from models_app.shipping import shippable_versions_q
 from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.models import Distribution, RollbackPolicy, Strategy
 from rollouts.strategies.ab_test import METRICS
@@ -35,8 +35,7 @@ _SPLIT = re.compile(r"[\s,]+")
 
 def distributable_versions():
     """Versions the service accepts for a new distribution: passed, or approved by an Admin, not deprecated."""
-    return (ModelVersion.objects.filter(Q(status=ModelVersion.Status.PASSED) | Q(approved_at__isnull=False))
-            .exclude(status=ModelVersion.Status.DEPRECATED).select_related("ai_model")
+    return (ModelVersion.objects.filter(shippable_versions_q()).select_related("ai_model")
             .order_by("ai_model__name", "-major", "-minor", "-patch", "-is_release"))
 
 

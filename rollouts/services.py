@@ -16,7 +16,7 @@ from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.lib.tracing import new_traceparent
 from hotswap.observability import tracing
 from models_app.models import ModelVersion
-from models_app.validation_runs import version_is_distributable
+from models_app.shipping import version_refusal
 from rollouts import planning
 from rollouts.criteria import criteria_normalise
 from rollouts.models import OPEN_STATUSES, Assignment, Distribution, RollbackPolicy, Stage
@@ -38,22 +38,10 @@ class DistributionInProgress(ConflictError):
     code = "DISTRIBUTION_IN_PROGRESS"
 
 
-def _refusal(version: ModelVersion, *, rollback: bool) -> str | None:
-    if version.status == ModelVersion.Status.DEPRECATED:
-        return None if rollback else f"{version.model_id} is deprecated; only a rollback may return to it."
-    if version_is_distributable(version):
-        return None
-    if version.status in (ModelVersion.Status.UPLOADED, ModelVersion.Status.VALIDATING):
-        return f"{version.model_id} is still being validated; wait until it passed."
-    if version.status == ModelVersion.Status.NEEDS_APPROVAL:
-        return f"{version.model_id} could not be executed by validation; an Admin must approve it first."
-    return f"{version.model_id} failed validation; an Admin must approve it (with a reason) before it ships."
-
-
 def _check_versions(version: ModelVersion, version_b: ModelVersion | None, *, rollback: bool) -> None:
     details = []
     for field, candidate in (("version", version), ("version_b", version_b)):
-        if candidate is not None and (reason := _refusal(candidate, rollback=rollback)):
+        if candidate is not None and (reason := version_refusal(candidate, rollback=rollback)):
             details.append({"field": field, "message": reason})
     if version_b is not None and version_b.pk == version.pk:
         details.append({"field": "version_b", "message": "An A/B test needs two different versions."})

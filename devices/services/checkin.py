@@ -21,6 +21,7 @@ from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
 from hotswap.settings.env import env
 from models_app.models import ModelVersion
+from models_app.shipping import status_ships
 from models_app.storage import artifact_store
 
 MAX_ITEMS = 100
@@ -44,16 +45,18 @@ class CheckinDevice(NamedTuple):
     version_id: int | None
     rollback: bool
     traceparent: str
+    version_status: str
 
 
 # One indexed read per check-in. Raw SQL: building the equivalent ORM join costs ~2 ms of CPU per
 # call, most of a check-in's budget on a 2-core server.
 _IDENTITY_SQL = """
     SELECT d.id, d.device_id, d.status, c.key_hash, coalesce(s.sequence, 0), s.version_id,
-           coalesce(s.rollback, false), coalesce(s.traceparent, '')
+           coalesce(s.rollback, false), coalesce(s.traceparent, ''), coalesce(v.status, '')
     FROM devices_devicecredential c
     JOIN devices_device d ON d.id = c.device_id
     LEFT JOIN devices_desiredstate s ON s.device_id = d.id
+    LEFT JOIN models_app_modelversion v ON v.id = s.version_id
     WHERE c.prefix = %s AND c.revoked_at IS NULL
 """
 
@@ -431,7 +434,7 @@ def _url_period() -> int:
 
 def checkin_etag(device: CheckinDevice, *, now: datetime) -> str:
     """Changes with the desired state, and once per half manifest lifetime so a 304 never hides an expired URL."""
-    if device.version_id is None:
+    if not _ships(device):
         return f'"{device.sequence}-none"'
     return f'"{device.sequence}-{int(now.timestamp()) // _url_period()}"'
 
@@ -476,7 +479,7 @@ def _download_url(version: ManifestVersion, expires_at: datetime, now: datetime)
 
 def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> dict | None:
     """The signed `desired` block for the device, or None when nothing in particular is desired."""
-    if device.version_id is None:
+    if not _ships(device):
         return None
     version = _manifest_version(device.version_id)
     period = _url_period()
@@ -496,6 +499,11 @@ def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> di
         desired = manifests.sign(manifest)
         _manifests.put(key, desired)
     return desired
+
+
+def _ships(device: CheckinDevice) -> bool:
+    # A version found corrupt after it was desired is withheld: the device keeps what it runs.
+    return device.version_id is not None and status_ships(device.version_status)
 
 
 def _iso(moment: datetime) -> str:

@@ -14,6 +14,7 @@ from devices.models import DesiredState, Device
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import new_traceparent
 from models_app.models import ModelVersion
+from models_app.shipping import version_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,6 @@ class DesiredStateResult:
     changed: int = 0
     unchanged: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-def _refusal(version: ModelVersion, rollback: bool) -> str | None:
-    approved = version.approved_at is not None
-    if version.status == ModelVersion.Status.FAILED and not approved:
-        return f"{version.model_id} failed validation; an Admin must approve it (with a reason) before it ships."
-    if version.status == ModelVersion.Status.NEEDS_APPROVAL and not approved:
-        return f"{version.model_id} could not be executed by validation; an Admin must approve it before it ships."
-    if version.status == ModelVersion.Status.DEPRECATED and not rollback:
-        return f"{version.model_id} is deprecated; only a rollback may return to it."
-    return None
 
 
 def _skip_reason(device: Device, version: ModelVersion | None) -> str | None:
@@ -67,7 +57,7 @@ def desired_state_set(
     call, or two operators doing the same thing, changes nothing the second time. Devices that
     are decommissioned or do not meet the version's requirements are skipped, with the reason.
     """
-    if version is not None and (refusal := _refusal(version, rollback)):
+    if version is not None and (refusal := version_refusal(version, rollback=rollback, unvalidated_ok=True)):
         raise ApplicationError(refusal, code="VERSION_NOT_DEPLOYABLE")
     result = DesiredStateResult()
     eligible: list[int] = []

@@ -12,6 +12,18 @@ ARTIFACT_URL_EXPIRY_SECONDS = env.int("ARTIFACT_URL_EXPIRY_SECONDS", default=900
 # minimum part) x 4 in flight measured fastest on 2 cores (bench/upload.py) at ~30 MB per upload.
 ARTIFACT_PART_BYTES = env.int("ARTIFACT_PART_BYTES", default=5 * 1024**2)
 ARTIFACT_UPLOAD_CONCURRENCY = env.int("ARTIFACT_UPLOAD_CONCURRENCY", default=4)
+# Every S3 call, an abort included, gives up after about S3_MAX_ATTEMPTS x (connect + read timeout):
+# a frozen S3 answers 503 in that time, never after minutes (models_app/storage.py applies them).
+S3_CONNECT_TIMEOUT = env.int("S3_CONNECT_TIMEOUT", default=5)
+S3_READ_TIMEOUT = env.int("S3_READ_TIMEOUT", default=60)
+S3_MAX_ATTEMPTS = env.int("S3_MAX_ATTEMPTS", default=3)
+# Multipart uploads still open after this long were left by a crashed or cut-off upload and are aborted
+# (models_app.tasks.artifact_abandoned_uploads_cleanup, every 10 minutes: gone within the hour).
+ARTIFACT_UPLOAD_STALE_MINUTES = env.int("ARTIFACT_UPLOAD_STALE_MINUTES", default=40)
+# Integrity scrub (models_app/scrub.py, every 10 minutes): re-hashes stored artifacts, oldest-scrubbed first,
+# at most this many bytes per run (~7 s of S3 reads at 300 MB/s), each again after the interval.
+ARTIFACT_SCRUB_BYTES_PER_RUN = env.int("ARTIFACT_SCRUB_BYTES_PER_RUN", default=2 * 1024**3)
+ARTIFACT_SCRUB_INTERVAL_HOURS = env.float("ARTIFACT_SCRUB_INTERVAL_HOURS", default=24)
 
 if S3_BUCKET:
     _artifacts = {
@@ -29,9 +41,9 @@ if S3_BUCKET:
             "default_acl": None,
             # Fail fast when S3 is down: the client gets a 503 in seconds, not after minutes of retries.
             "client_config": Config(
-                connect_timeout=env.int("S3_CONNECT_TIMEOUT", default=5),
-                read_timeout=env.int("S3_READ_TIMEOUT", default=60),
-                retries={"max_attempts": env.int("S3_MAX_ATTEMPTS", default=3), "mode": "standard"},
+                connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
+                # total_max_attempts counts the first try; botocore's "max_attempts" would add one to it.
+                retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
                 s3={"addressing_style": env.str("S3_ADDRESSING_STYLE", default="path"),
                     "payload_signing_enabled": env.bool("S3_PAYLOAD_SIGNING", default=False)},
                 signature_version="s3v4",

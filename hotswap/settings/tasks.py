@@ -31,10 +31,13 @@ CELERY_TASK_ROUTES = {"models_app.tasks.model_version_validate": {"queue": CELER
 METRIC_FLUSH_SECONDS = env.float("METRIC_FLUSH_SECONDS", default=2.0)
 
 CELERY_BEAT_SCHEDULE = {
+    # Retries the aborts a frozen S3 refused; aborts uploads open for ARTIFACT_UPLOAD_STALE_MINUTES (< 1 h).
     "abort-abandoned-uploads": {
         "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
-        "schedule": timedelta(hours=1),
+        "schedule": timedelta(minutes=10),
     },
+    # Re-hashes stored artifacts within a byte budget; an altered one is marked corrupt and never shipped.
+    "scrub-artifacts": {"task": "models_app.tasks.artifacts_scrub", "schedule": timedelta(minutes=10)},
     # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.
     "flush-device-heartbeats": {"task": "devices.tasks.device_heartbeats_flush",
                                 "schedule": timedelta(seconds=env.int("HEARTBEAT_FLUSH_SECONDS", default=10))},

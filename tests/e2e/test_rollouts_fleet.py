@@ -13,6 +13,7 @@ with every transition recorded exactly once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import signal
@@ -183,9 +184,11 @@ def fleet_register() -> dict[str, str]:
 
 def upload(api: requests.Session, base: str, version: str, hidden: int) -> str:
     """A real ONNX model through POST /api/v1/models, as CI uploads it; returns its model_id."""
+    content = onnx_model_bytes(hidden=hidden)
     response = api.post(f"{base}/api/v1/models", timeout=60,
-                        data={"name": MODEL, "version": version, "framework": "onnx"},
-                        files={"artifact": ("model.onnx", onnx_model_bytes(hidden=hidden), "application/octet-stream")})
+                        data={"name": MODEL, "version": version, "framework": "onnx",
+                              "sha256": hashlib.sha256(content).hexdigest()},
+                        files={"artifact": ("model.onnx", content, "application/octet-stream")})
     assert response.status_code == 202, response.text
     return response.json()["model_id"]
 

@@ -31,15 +31,25 @@ def stored_keys(s3):
 
 
 @pytest.fixture
+def console(make_user):
+    """A browser session of an Admin in the console."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(make_user("Admin", is_staff=True))
+    return client
+
+
+@pytest.fixture
 def developer(client_for):
     return client_for(Role.MODEL_DEVELOPER)
 
 
 def upload(client, content: bytes, *, filename: str = "model.onnx", **fields):
-    """POSTs a multipart upload the way CI does."""
+    """POSTs a multipart upload the way CI does (with the artifact's sha256 unless `sha256=` says otherwise)."""
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    data = {"name": "resnet", "version": "1.0.0", "framework": "onnx", **fields}
+    data = {"name": "resnet", "version": "1.0.0", "framework": "onnx", "sha256": sha256(content), **fields}
     data = {k: v for k, v in data.items() if v is not None}
     data["artifact"] = SimpleUploadedFile(filename, content, content_type="application/octet-stream")
     return client.post("/api/v1/models", data, format="multipart")

@@ -11,12 +11,6 @@ from tests.models_app.conftest import sha256
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def console(make_user):
-    client = Client()
-    client.force_login(make_user("Admin", is_staff=True))
-    return client
-
 
 def _upload(console, content, **fields):
     data = {"name": "console-model", "version": "1.0.0", "framework": "onnx", "sha256": "", "description": "",

@@ -35,3 +35,13 @@ def test_a_forked_child_makes_its_own_client(monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: -1)  # the pid a forked worker sees differs from its parent's
 
     assert artifact_store().client is not parent
+
+
+def test_it_bounds_every_call_of_the_shared_client_by_the_s3_timeout_settings(settings):
+    settings.S3_CONNECT_TIMEOUT, settings.S3_READ_TIMEOUT, settings.S3_MAX_ATTEMPTS = 2, 7, 4
+
+    config = artifact_store().client.meta.config
+
+    assert (config.connect_timeout, config.read_timeout) == (2, 7)
+    assert config.retries == {"total_max_attempts": 4, "mode": "standard"}  # 4 tries in all, not 1 + 4
+    assert artifact_store().client is artifact_store().client  # still one per process for these settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import secrets
@@ -63,6 +64,7 @@ def test_one_rollout_is_one_span_tree_from_the_upload_to_the_devices_swap(spans,
             # API request (continuing CI's trace) → model.upload → the validation task → model.validate
             response = client_for("ModelDeveloper").post("/api/v1/models", {
                 "name": "resnet", "version": "1.0.0", "framework": "onnx",
+                "sha256": hashlib.sha256(onnx_model_bytes()).hexdigest(),
                 "artifact": SimpleUploadedFile("model.onnx", onnx_model_bytes())},
                 format="multipart", headers={"traceparent": CI_TRACEPARENT})
             assert response.status_code == 202, response.content

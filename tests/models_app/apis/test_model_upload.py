@@ -31,8 +31,8 @@ def test_it_stores_an_onnx_model_and_answers_202_with_its_checksum(developer, on
     assert body["status"] == "uploaded"
     assert body["detected_format"] == "onnx"
     assert body["tags"] == ["vision", "edge"]
+    assert "artifact_location" not in body  # the store's address (a server path on local disk) is not shown
     client, bucket = s3
-    assert body["artifact_location"].startswith(f"s3://{bucket}/artifacts/")
     (new_key,) = stored_keys() - before
     assert client.get_object(Bucket=bucket, Key=new_key)["Body"].read() == onnx_bytes
     assert ModelVersion.objects.get().storage_key == new_key
@@ -211,6 +211,8 @@ def test_it_rejects_a_zip_without_a_manifest(developer, onnx_bytes):
         ({"name": "Bad Name!"}, "name"),
         ({"framework": "caffe"}, "framework"),
         ({"sha256": "xyz"}, "sha256"),
+        ({"sha256": None}, "sha256"),  # required: the README promises a checked checksum
+        ({"sha256": ""}, "sha256"),
         ({"min_memory_mb": "-5"}, "min_memory_mb"),
         ({"input_schema": '[{"name": "x", "dtype": "float32", "shape": [0]}]'}, "input_schema"),
         ({"input_schema": "not json"}, "input_schema"),
@@ -230,8 +232,8 @@ def test_it_validates_every_field_with_a_clear_error(developer, onnx_bytes, stor
 
 
 def test_it_requires_the_artifact(developer):
-    response = developer.post("/api/v1/models", {"name": "a", "version": "1.0.0", "framework": "onnx"},
-                              format="multipart")
+    response = developer.post("/api/v1/models", {"name": "a", "version": "1.0.0", "framework": "onnx",
+                                                 "sha256": "0" * 64}, format="multipart")
 
     assert response.status_code == 400
     assert response.json()["error"]["details"] == [{"field": "artifact", "message": "This field is required."}]

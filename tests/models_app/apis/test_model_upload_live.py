@@ -48,7 +48,8 @@ def test_it_uploads_200_mb_with_under_64_mb_of_server_memory_growth(big_model, b
         warm_up = tmp_path / "small.onnx"
         warm_up.write_bytes(onnx_model_bytes())
         assert _post(base_url, bearer, StreamingMultipart(
-            {"name": "small", "version": "1.0.0", "framework": "onnx"}, warm_up)).status_code == 202
+            {"name": "small", "version": "1.0.0", "framework": "onnx",
+             "sha256": hashlib.sha256(warm_up.read_bytes()).hexdigest()}, warm_up)).status_code == 202
         baseline_kb = rss_kb(worker, "VmRSS")
         rss_peak_reset(worker)
 
@@ -76,7 +77,8 @@ def test_it_answers_503_and_leaves_nothing_when_s3_stops_mid_upload(big_model, b
                 s3.stop()
 
         with gunicorn_server(env=env) as (base_url, _master):
-            body = StreamingMultipart({"name": "big", "version": "1.0.0", "framework": "onnx"}, big_model,
+            body = StreamingMultipart({"name": "big", "version": "1.0.0", "framework": "onnx", "sha256": "0" * 64},
+                                      big_model,
                                       on_chunk=stop_s3_at_a_third)
             response = _post(base_url, bearer, body)
         assert stopped.is_set()
@@ -94,7 +96,8 @@ def test_it_answers_503_and_leaves_nothing_when_s3_stops_mid_upload(big_model, b
 def test_it_refuses_a_truncated_upload_and_keeps_nothing(bearer, tmp_path, stored_keys):
     path = tmp_path / "model.onnx"
     path.write_bytes(onnx_model_bytes(big_initializer_bytes=8 * MB))
-    body = StreamingMultipart({"name": "cut", "version": "1.0.0", "framework": "onnx"}, path)
+    body = StreamingMultipart({"name": "cut", "version": "1.0.0", "framework": "onnx",
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}, path)
     raw = b"".join(body)
     before = stored_keys()
 
