@@ -214,10 +214,12 @@ class DomainCollector:
 
     @staticmethod
     def _telemetry_buffer() -> Iterator[Metric]:
+        from devices.heartbeats import set_aside_counts
         from devices.services.telemetry import metric_buffer_depth  # devices' services import this module
 
         try:
             waiting, rejected = metric_buffer_depth()
+            set_aside = set_aside_counts()
         except RedisError:
             logger.warning("domain metrics: Redis did not answer for the metric-window buffer")
             return
@@ -225,6 +227,12 @@ class DomainCollector:
                                 "for the flush to PostgreSQL (alert when it keeps growing).", value=waiting)
         yield GaugeMetricFamily("hotswap_metric_windows_rejected", "Check-ins whose metric windows the database "
                                 "refused at the flush, set aside in Redis.", value=rejected)
+        # Counted in Redis, where the flushes (Celery workers, anywhere) set entries aside.
+        refused = CounterMetricFamily("hotswap_reports_set_aside", "Buffered entries the database refused at a flush "
+                                      "and set aside in Redis, by kind (heartbeats, metric-windows).", labels=["kind"])
+        for kind in ("heartbeats", "metric-windows"):
+            refused.add_metric([kind], set_aside.get(kind, 0))
+        yield refused
 
     def _families(self) -> list[Metric]:
         outermost = not connection.in_atomic_block
