@@ -228,11 +228,12 @@ class DomainCollector:
         yield GaugeMetricFamily("hotswap_metric_windows_rejected", "Check-ins whose metric windows the database "
                                 "refused at the flush, set aside in Redis.", value=rejected)
         # Counted in Redis, where the flushes (Celery workers, anywhere) set entries aside.
-        refused = CounterMetricFamily("hotswap_reports_set_aside", "Buffered entries the database refused at a flush "
-                                      "and set aside in Redis, by kind (heartbeats, metric-windows).", labels=["kind"])
-        for kind in ("heartbeats", "metric-windows"):
-            refused.add_metric([kind], set_aside.get(kind, 0))
-        yield refused
+        yield CounterMetricFamily("hotswap_heartbeats_set_aside", "Buffered heartbeats the database refused at the "
+                                  "flush, set aside in Redis (the others were written).",
+                                  value=set_aside.get("heartbeats", 0))
+        yield CounterMetricFamily("hotswap_metric_windows_set_aside", "Buffered metric windows the database refused "
+                                  "at the flush, set aside in Redis (the others were written).",
+                                  value=set_aside.get("metric-windows", 0))
 
     def _families(self) -> list[Metric]:
         outermost = not connection.in_atomic_block

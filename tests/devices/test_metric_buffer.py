@@ -205,5 +205,4 @@ def test_windows_set_aside_are_counted_in_metrics(client, settings):
     metric_windows_flush()
 
     text = Client().get("/metrics").content.decode()
-    assert f'hotswap_reports_set_aside_total{{kind="metric-windows"}} {counted + 1}.0' in text
-    assert 'hotswap_reports_set_aside_total{kind="heartbeats"}' in text
+    assert f"hotswap_metric_windows_set_aside_total {counted + 1}.0" in text
