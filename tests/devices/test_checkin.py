@@ -448,3 +448,15 @@ def test_a_version_uploaded_after_a_refusal_is_accepted_at_once(client, make_ver
 
     assert checkin(client, credential, {"metrics": [metric_window()]}).status_code == 200
 
+
+
+@pytest.mark.parametrize("model", ["a\u0000b", "\udc80x"], ids=["NUL", "lone surrogate"])
+def test_a_window_the_database_could_not_store_is_refused_at_the_check_in_not_accepted_and_lost(client, model):
+    _device, credential = device_with_credential()
+
+    response = checkin(client, credential, {"metrics": [metric_window(model)],
+                                            "installs": [{"model": model, "version": "1.0.0", "status": "active"}]})
+
+    assert response.status_code == 400
+    assert {d["field"] for d in response.json()["error"]["details"]} >= {"metrics[0].version", "installs[0].version"}
+    assert metric_windows_flush() == 0 and MetricWindow.objects.count() == 0
