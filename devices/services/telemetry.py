@@ -60,6 +60,7 @@ def metric_windows_flush() -> int:
     already receipted. So every window is stored once, even with two flushes at the same time.
     """
     client = heartbeats.redis_client()
+    _fold_legacy_rejected(client)
     stored = 0
     chunk = settings.METRIC_FLUSH_CHUNK
     for batch in heartbeats.buffer_batches(heartbeats.metric_buffer_key()):
@@ -68,6 +69,16 @@ def metric_windows_flush() -> int:
             stored += _flush_chunk(f"{batch_id}:{start}", client.lrange(batch, start, start + chunk - 1))
         client.delete(batch)
     return stored
+
+
+def _fold_legacy_rejected(client) -> None:
+    # Before set-aside lists, refused windows went to a list with no cap and no expiry: its newest entries
+    # join the set-aside list once (capped, expiring, counted), and it goes.
+    legacy = f"{heartbeats.metric_buffer_key()}:rejected"
+    if client.exists(legacy):
+        heartbeats.set_aside(SET_ASIDE_KIND, client.lrange(legacy, -heartbeats.SET_ASIDE_MAX, -1),
+                             error=RuntimeError("refused by an earlier version of the flush"))
+        client.delete(legacy)
 
 
 def metric_buffer_depth() -> tuple[int, int]:

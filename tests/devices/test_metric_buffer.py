@@ -206,3 +206,17 @@ def test_windows_set_aside_are_counted_in_metrics(client, settings):
 
     text = Client().get("/metrics").content.decode()
     assert f"hotswap_metric_windows_set_aside_total {counted + 1}.0" in text
+
+
+def test_windows_an_earlier_flush_rejected_without_bound_join_the_capped_expiring_set_aside(monkeypatch):
+    monkeypatch.setattr(heartbeats, "SET_ASIDE_MAX", 2)
+    redis = heartbeats.redis_client()
+    redis.delete(heartbeats.set_aside_key("metric-windows"))
+    legacy = f"{heartbeats.metric_buffer_key()}:rejected"
+    redis.rpush(legacy, b"[1]", b"[2]", b"[3]")
+
+    metric_windows_flush()
+
+    assert not redis.exists(legacy)
+    assert redis.lrange(heartbeats.set_aside_key("metric-windows"), 0, -1) == [b"[2]", b"[3]"]
+    assert redis.ttl(heartbeats.set_aside_key("metric-windows")) > 0
