@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -45,9 +45,10 @@ logger = logging.getLogger(__name__)
 # after the last one. A device that keeps sending what the database refuses cannot grow Redis.
 SET_ASIDE_MAX = 1000
 SET_ASIDE_TTL = timedelta(days=7)
-# What a write of a bad entry raises: the database refusing a value (NUL, a BC date...), psycopg refusing to
-# encode one (a lone surrogate: UnicodeEncodeError, a ValueError), an entry that does not parse.
-REFUSED = (DatabaseError, ValueError, TypeError, KeyError, AttributeError)
+# What a write of a bad entry raises: the database refusing a value (NUL, a BC date, a constraint), psycopg
+# refusing to encode one (a lone surrogate: UnicodeEncodeError, a ValueError), an entry that does not parse.
+# Not an unreachable or failing database (OperationalError...): then the flush fails and the buffer waits.
+REFUSED = (DataError, IntegrityError, ValueError, TypeError, KeyError, AttributeError)
 
 
 @lru_cache(maxsize=1)

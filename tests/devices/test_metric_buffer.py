@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import OperationalError
 from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -220,3 +221,20 @@ def test_windows_an_earlier_flush_rejected_without_bound_join_the_capped_expirin
     assert not redis.exists(legacy)
     assert redis.lrange(heartbeats.set_aside_key("metric-windows"), 0, -1) == [b"[2]", b"[3]"]
     assert redis.ttl(heartbeats.set_aside_key("metric-windows")) > 0
+
+
+def test_an_unreachable_database_sets_nothing_aside_and_the_windows_wait_for_the_next_flush(client, monkeypatch):
+    _device, credential = device_with_credential()
+    checkin(client, credential, {"metrics": [metric_window(count=1)]})
+    counted = heartbeats.set_aside_counts().get("metric-windows", 0)
+
+    def unreachable(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(telemetry, "reports_insert", unreachable)
+    with pytest.raises(OperationalError):
+        metric_windows_flush()
+    monkeypatch.undo()
+
+    assert heartbeats.set_aside_counts().get("metric-windows", 0) == counted
+    assert metric_windows_flush() == 1 and stored_counts() == [1]
