@@ -69,7 +69,7 @@ function init(args)
     n = n + 1
   end
   assert(#devices > 0, "no devices for thread " .. id)
-  index, last_t = 0, -1
+  index, last_t, sent = 0, -1, 0
 end
 
 function request()
@@ -83,9 +83,14 @@ function request()
   local t = os.time()
   if t ~= last_t then
     last_t = t
-    body_now = pre .. iso(t - 60) .. mid .. iso(t) .. post
+    start_now, end_now = iso(t - 60):sub(1, -2), iso(t):sub(1, -2)
   end
-  return wrk.format("POST", "/api/v1/devices/checkin", devices[index], body_now)
+  -- The server stores a window once per (device, model, version, window_start): a device sending twice
+  -- within a second (a small fleet) must not send the same window twice, so each request's is its own.
+  sent = sent + 1
+  local fraction = string.format(".%06dZ", sent % 1000000)
+  return wrk.format("POST", "/api/v1/devices/checkin", devices[index],
+                    pre .. start_now .. fraction .. mid .. end_now .. fraction .. post)
 end
 
 -- wrk waits on a timer before every request when the script has delay(), so only paced runs define it.

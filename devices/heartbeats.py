@@ -11,6 +11,9 @@ Batched, a window costs PostgreSQL a tenth of what a statement per check-in cost
 bounded (METRIC_BUFFER_MAX_CHECKINS): when the flush falls behind, check-ins write their windows
 straight to PostgreSQL instead, so nothing is dropped. Install reports are never buffered: they are
 rare, and rollouts act on them at once.
+
+A flush never lets one entry the database refuses hold up the others: the refused ones are set aside
+(set_aside: a capped, expiring Redis list per kind, counted for /metrics) and the rest are written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import threading
 import uuid
@@ -28,12 +32,23 @@ from typing import NamedTuple
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from devices.models import Device
 from models_app.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+# Set-aside entries are kept for inspection, not forever: the newest SET_ASIDE_MAX per kind, for SET_ASIDE_TTL
+# after the last one. A device that keeps sending what the database refuses cannot grow Redis.
+SET_ASIDE_MAX = 1000
+SET_ASIDE_TTL = timedelta(days=7)
+# What a write of a bad entry raises: the database refusing a value (NUL, a BC date, a constraint), psycopg
+# refusing to encode one (a lone surrogate: UnicodeEncodeError, a ValueError), an entry that does not parse.
+# Not an unreachable or failing database (OperationalError...): then the flush fails and the buffer waits.
+REFUSED = (DataError, IntegrityError, ValueError, TypeError, KeyError, AttributeError)
 
 
 @lru_cache(maxsize=1)
@@ -150,28 +165,76 @@ def buffer_batches(key: str, *, claim: bool = True) -> Iterator[bytes]:
     return client.scan_iter(match=f"{key}:flushing:*", count=100)
 
 
+def set_aside_key(kind: str) -> str:
+    return f"{settings.CACHES['default']['KEY_PREFIX']}:set-aside:{kind}"
+
+
+def _set_aside_counts_key() -> str:
+    return f"{settings.CACHES['default']['KEY_PREFIX']}:set-aside:counts"
+
+
+def set_aside(kind: str, entries: list[bytes], *, error: BaseException) -> None:
+    """Keeps buffered entries the database refused out of the flush: capped, expiring, counted, logged.
+
+    kind is "heartbeats" or "metric-windows". The count (set_aside_counts) never expires, so /metrics can
+    show it as a counter; the entries themselves are only kept for someone to look at.
+    """
+    if not entries:
+        return
+    key = set_aside_key(kind)
+    with redis_client().pipeline(transaction=True) as pipe:
+        pipe.rpush(key, *entries)
+        pipe.ltrim(key, -SET_ASIDE_MAX, -1)
+        pipe.expire(key, int(SET_ASIDE_TTL.total_seconds()))
+        pipe.hincrby(_set_aside_counts_key(), kind, len(entries))
+        pipe.execute()
+    logger.error("%d buffered %s refused by the database, set aside in Redis: %r", len(entries), kind, error,
+                 extra={"key": key})
+
+
+def set_aside_counts() -> dict[str, int]:
+    """Entries set aside since Redis started, by kind."""
+    return {kind.decode(): int(count) for kind, count in redis_client().hgetall(_set_aside_counts_key()).items()}
+
+
 def heartbeats_flush() -> int:
     """Writes buffered heartbeats to the devices table in one UPDATE; returns how many devices."""
     client = redis_client()
     flushed = 0
     for batch in buffer_batches(_buffer_key()):
-        entries = {int(pk): json.loads(raw) for pk, raw in client.hgetall(batch).items()}
-        flushed += _write_heartbeats(entries)
+        flushed += _write_heartbeats([(int(pk), raw) for pk, raw in client.hgetall(batch).items()])
         client.delete(batch)
     return flushed
 
 
-def _write_heartbeats(entries: dict[int, dict]) -> int:
+def _write_heartbeats(entries: list[tuple[int, bytes]]) -> int:
+    """One UPDATE for the entries; if it is refused, each half is tried alone (bisection) down to the bad ones.
+
+    A batch without a bad entry (every batch, in practice) costs one statement; k bad ones among n cost
+    about 2k·log2(n) statements, and are set aside.
+    """
     if not entries:
         return 0
+    try:
+        return _update_heartbeats(entries)
+    except REFUSED as exc:
+        if len(entries) == 1:
+            pk, raw = entries[0]
+            set_aside("heartbeats", [b'{"device":%d,"heartbeat":%s}' % (pk, raw)], error=exc)
+            return 0
+        middle = len(entries) // 2
+        return _write_heartbeats(entries[:middle]) + _write_heartbeats(entries[middle:])
+
+
+def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
+    entries = {pk: json.loads(raw) for pk, raw in raw_entries}
     model_ids = {f"{r['model']}-{r['version']}" for e in entries.values() if (r := e.get("running"))}
-    versions = dict(ModelVersion.objects.filter(model_id__in=model_ids).values_list("model_id", "pk"))
     rows = []
     for pk, entry in entries.items():
         running, health = entry.get("running") or {}, entry.get("health") or {}
         model_id = f"{running.get('model')}-{running.get('version')}" if running else None
         rows.append((
-            pk, datetime.fromisoformat(entry["at"]), versions.get(model_id) if model_id else None,
+            pk, datetime.fromisoformat(entry["at"]), model_id,  # resolved to the version's pk below
             running.get("model", ""), running.get("version", ""), running.get("sha256", ""),
             health.get("cpu_percent"), health.get("memory_percent"), health.get("disk_percent"),
         ))
@@ -188,8 +251,10 @@ def _write_heartbeats(entries: dict[int, dict]) -> int:
         FROM (VALUES {placeholders}) AS v(pk, seen, version_id, model, version, sha256, cpu, mem, disk)
         WHERE d.id = v.pk AND (d.last_seen IS NULL OR d.last_seen <= v.seen)
     """  # noqa: S608 - only placeholders are interpolated
+    # The lookup is inside the savepoint too: a name PostgreSQL refuses fails it first.
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
+        versions = dict(ModelVersion.objects.filter(model_id__in=model_ids).values_list("model_id", "pk"))
+        cursor.execute(sql, [value for row in rows for value in (*row[:2], versions.get(row[2]), *row[3:])])
         return cursor.rowcount
 
 

@@ -171,6 +171,12 @@ class InstallReport(models.Model):
     class Meta:
         ordering = ["-reported_at"]
         indexes = [models.Index(fields=["device", "-reported_at"], name="install_device_time_idx")]
+        constraints = [
+            # A report's identity (PROTOCOL.md §3): a resend is not stored again. `at` is part of it because
+            # a device may retry a failed install under the same sequence, and each attempt is news.
+            models.UniqueConstraint(fields=["device", "model_name", "model_version", "status", "sequence",
+                                            "reported_at"], nulls_distinct=False, name="install_report_once"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id}: {self.model_name}-{self.model_version} {self.status}"
@@ -209,6 +215,9 @@ class MetricWindow(models.Model):
                                    name="metric_errors_within_count"),
             models.CheckConstraint(condition=Q(accuracy__isnull=True) | Q(accuracy__gte=0, accuracy__lte=1),
                                    name="metric_accuracy_range"),
+            # A window's identity (PROTOCOL.md §3): a resend, or a copy in the same check-in, is not stored again.
+            models.UniqueConstraint(fields=["device", "model_name", "model_version", "window_start"],
+                                    name="metric_window_once"),
         ]
 
     def __str__(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import psycopg
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
+from django.db.models.signals import post_delete, post_save
 
 from devices import heartbeats, manifests
 from devices.models import LATENCY_BUCKETS_MS, Device, InstallReport
@@ -29,7 +31,14 @@ MAX_COUNT = 1_000_000_000
 MAX_LATENCY_MS = 600_000.0
 MAX_WINDOW = timedelta(hours=1)
 MAX_WINDOW_AGE = timedelta(days=7)
+# Every time a device sends lies within [now - MAX_REPORT_AGE, now + CLOCK_SKEW]: a report older than raw
+# windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00) would be stored
+# as a BC timestamp that PostgreSQL accepts but Python cannot read back (a 500 for every page listing it).
+MAX_REPORT_AGE = MAX_WINDOW_AGE
 CLOCK_SKEW = timedelta(seconds=60)
+# How long a version found missing is believed missing (per process): a device naming one gets 400s
+# without a query per item, and a version uploaded meanwhile is found within this.
+UNKNOWN_VERSION_SECONDS = 10.0
 INSTALL_STATUSES = set(InstallReport.Status.values)
 HISTOGRAM_LENGTH = len(LATENCY_BUCKETS_MS) + 1
 
@@ -224,7 +233,7 @@ def _count(value: Any, field: str, problems: _Problems) -> int | None:
     return value
 
 
-def _time(value: Any, field: str, problems: _Problems) -> datetime | None:
+def _time(value: Any, field: str, problems: _Problems, now: datetime) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
@@ -232,7 +241,49 @@ def _time(value: Any, field: str, problems: _Problems) -> datetime | None:
     if parsed is None or parsed.tzinfo is None:
         problems.add(field, "Must be an ISO 8601 time with a timezone, e.g. 2026-01-01T12:00:00Z.")
         return None
+    if parsed > now + CLOCK_SKEW:
+        problems.add(field, f"Is in the future (more than {CLOCK_SKEW.seconds} s after the server's time).")
+        return None
+    if parsed < now - MAX_REPORT_AGE:
+        problems.add(field, f"Is older than {MAX_REPORT_AGE.days} days.")
+        return None
     return parsed
+
+
+def _known_version(report: dict, where: str, problems: _Problems) -> None:
+    """A report must name a version of the registry: one a device was never offered is not stored.
+
+    Answered from a per-process cache of the versions seen (a dict lookup on the hot path); a miss costs
+    one indexed query. Versions are never renamed; a deleted one only stays "known" in this cache, and its
+    reports are then stored unlinked, as before.
+    """
+    model, version = report["model"], report["version"]
+    if not model or not version:
+        return  # already reported as invalid
+    model_id = f"{model}-{version}"
+    known = _known_versions.get(model_id)
+    if known is None or (known is not True and known < time.monotonic()):
+        known = _storable(model_id) and ModelVersion.objects.filter(model_id=model_id).exists()
+        _known_versions.put(model_id, True if known else time.monotonic() + UNKNOWN_VERSION_SECONDS)
+    if known is not True:
+        problems.add(f"{where}.version", f"The registry has no version {version} of model {model}.")
+
+
+def _storable(text: str) -> bool:
+    # What PostgreSQL cannot store cannot name a stored version, and would fail the lookup itself.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _forget_version(sender, instance: ModelVersion, **kwargs) -> None:
+    _known_versions.pop(instance.model_id)
+
+
+post_save.connect(_forget_version, sender=ModelVersion, dispatch_uid="checkin-known-versions-save")
+post_delete.connect(_forget_version, sender=ModelVersion, dispatch_uid="checkin-known-versions-delete")
 
 
 def _running(value: Any, problems: _Problems) -> dict | None:
@@ -273,13 +324,12 @@ def _install(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
         else None,
         "duration_ms": _count(item["duration_ms"], f"{where}.duration_ms", problems)
         if item.get("duration_ms") is not None else None,
-        "at": _time(item.get("at"), f"{where}.at", problems) if "at" in item else now,
+        "at": _time(item.get("at"), f"{where}.at", problems, now) if "at" in item else now,
         "traceparent": valid_traceparent(item.get("traceparent")),
     }
     if report["status"] not in INSTALL_STATUSES:
         problems.add(f"{where}.status", f"Must be one of {', '.join(sorted(INSTALL_STATUSES))}.")
-    if report["at"] and report["at"] > now + CLOCK_SKEW:
-        problems.add(f"{where}.at", "Is in the future.")
+    _known_version(report, where, problems)
     return report
 
 
@@ -293,8 +343,8 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
     window = {
         "model": _string(item.get("model"), f"{where}.model", problems),
         "version": _string(item.get("version"), f"{where}.version", problems),
-        "window_start": _time(item.get("window_start"), f"{where}.window_start", problems),
-        "window_end": _time(item.get("window_end"), f"{where}.window_end", problems),
+        "window_start": _time(item.get("window_start"), f"{where}.window_start", problems, now),
+        "window_end": _time(item.get("window_end"), f"{where}.window_end", problems, now),
         "inference_count": _count(item.get("inference_count"), f"{where}.inference_count", problems),
         "error_count": _count(item.get("error_count"), f"{where}.error_count", problems),
         "accuracy": None, "labelled_count": None, "latency_histogram": None,
@@ -305,10 +355,6 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
             problems.add(f"{where}.window_end", "Must be after window_start.")
         elif end - start > MAX_WINDOW:
             problems.add(f"{where}.window_end", "A window may span at most one hour.")
-        if end > now + CLOCK_SKEW:
-            problems.add(f"{where}.window_end", "Is in the future.")
-        if start < now - MAX_WINDOW_AGE:
-            problems.add(f"{where}.window_start", "Is older than 7 days.")
     if count is not None and window["error_count"] is not None and window["error_count"] > count:
         problems.add(f"{where}.error_count", "Cannot exceed inference_count.")
     latency = item.get("latency_ms")
@@ -336,6 +382,7 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
         if labelled is not None and count is not None and labelled > count:
             problems.add(f"{where}.labelled_count", "Cannot exceed inference_count.")
         window["labelled_count"] = labelled
+    _known_version(window, where, problems)
     return window
 
 
@@ -345,8 +392,10 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
 # per shape cost more CPU than the insert). A single statement is its own transaction, so installs and
 # windows are stored all or nothing in one round trip. Each window names its device: the flush writes
 # the windows of many check-ins at once, and skips those of a device deleted meanwhile (its windows
-# would have been deleted with it). The version is resolved by model_id inside it (no lookup, no cache
-# to go stale); WITH ORDINALITY ... ORDER BY keeps ids in the order they were sent.
+# would have been deleted with it). The version is resolved by model_id inside it; WITH ORDINALITY ...
+# ORDER BY keeps ids in the order they were sent. A report is stored once: ON CONFLICT DO NOTHING on
+# its identity (the unique constraints install_report_once and metric_window_once) drops a resend, or
+# a copy in the same batch, at the cost of the index probe the constraint makes anyway.
 _REPORTS_SQL = """
     WITH installs AS (
         INSERT INTO devices_installreport (device_id, version_id, model_name, model_version, status, error, sequence,
@@ -358,6 +407,7 @@ _REPORTS_SQL = """
                  at timestamptz, traceparent text)) WITH ORDINALITY AS v
         LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
         ORDER BY v.ordinality
+        ON CONFLICT DO NOTHING
     ), windows AS (
         INSERT INTO devices_metricwindow (device_id, version_id, model_name, model_version, window_start,
                                           window_end, inference_count, error_count, latency_p50_ms,
@@ -374,6 +424,7 @@ _REPORTS_SQL = """
         JOIN devices_device d ON d.id = v.device
         LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
         ORDER BY v.ordinality
+        ON CONFLICT DO NOTHING
         RETURNING 1
     )
     -- With 'off', the commit returns before its WAL is flushed: only a PostgreSQL crash in the next
@@ -458,12 +509,22 @@ class _Lru:
             if len(self.items) > self.size:
                 self.items.popitem(last=False)
 
+    def pop(self, key) -> None:
+        with self.lock:
+            self.items.pop(key, None)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
 
 # Presigning is the dearest part of an answer, and a link depends only on the artifact and the URL
 # period, so every device of a rollout shares one. Signed manifests are kept per device and state:
 # every input of one is in its key (issued_at stays the first issue's time, which it is).
 _links = _Lru(1024)
 _manifests = _Lru(4096)
+# model_id -> True (in the registry) or until when (time.monotonic()) it is believed missing.
+_known_versions = _Lru(4096)
 
 
 def _download_url(version: ManifestVersion, expires_at: datetime, now: datetime) -> str:

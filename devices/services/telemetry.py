@@ -3,20 +3,18 @@ and device type) and retention."""
 
 from __future__ import annotations
 
-import logging
+import json
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DataError, IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from devices import heartbeats
 from devices.models import MetricWindow, MetricWindowBatch
 from devices.services.checkin import reports_insert
-
-logger = logging.getLogger(__name__)
 
 WATERMARK_KEY = "devices:metric-rollup:watermark"
 # Without a watermark (first run, Redis flushed) look this far back for windows to roll up.
@@ -62,6 +60,7 @@ def metric_windows_flush() -> int:
     already receipted. So every window is stored once, even with two flushes at the same time.
     """
     client = heartbeats.redis_client()
+    _fold_legacy_rejected(client)
     stored = 0
     chunk = settings.METRIC_FLUSH_CHUNK
     for batch in heartbeats.buffer_batches(heartbeats.metric_buffer_key()):
@@ -72,12 +71,25 @@ def metric_windows_flush() -> int:
     return stored
 
 
+def _fold_legacy_rejected(client) -> None:
+    # Before set-aside lists, refused windows went to a list with no cap and no expiry: its newest entries
+    # join the set-aside list once (capped, expiring, counted), and it goes.
+    legacy = f"{heartbeats.metric_buffer_key()}:rejected"
+    if client.exists(legacy):
+        heartbeats.set_aside(SET_ASIDE_KIND, client.lrange(legacy, -heartbeats.SET_ASIDE_MAX, -1),
+                             error=RuntimeError("refused by an earlier version of the flush"))
+        client.delete(legacy)
+
+
 def metric_buffer_depth() -> tuple[int, int]:
-    """(check-ins whose windows wait for the flush, check-ins whose windows the database refused)."""
+    """(check-ins whose windows wait for the flush, windows the database refused, set aside)."""
     client = heartbeats.redis_client()
     key = heartbeats.metric_buffer_key()
     waiting = client.llen(key) + sum(client.llen(batch) for batch in heartbeats.buffer_batches(key, claim=False))
-    return waiting, client.llen(f"{key}:rejected")
+    return waiting, client.llen(heartbeats.set_aside_key(SET_ASIDE_KIND))
+
+
+SET_ASIDE_KIND = "metric-windows"
 
 
 def _flush_chunk(receipt: str, arrays: list[bytes]) -> int:
@@ -92,15 +104,32 @@ def _flush_chunk(receipt: str, arrays: list[bytes]) -> int:
             stored = reports_insert(device_pk=None, windows=windows.decode(), synchronous=True)
             MetricWindowBatch.objects.filter(key=receipt).update(windows=stored)
             return stored
-    except (DataError, IntegrityError):
-        # Validated windows always fit; should one not (a rule changed under a buffered window), it must
-        # not hold up the rest: each check-in's windows are tried alone, and what still fails is set aside.
-        if len(arrays) > 1:
-            return sum(_flush_chunk(f"{receipt}/{i}", [entry]) for i, entry in enumerate(arrays))
-        heartbeats.redis_client().rpush(f"{heartbeats.metric_buffer_key()}:rejected", arrays[0])
-        logger.exception("metric windows rejected by the database, kept in Redis for inspection",
-                         extra={"receipt": receipt, "key": f"{heartbeats.metric_buffer_key()}:rejected"})
-        return 0
+    except heartbeats.REFUSED as exc:
+        # Validated windows always fit; should one not (buffered before a rule changed, a bug), it must not
+        # hold up the rest: each half is tried alone (its own receipt), down to the single windows refused,
+        # which are set aside. One bad window among n costs about 2·log2(n) statements, and only then.
+        return _flush_halves(receipt, arrays, exc)
+
+
+def _flush_halves(receipt: str, arrays: list[bytes], exc: BaseException) -> int:
+    if len(arrays) == 1:
+        arrays = _one_array_per_window(arrays[0])
+        if len(arrays) == 1:
+            heartbeats.set_aside(SET_ASIDE_KIND, arrays, error=exc)
+            return 0
+    middle = len(arrays) // 2
+    return _flush_chunk(f"{receipt}a", arrays[:middle]) + _flush_chunk(f"{receipt}b", arrays[middle:])
+
+
+def _one_array_per_window(entry: bytes) -> list[bytes]:
+    """A check-in's windows as one JSON array each (the entry itself when it holds one, or is not an array)."""
+    try:
+        windows = json.loads(entry)
+    except ValueError:
+        return [entry]
+    if not isinstance(windows, list) or len(windows) < 2:
+        return [entry]
+    return [json.dumps([window], separators=(",", ":")).encode() for window in windows]
 
 
 def metric_rollup(*, buckets: list[datetime]) -> int:

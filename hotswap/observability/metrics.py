@@ -214,10 +214,12 @@ class DomainCollector:
 
     @staticmethod
     def _telemetry_buffer() -> Iterator[Metric]:
+        from devices.heartbeats import set_aside_counts
         from devices.services.telemetry import metric_buffer_depth  # devices' services import this module
 
         try:
             waiting, rejected = metric_buffer_depth()
+            set_aside = set_aside_counts()
         except RedisError:
             logger.warning("domain metrics: Redis did not answer for the metric-window buffer")
             return
@@ -225,6 +227,13 @@ class DomainCollector:
                                 "for the flush to PostgreSQL (alert when it keeps growing).", value=waiting)
         yield GaugeMetricFamily("hotswap_metric_windows_rejected", "Check-ins whose metric windows the database "
                                 "refused at the flush, set aside in Redis.", value=rejected)
+        # Counted in Redis, where the flushes (Celery workers, anywhere) set entries aside.
+        yield CounterMetricFamily("hotswap_heartbeats_set_aside", "Buffered heartbeats the database refused at the "
+                                  "flush, set aside in Redis (the others were written).",
+                                  value=set_aside.get("heartbeats", 0))
+        yield CounterMetricFamily("hotswap_metric_windows_set_aside", "Buffered metric windows the database refused "
+                                  "at the flush, set aside in Redis (the others were written).",
+                                  value=set_aside.get("metric-windows", 0))
 
     def _families(self) -> list[Metric]:
         outermost = not connection.in_atomic_block

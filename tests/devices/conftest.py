@@ -9,6 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from devices.models import Device
+from devices.services import checkin
 from devices.services.credentials import device_credential_issue
 from devices.services.enrollment import enrollment_key_create
 from devices.services.registry import device_register
@@ -27,6 +28,12 @@ def _device(**fields) -> Device:
         Device.objects.filter(pk=device.pk).update(**fields)
         device.refresh_from_db()
     return device
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_versions():
+    # The check-in's cache of registry versions outlives a test's rolled-back rows.
+    checkin._known_versions.clear()
 
 
 @pytest.fixture

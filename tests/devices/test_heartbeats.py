@@ -1,8 +1,10 @@
 """Heartbeats: buffered in Redis by check-ins, flushed in bulk; silent devices go offline and come back."""
 
+import json
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from devices import heartbeats
@@ -115,3 +117,55 @@ def test_it_records_heartbeats_after_redis_dropped_the_check_in_connection(clien
     assert checkin(client, credential, {"health": {"cpu_percent": 14.5}}).status_code == 200
     assert heartbeats.heartbeats_pending()[device.pk]["health"] == {"cpu_percent": 14.5}
     assert heartbeats._hot_command("CLIENT", "ID") != check_in_connection
+
+
+@pytest.fixture
+def set_aside_empty():
+    client = heartbeats.redis_client()
+    client.delete(heartbeats.set_aside_key("heartbeats"))
+    return client
+
+
+@pytest.mark.parametrize("model", ["a\u0000b", "\udc80x"], ids=["NUL", "lone surrogate"])
+def test_it_sets_a_heartbeat_the_database_refuses_aside_and_flushes_and_detects_offline_for_the_rest(
+        model, set_aside_empty, settings):
+    settings.METRICS_CACHE_SECONDS = 0
+    now = timezone.now()
+    poisoned, _ = device_with_credential("cam-poisoned")
+    fleet = [device_with_credential(f"cam-{i}")[0] for i in range(5)]
+    quiet, _ = device_with_credential("cam-quiet", last_seen=now - timedelta(minutes=10))
+    counted = heartbeats.set_aside_counts().get("heartbeats", 0)
+    for device in fleet[:2]:
+        heartbeats.heartbeat_record(device_pk=device.pk, running=None, health={"cpu_percent": 5.0}, now=now)
+    # What a check-in buffered before the edge refused such names (PostgreSQL cannot store either).
+    heartbeats.heartbeat_record(device_pk=poisoned.pk, running={"model": model, "version": "1.0.0", "sha256": ""},
+                                health=None, now=now)
+    for device in fleet[2:]:
+        heartbeats.heartbeat_record(device_pk=device.pk, running=None, health={"cpu_percent": 5.0}, now=now)
+
+    assert devices_mark_offline() == 1  # the task flushes first: it neither fails nor misses the others
+
+    assert set(Device.objects.filter(last_seen=now).values_list("device_id", flat=True)) == {
+        d.device_id for d in fleet}
+    assert Device.objects.get(pk=quiet.pk).status == "offline"
+    set_aside = set_aside_empty.lrange(heartbeats.set_aside_key("heartbeats"), 0, -1)
+    assert len(set_aside) == 1 and json.loads(set_aside[0])["device"] == poisoned.pk
+    assert 0 < set_aside_empty.ttl(heartbeats.set_aside_key("heartbeats")) <= heartbeats.SET_ASIDE_TTL.total_seconds()
+    assert heartbeats.set_aside_counts()["heartbeats"] == counted + 1
+    assert (f"hotswap_heartbeats_set_aside_total {counted + 1}.0"
+            in Client().get("/metrics").content.decode())
+    assert device_heartbeats_flush() == 0 and devices_mark_offline() == 0  # nothing stuck: runs twice, same result
+
+
+def test_the_set_aside_heartbeats_are_capped(set_aside_empty, monkeypatch):
+    monkeypatch.setattr(heartbeats, "SET_ASIDE_MAX", 3)
+    now = timezone.now()
+    devices = [device_with_credential(f"cam-{i}")[0] for i in range(5)]
+    for device in devices:
+        heartbeats.heartbeat_record(device_pk=device.pk, running={"model": "a\u0000b", "version": "1", "sha256": ""},
+                                    health=None, now=now)
+
+    assert heartbeats.heartbeats_flush() == 0
+
+    kept = set_aside_empty.lrange(heartbeats.set_aside_key("heartbeats"), 0, -1)
+    assert len(kept) == 3

@@ -92,7 +92,9 @@ def test_device_attributes_do_not_depend_on_the_fleet_size():
 # --- metric windows -------------------------------------------------------------------------------------------
 
 
-def test_metric_windows_follow_the_behaviour_and_pass_the_servers_validation():
+@pytest.mark.django_db
+def test_metric_windows_follow_the_behaviour_and_pass_the_servers_validation(make_version):
+    make_version("m", "1.0.0")  # the server accepts reports on versions of its registry only
     rng, now = random.Random(1), datetime.now(UTC)
     behaviour = parse_behaviour("m-1.0.0=latency:40±5,errors:0.02,accuracy:0.85")[1]
     windows = [metric_window(behaviour, model="m", version="1.0.0", start=now - timedelta(seconds=60), end=now,

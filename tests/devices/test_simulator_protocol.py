@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from devices.agent.fleet import parse_behaviours
 from devices.agent.manifest import canonical_bytes
 from devices.agent.simulator import FleetConfig, run_fleet
+from devices.services import checkin
 from devices.services.checkin import CheckinInvalid, checkin_parse
 
 ENROLL_KEY = "hse_0a1b2c3d_fleet-secret"
@@ -127,6 +128,7 @@ class FakeServer:
                     tamper: str = "", served: bytes | None = None) -> None:
         sha256 = hashlib.sha256(content).hexdigest()
         self.artifacts[sha256] = content if served is None else served
+        checkin._known_versions.put(f"{model}-{version}", True)  # in the registry the real validation consults
         for device_id in device_ids:
             device = self.devices[device_id]
             device["sequence"] += 1
