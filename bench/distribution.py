@@ -28,28 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hotswap.lib.localservices import embedded_postgres_url, port_open  # noqa: E402
+from bench._stack import MACHINE_PG, bench_database, database_url, drop_database, parse_args, redis_url  # noqa: E402
 
 DATABASE = "hotswap_bench_distribution"
-MACHINE_PG = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DB = 7  # the broker the created distributions' advance tasks are sent to (no worker reads it); emptied
 TARGET_SECONDS_PER_MILLION = 60.0
 REGIONS = [f"region-{n:02d}" for n in range(10)]
 OUTSIDE = "lab"  # devices the region filter leaves out
 TYPES = ["camera", "gateway", "kiosk"]
-
-
-def database_url(scratch: Path) -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    if port_open("127.0.0.1", 5432):
-        import psycopg
-
-        with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        return f"{MACHINE_PG}/{DATABASE}"
-    return embedded_postgres_url(scratch / "pg")
 
 
 def fleet_grow(cursor, *, targeted: int, have: int, running_id: int) -> int:
@@ -128,13 +114,15 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true",
                         help="one more run at the largest size printing EXPLAIN ANALYZE of every slow statement")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards (for psql)")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"sizes": "100", "repeat": 1})
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
 
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-bench-distribution-"))
-    os.environ["DATABASE_URL"] = database_url(scratch)
-    if port_open("127.0.0.1", 6379):
-        os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{REDIS_DB}")
+    own_database = not os.environ.get("DATABASE_URL")  # a database given in DATABASE_URL is never dropped
+    if own_database:
+        os.environ["DATABASE_URL"] = database_url(scratch, bench_database(DATABASE, smoke=args.smoke))
+    if not os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = redis_url(scratch, REDIS_DB, smoke=args.smoke)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hotswap.settings.base")
     os.environ.setdefault("HOTSWAP_VAR_DIR", str(scratch))
     os.environ.setdefault("LOG_LEVEL", "ERROR")
@@ -147,7 +135,7 @@ def main() -> int:
         rows = measure(sizes, repeat=args.repeat, large_repeat=args.large_repeat, explain=args.explain)
     finally:
         connection.close()
-        cleanup(keep=args.keep, scratch=scratch)
+        cleanup(keep=args.keep, scratch=scratch, own_database=own_database)
 
     target_rate = 1_000_000 / TARGET_SECONDS_PER_MILLION
     print(f"\nDistribution bench: medians of {args.repeat} runs ({args.large_repeat} at 1,000,000+); "
@@ -236,12 +224,9 @@ def measure(sizes: list[int], *, repeat: int, large_repeat: int, explain: bool) 
     return rows
 
 
-def cleanup(*, keep: bool, scratch: Path) -> None:
-    if not keep and os.environ["DATABASE_URL"] == f"{MACHINE_PG}/{DATABASE}":
-        import psycopg
-
-        with psycopg.connect(f"{MACHINE_PG}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+def cleanup(*, keep: bool, scratch: Path, own_database: bool) -> None:
+    if not keep and own_database and os.environ["DATABASE_URL"].startswith(MACHINE_PG):
+        drop_database(os.environ["DATABASE_URL"])
         shutil.rmtree(scratch, ignore_errors=True)  # only here: an embedded PostgreSQL keeps its data in it
     if os.environ.get("REDIS_URL", "").endswith(f"/{REDIS_DB}"):
         import redis

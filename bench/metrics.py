@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._stack import database_url, drop_database, redis_url  # noqa: E402
+from bench._stack import bench_database, database_url, drop_database, parse_args, redis_url  # noqa: E402
 
 DATABASE = "hotswap_bench_metrics"
 REDIS_DB = 11  # emptied at the start
@@ -124,11 +124,11 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=7, help="days of per-minute telemetry rollups")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the database (to explain queries afterwards)")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"devices": 100, "rollouts": 1, "days": 1, "repeat": 1})
 
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-bench-metrics-"))
-    os.environ["DATABASE_URL"] = database_url(scratch, DATABASE)
-    os.environ["REDIS_URL"] = redis_url(scratch, REDIS_DB)
+    os.environ["DATABASE_URL"] = database_url(scratch, bench_database(DATABASE, smoke=args.smoke))
+    os.environ["REDIS_URL"] = redis_url(scratch, REDIS_DB, smoke=args.smoke)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hotswap.settings.base")
     os.environ.setdefault("HOTSWAP_VAR_DIR", str(scratch))
     import django
@@ -189,7 +189,7 @@ def main() -> int:
     print(f"  {'response size':<48} {len(body) / 1024:>7.0f} KiB")
     connection.close()
     if not args.keep:
-        drop_database(os.environ["DATABASE_URL"], DATABASE)
+        drop_database(os.environ["DATABASE_URL"])
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

@@ -41,7 +41,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -51,11 +50,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import (
-    BASE_DIR,
     BenchError,
     Stack,
     bench_stack,
     make_onnx,
+    parse_args,
+    start_celery,
     start_gunicorn,
     stop_process_group,
     tail,
@@ -95,25 +95,6 @@ class TimedFleet(Fleet):
             if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
                 self.rollback_answers.setdefault((index, manifest["sequence"]), at)
         return response
-
-
-def start_celery(env: dict[str, str], scratch: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path]:
-    """A worker (prefork, 2 processes) and beat on the database scheduler, as runstack starts them."""
-    log = scratch / "celery.log"
-    celery = str(Path(sys.executable).parent / "celery")
-    processes = []
-    for argv in ([celery, "-A", "hotswap", "worker", "-l", "info", "--concurrency", "2"],
-                 [celery, "-A", "hotswap", "beat", "-l", "info", "-s", str(scratch / "beat-schedule"),
-                  "-S", "django_celery_beat.schedulers:DatabaseScheduler"]):
-        with log.open("ab") as out:
-            processes.append(subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-    deadline = time.monotonic() + 90
-    while b"ready." not in log.read_bytes():
-        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
-            raise BenchError(f"the Celery worker did not start:\n{tail(log)}")
-        time.sleep(0.3)
-    return processes[0], processes[1], log
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float, log: Path | None = None,
@@ -173,7 +154,7 @@ def median(values: list[float]) -> float:
 # --- part 1: live ---------------------------------------------------------------------------------------------
 
 
-def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log: Path) -> dict:
+def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log: Path, criteria: dict) -> dict:
     """One canary of a bad version over the whole fleet; the figures of its rollback."""
     from django.db.models import Min
 
@@ -182,7 +163,7 @@ def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log:
     from rollouts.services import distribution_create
 
     distribution = distribution_create(version=bad, strategy="canary", config={"percent": 10, "soak": "PT30M"},
-                                       name=f"rollback bench run {number}")
+                                       success_criteria=criteria, name=f"rollback bench run {number}")
     canary_size = distribution.stages.get(index=0).device_count
 
     status = Distribution.objects.filter(pk=distribution.pk).values_list("status", flat=True)
@@ -268,7 +249,8 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=3, threads=2, access_log=False)
+    stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=1 if args.smoke else 3, threads=2,
+                                    access_log=False)
     worker, beat, log = start_celery(stack.env, stack.scratch)
     fleet = None
     try:
@@ -299,8 +281,9 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
         print(f"{args.devices:,} simulated devices checked in within {time.monotonic() - started:.0f} s; "
               f"{rate:,.0f} check-ins/s (poll interval {args.poll_seconds:g} s)", flush=True)
         results = []
+        criteria = {"min_inferences": args.min_inferences} if args.min_inferences else {}
         for number, bad in enumerate(bad_versions, start=1):
-            results.append(live_run(number, bad, old, fleet, poll=args.poll_seconds, log=log))
+            results.append(live_run(number, bad, old, fleet, poll=args.poll_seconds, log=log, criteria=criteria))
         errors = fleet.fleet.stats.errors
         if errors:
             print(f"  simulator errors: {dict(errors)}")
@@ -513,6 +496,8 @@ def main() -> int:
                         help="the devices' poll interval (default 60, the server's default)")
     parser.add_argument("--runs", type=int, default=3, help="canaries rolled back, one after another (default 3)")
     parser.add_argument("--concurrency", type=int, default=200, help="simulator requests in flight (default 200)")
+    parser.add_argument("--min-inferences", type=int, default=None,
+                        help="the canaries' min_inferences success criterion (default: the distribution default)")
     parser.add_argument("--judge-sizes", default="1000,10000",
                         help="canary stage sizes the judge is timed on (default 1000,10000; 0 skips)")
     parser.add_argument("--windows", type=int, default=10, help="one-minute windows per device for the judge timing")
@@ -521,7 +506,9 @@ def main() -> int:
                         help="print EXPLAIN ANALYZE of the judge's queries on the largest stage")
     parser.add_argument("--skip-live", action="store_true", help="only time the judge")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
-    args = parser.parse_args()
+    # 40 devices: a canary of 4, over the judge's min_devices (3).
+    args = parse_args(parser, smoke={"devices": 40, "poll_seconds": 2.0, "runs": 1, "concurrency": 20,
+                                     "min_inferences": 100, "judge_sizes": "20", "windows": 2, "repeat": 1})
     args.judge_sizes = [int(s) for s in args.judge_sizes.split(",") if s.strip() and int(s)]
     if not port_open("127.0.0.1", 5432):
         print("note: no PostgreSQL on 127.0.0.1:5432, an embedded one is started")
@@ -530,11 +517,13 @@ def main() -> int:
            # The worker validates the bench's versions on a busy machine: timing gates would judge its load.
            "GATE_MAX_LATENCY_P99_MS": "5000", "GATE_MIN_THROUGHPUT_IPS": "1", "GATE_MAX_LATENCY_INCREASE": "100",
            "VALIDATION_BENCHMARK_RUNS": "20"}
+    if args.smoke:  # seconds, not minutes, to the rollback
+        env.update(ROLLOUT_TICK_SECONDS="1", METRIC_FLUSH_SECONDS="1")
     for name in ("ROLLOUT_TICK_SECONDS", "HEARTBEAT_FLUSH_SECONDS"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     with bench_stack(prefix="rollback-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
-                     env=env) as stack:
+                     env=env, smoke=args.smoke) as stack:
         stack.env["MANIFEST_SIGNING_KEY_PATH"] = str(stack.scratch / "manifest-signing.key")
         os.environ.update(stack.env)
         os.environ["LOG_LEVEL"] = "ERROR"  # this process: no alert per rolled-back test distribution

@@ -22,22 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hotswap.lib.localservices import embedded_postgres_url, port_open  # noqa: E402
+from bench._stack import bench_database, database_url, drop_database, parse_args, redis_url  # noqa: E402
 
 DATABASE = "hotswap_bench_telemetry"
-
-
-def database_url(scratch: Path) -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    if port_open("127.0.0.1", 5432):
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        return f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
-    return embedded_postgres_url(scratch / "pg")
+REDIS_DB = 6
 
 
 def timed(function, repeat: int) -> tuple[float, object]:
@@ -56,11 +44,14 @@ def main() -> int:
     parser.add_argument("--history-share", type=float, default=0.1,
                         help="share of devices with a full history (all report in the last minute)")
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"devices": 100, "minutes": 5, "repeat": 1})
 
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-bench-telemetry-"))
-    os.environ["DATABASE_URL"] = database_url(scratch)
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/6" if port_open("127.0.0.1", 6379) else "")
+    own_database = not os.environ.get("DATABASE_URL")  # a database given in DATABASE_URL is never dropped
+    if own_database:
+        os.environ["DATABASE_URL"] = database_url(scratch, bench_database(DATABASE, smoke=args.smoke))
+    if not os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = redis_url(scratch, REDIS_DB, smoke=args.smoke)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hotswap.settings.base")
     os.environ.setdefault("HOTSWAP_VAR_DIR", str(scratch))
     import django
@@ -131,11 +122,8 @@ def main() -> int:
     print(f"  {'version aggregate by region, last 5 min':<52} {region_ms:>7.1f} ms   < 1000 ms")
     print(f"  {'1-hour time series in 1-minute slices':<52} {series_ms:>7.1f} ms   < 1000 ms ({len(series)} points)")
     connection.close()
-    if os.environ["DATABASE_URL"].endswith(DATABASE) and port_open("127.0.0.1", 5432):
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    if own_database:
+        drop_database(os.environ["DATABASE_URL"])
     return 0
 
 

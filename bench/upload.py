@@ -28,6 +28,7 @@ from bench._stack import (
     bench_stack,
     make_onnx,
     manage,
+    parse_args,
     sha256_of,
     start_gunicorn,
 )
@@ -178,14 +179,14 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=500, help="artifact size in MB (2^20 bytes); default 500")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each upload; the median is reported")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"size_mb": 1, "repeat": 1})
     size_target = args.size_mb * MB
 
     # The size limit must admit the generated artifact, which is within a few % of the asked size.
     env = {"THROTTLE_UPLOAD": "1000/hour", "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
            "ARTIFACT_MAX_BYTES": str(max(2 * 1024 * MB, int(size_target * 1.1) + MB))}
     with bench_stack(prefix="run-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
-                     env=env) as stack:
+                     env=env, smoke=args.smoke) as stack:
         artifact = stack.scratch / "bench-model.onnx"
         make_onnx(artifact, size_target)
         size = artifact.stat().st_size

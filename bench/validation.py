@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench._stack import parse_args  # noqa: E402
 from models_app.validation import ValidationConfig, run_isolated  # noqa: E402
 from models_app.validation.runtime import create_session, make_feed  # noqa: E402
 from tests.artifacts import big_weight_onnx_bytes, slow_onnx_bytes  # noqa: E402
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=100)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"runs": 20, "repeat": 1, "size_mb": 1})
     with tempfile.TemporaryDirectory(prefix="hotswap-bench-validation-") as scratch:
         latency_overhead(Path(scratch), args.runs, args.repeat)
         whole_validation(Path(scratch), args.size_mb, args.repeat)

@@ -103,8 +103,7 @@ PREVIEW = 20
 class DeviceAdmin(admin.ModelAdmin):
     """The fleet: status, what each device runs and should run; decommission, credentials, desired version."""
 
-    list_display = ["device_id", "name", "device_type", "region", "status", "online", "running", "desired",
-                    "last_seen"]
+    list_display = ["device_id", "name", "device_type", "region", "status", "running", "desired", "last_seen"]
     list_filter = ["status", "region", "device_type"]
     search_fields = ["device_id", "name", "tags"]
     list_select_related = ["current_version", "desired_state__version"]
@@ -114,10 +113,6 @@ class DeviceAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
         return super().get_queryset(request).select_related("current_version", "desired_state__version")
-
-    @admin.display(description="online", boolean=True)
-    def online(self, obj: Device) -> bool:
-        return obj.status == Device.Status.ACTIVE
 
     @admin.display(description="running")
     def running(self, obj: Device) -> str:

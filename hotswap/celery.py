@@ -14,3 +14,9 @@ app.autodiscover_tasks()
 # Every process that loads the project (web, worker, beat, manage.py) imports this module first:
 # its spans go where OTEL_TRACES_EXPORTER says, and task messages carry the trace context.
 tracing.configure()
+
+
+def routed_queues() -> list[str]:
+    """Every queue a task of this app is routed to: a worker consuming them all runs every task."""
+    app.loader.import_default_modules()
+    return sorted({app.amqp.router.route({}, name)["queue"].name for name in app.tasks})

@@ -65,10 +65,10 @@ def chromium(server):
 
 
 @contextmanager
-def console_page(chromium, server: str, user, *, start: str, artifact: str):
-    """A page logged in as `user` (password PASSWORD) at `start`; a screenshot of where it ended is kept as
-    var/test-artifacts/<artifact>.png."""
-    context = chromium.new_context(base_url=server, viewport={"width": 1400, "height": 1000})
+def console_page(chromium, server: str, user, *, start: str, artifact: str, width: int = 1400, height: int = 1000):
+    """A page logged in as `user` (password PASSWORD) at `start`, in a width x height window; a screenshot of
+    where it ended is kept as var/test-artifacts/<artifact>.png."""
+    context = chromium.new_context(base_url=server, viewport={"width": width, "height": height})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 from django.db import connection
 
+from hotswap.celery import routed_queues
 from hotswap.lib.localservices import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +139,8 @@ def celery_worker(*, beat: bool = False, env: dict[str, str] | None = None):
     scratch = Path(tempfile.mkdtemp(prefix="hotswap-worker-"))
     child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
                  **(env or {})}
-    queue = os.environ["HOTSWAP_TEST_QUEUE"]
     command = [str(Path(sys.executable).parent / "celery"), "-A", "hotswap", "worker", "-l", "info",
-               "--concurrency", "1", "--pool", "solo", "-Q", f"{queue},{queue}-validation"]  # settings/test.py
+               "--concurrency", "1", "--pool", "solo", "-Q", ",".join(routed_queues())]
     if beat:
         command += ["-B", "-s", str(scratch / "beat-schedule")]
     log = scratch / "celery.log"
