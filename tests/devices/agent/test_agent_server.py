@@ -1,0 +1,44 @@
+"""The reference agent against the real application in-process (httpx's WSGI transport): fast protocol checks."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+
+from devices.agent import Agent
+from devices.models import Device
+from devices.services.enrollment import enrollment_key_create
+from devices.services.registry import device_decommission
+from hotswap.handlers import HotSwapApplication
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def transport():
+    # As Django's test client does: the test's transaction must outlive the requests' connection recycling.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield httpx.WSGITransport(app=HotSwapApplication(WSGIHandler()))
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+def test_a_decommissioned_device_s_agent_stops_instead_of_re_enrolling(transport, tmp_path):
+    _key, raw = enrollment_key_create(name="fleet", created_by=None)
+    agent = Agent("http://testserver", tmp_path / "agent", enroll_key=raw, device_id="cam-1", transport=transport)
+    try:
+        assert agent.run_once().status == "ok"
+        device_decommission(device=Device.objects.get(device_id="cam-1"), actor=None)
+
+        result = agent.run_once()
+
+        assert result.status == "decommissioned" and "DEVICE_DECOMMISSIONED" in result.error
+        assert Device.objects.get().status == Device.Status.DECOMMISSIONED  # still the one device, not re-enrolled
+    finally:
+        agent.close()
