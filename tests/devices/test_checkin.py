@@ -448,3 +448,28 @@ def test_a_server_whose_database_connections_died_while_idle_answers_the_next_ch
             assert cursor.fetchone()[0] >= 1
 
         assert [check_in(etag).status_code for _ in range(8)] == [304] * 8
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_serves_a_check_in_sent_chunked_and_caps_it():
+    device, credential = device_with_credential()
+    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
+                       "metrics": [metric_window()]}).encode()
+
+    def chunks(data: bytes):
+        yield from (data[i:i + 100] for i in range(0, len(data), 100))  # a generator: requests sends it chunked
+
+    with gunicorn_server(env={"CHECKIN_MAX_BODY_BYTES": "4096"}) as (base, _process):
+        def check_in(data: bytes) -> requests.Response:
+            return requests.post(f"{base}/api/v1/devices/checkin", data=chunks(data), timeout=30, headers={
+                "Authorization": f"Device {credential}", "Content-Type": "application/json"})
+
+        accepted = check_in(body)
+        too_large = check_in(json.dumps({"metrics": [metric_window()] * 30}).encode())
+
+    assert accepted.request.headers["Transfer-Encoding"] == "chunked"
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["accepted"] == {"installs": 1, "metrics": 1}
+    assert device.install_reports.get().status == "active"
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
