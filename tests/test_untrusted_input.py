@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from devices.models import Device, EnrollmentKey
 from devices.services.enrollment import enrollment_key_create
-from hotswap.lib.untrusted import MAX_JSON_DEPTH
+from hotswap.lib.untrusted import MAX_JSON_DEPTH, too_deep
 from models_app.models import ModelVersion
 from tests.artifacts import onnx_model_bytes
 from tests.models_app.conftest import upload
@@ -127,6 +127,27 @@ def test_it_refuses_an_input_schema_nested_too_deep_or_unstorable_in_an_upload(c
 
     assert_refused(response, 400, "VALIDATION_ERROR", "input_schema")
     assert not ModelVersion.objects.exists()
+
+
+def depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("value", [
+    ["a\\", [[["b"]]]],  # a string ending in an escaped backslash, then real nesting
+    ['\\"[[[[', {"k]]": ["\\\\"]}],  # escaped quotes and brackets inside strings
+    [["]" * 10, ["{" * 10]]],
+    {"a": [{"b": [{"c": []}]}], "d": "\u00e9\ud83d\ude00"},
+])
+@pytest.mark.parametrize("cap", [1, 2, 3, 4, 5])
+def test_the_depth_check_agrees_with_the_parsed_json_whatever_the_strings_hold(value, cap):
+    body = json.dumps(value).encode()
+
+    assert too_deep(body, max_depth=cap) == (depth(value) > cap), body
 
 
 def test_an_upload_with_too_many_form_fields_is_a_400_in_the_error_format(client_for, onnx_bytes, settings):
