@@ -3,10 +3,10 @@
 import re
 import uuid
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseNotFound, JsonResponse
 
 from hotswap.exceptions import error_body
-from hotswap.lib.untrusted import rejected, unstorable_items
+from hotswap.lib.untrusted import printable, rejected, unstorable, unstorable_items
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -26,9 +26,9 @@ class RequestIdMiddleware:
 
 
 class UnstorableInputMiddleware:
-    """Refuses a query string (or a URL-encoded form) holding text PostgreSQL cannot store, before any view reads it.
+    """Refuses a path, query string or URL-encoded form holding text PostgreSQL cannot store, before any view reads it.
 
-    Filters, searches and console forms pass these values straight to queries, where a NUL is a 500. JSON
+    URL ids, filters, searches and console forms go straight into queries, where a NUL is a 500. JSON
     and multipart bodies are checked by their parsers (hotswap/lib/parsers.py); multipart is not read here
     because the upload views stream it through their own handlers.
     """
@@ -37,6 +37,11 @@ class UnstorableInputMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if unstorable(request.path):  # an id in a URL goes straight into a query too; no resource has that name
+            message = f"No resource at {printable(request.path)}."
+            if request.path.startswith("/api/"):
+                return JsonResponse(error_body(request, code="NOT_FOUND", message=message), status=404)
+            return HttpResponseNotFound(message, content_type="text/plain")
         details = unstorable_items(request.GET.lists())
         if not details and request.content_type == "application/x-www-form-urlencoded":
             details = unstorable_items(request.POST.lists())

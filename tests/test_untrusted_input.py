@@ -72,6 +72,14 @@ def test_it_refuses_a_query_parameter_that_cannot_be_stored(client_for, path):
     assert_refused(client_for("Viewer").get(path), 400, "VALIDATION_ERROR", field)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/devices/a%00b", "/api/v1/models/a%00b-1.0.0",
+                                  "/api/v1/models/a%00b/test-sets"])
+def test_a_nul_in_a_url_names_no_resource(client_for, path):
+    error = assert_refused(client_for("Admin").get(path), 404, "NOT_FOUND")
+
+    assert "a\\u0000b" in error["message"]
+
+
 def test_the_console_search_refuses_nul_with_a_400_page(client, make_user):
     client.force_login(make_user("Admin", is_staff=True, is_superuser=True))
 
