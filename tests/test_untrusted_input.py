@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from devices.models import Device, EnrollmentKey
 from devices.services.enrollment import enrollment_key_create
 from hotswap.lib.untrusted import MAX_JSON_DEPTH, too_deep
-from models_app.models import ModelVersion
+from models_app.models import AIModel, ModelVersion
 from tests.artifacts import onnx_model_bytes
 from tests.models_app.conftest import upload
 
@@ -36,6 +36,10 @@ def assert_refused(response, status: int, code: str, field: str | None = None) -
     if field is not None:
         assert field in [d["field"] for d in error["details"]], error["details"]
     return error
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
 
 
 @pytest.mark.parametrize("text", [NUL, SURROGATE])
@@ -101,15 +105,28 @@ def test_the_console_forms_refuse_nul_as_a_form_error(client, make_user):
     assert device.name == "Lobby"
 
 
+@pytest.mark.parametrize("gates", ['{"min_accuracy": "\\u0000"}', '{"min_accuracy": NaN}', nested(100_000)],
+                         ids=["nul", "nan", "deep"])
+def test_the_console_s_json_fields_refuse_what_the_database_cannot_take_as_a_form_error(client, make_user, gates):
+    client.force_login(make_user("Admin", is_staff=True, is_superuser=True))
+    model = AIModel.objects.create(name="resnet", framework="onnx", quality_gates={"min_accuracy": 0.9})
+
+    response = client.post(f"/admin/models_app/aimodel/{model.pk}/change/", {
+        "description": "", "task": "classification", "tags": "", "accuracy_metric": "top1", "quality_gates": gates,
+        "versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0", "versions-MIN_NUM_FORMS": "0",
+        "versions-MAX_NUM_FORMS": "1000"})
+
+    assert response.status_code == 200
+    assert "Enter a valid JSON" in response.content.decode()
+    model.refresh_from_db()
+    assert model.quality_gates == {"min_accuracy": 0.9}
+
+
 def test_it_refuses_a_multipart_upload_with_a_nul_field_and_stores_nothing(client_for, onnx_bytes):
     response = upload(client_for("ModelDeveloper"), onnx_bytes, description=NUL)
 
     assert_refused(response, 400, "VALIDATION_ERROR", "description")
     assert not ModelVersion.objects.exists()
-
-
-def nested(depth: int) -> str:
-    return "[" * depth + "]" * depth
 
 
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100_000])

@@ -133,3 +133,16 @@ def _nested_too_deep(max_depth: int) -> InputRejected:
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+class UntrustedJSONDecoder(json.JSONDecoder):
+    """json_parse as a decoder class, for Django's forms.JSONField(decoder=...) (the console's JSON fields).
+
+    Its refusals are JSONDecodeErrors, which the form shows as "Enter a valid JSON." instead of a 500.
+    """
+
+    def decode(self, s, _w=None):
+        try:
+            return json_parse(s)
+        except InputRejected as exc:
+            raise json.JSONDecodeError(exc.message, s if isinstance(s, str) else "", 0) from None
