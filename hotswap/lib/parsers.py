@@ -18,28 +18,16 @@ class JSONParser(parsers.JSONParser):
         return json_parse(stream.read())
 
 
-def _refuse_unstorable(data) -> None:
-    if details := unstorable_items(data.lists()):
-        raise rejected(details)
-
-
-class FormParser(parsers.FormParser):
-    """URL-encoded forms whose every field name and value can be stored."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        data = super().parse(stream, media_type, parser_context)
-        _refuse_unstorable(data)
-        return data
-
-
 class MultiPartParser(parsers.MultiPartParser):
-    """Multipart forms whose field names, values and file names can all be stored."""
+    """Multipart forms whose field names, values and file names can all be stored.
+
+    (URL-encoded forms are checked by hotswap.middleware.UnstorableInputMiddleware, for the console too.)
+    """
 
     def parse(self, stream, media_type=None, parser_context=None):
         parsed = super().parse(stream, media_type, parser_context)
-        _refuse_unstorable(parsed.data)
         names = [(name, [upload.name or "" for upload in uploads]) for name, uploads in parsed.files.lists()]
-        if details := unstorable_items(names):
+        if details := unstorable_items(parsed.data.lists()) + unstorable_items(names):
             raise rejected(details)
         return parsed
 
