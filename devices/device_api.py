@@ -8,13 +8,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from devices import manifests
 from devices.credentials import DEVICE_KIND, secret_matches, split_secret
 from devices.models import Device
 from devices.services import checkin as service
-from hotswap.exceptions import ApplicationError, error_body
+from hotswap.exceptions import ApplicationError, error_body, require_methods
 from hotswap.lib.tracing import new_traceparent
 from hotswap.observability.context import bind_actor
 
@@ -45,20 +44,46 @@ def _authenticate(request: HttpRequest) -> tuple[service.CheckinDevice | None, J
     return device, None
 
 
+def _too_large(request: HttpRequest) -> JsonResponse:
+    return _error(request, 413, "PAYLOAD_TOO_LARGE",
+                  f"A check-in body may have at most {settings.CHECKIN_MAX_BODY_BYTES} bytes.")
+
+
+def _chunked(request: HttpRequest) -> bool:
+    encoding = request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+    return not request.META.get("CONTENT_LENGTH") and "chunked" in encoding
+
+
+def _body(request: HttpRequest) -> bytes | JsonResponse:
+    """The capped body, whether sent with a Content-Length or chunked.
+
+    Django reads no body without a Content-Length (it would have taken a chunked check-in for an empty
+    one); gunicorn de-chunks and marks the end of the body (wsgi.input_terminated), so it is read here.
+    """
+    if not _chunked(request):
+        return request.body
+    body = request.META["wsgi.input"].read(settings.CHECKIN_MAX_BODY_BYTES + 1)
+    return _too_large(request) if len(body) > settings.CHECKIN_MAX_BODY_BYTES else body
+
+
 @csrf_exempt
-@require_POST
+@require_methods("POST")
 def device_checkin(request: HttpRequest) -> HttpResponse:
     """POST /api/v1/devices/checkin — see devices/PROTOCOL.md §3."""
+    if _chunked(request) and not request.META.get("wsgi.input_terminated"):
+        return _error(request, 411, "LENGTH_REQUIRED", "Send the check-in with a Content-Length header.")
     if int(request.META.get("CONTENT_LENGTH") or 0) > settings.CHECKIN_MAX_BODY_BYTES:
-        return _error(request, 413, "PAYLOAD_TOO_LARGE",
-                      f"A check-in body may have at most {settings.CHECKIN_MAX_BODY_BYTES} bytes.")
+        return _too_large(request)
     device, failure = _authenticate(request)
     if failure:
         return failure
     bind_actor(f"device:{device.device_id}")  # the actor of this request's log lines
     now = timezone.now()
+    body = _body(request)
+    if isinstance(body, JsonResponse):
+        return body
     try:
-        report = service.checkin_parse(request.body, now=now)
+        report = service.checkin_parse(body, now=now)
     except ApplicationError as exc:
         return _error(request, exc.status_code, exc.code, exc.message, exc.details)
     if retry_after := service.checkin_record(device=device, report=report, now=now):
@@ -81,7 +106,7 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_methods("GET")
 def manifest_public_key(request: HttpRequest) -> JsonResponse:
     """GET /api/v1/devices/manifest-key — the Ed25519 key devices pin."""
     return JsonResponse(manifests.public_key_info())

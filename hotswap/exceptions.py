@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -113,6 +115,11 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
         return Response(error_body(request, code="PAYLOAD_TOO_LARGE", message=str(exc)), status=413)
+    elif isinstance(exc, SuspiciousOperation):
+        # Django's parsers refuse a body beyond DATA_UPLOAD_MAX_NUMBER_FIELDS / _FILES (TooManyFieldsSent,
+        # TooManyFilesSent) with these; Django itself answers every SuspiciousOperation with a 400.
+        return Response(error_body(request, code="MALFORMED_REQUEST", message=str(exc) or "Bad request."),
+                        status=400)
 
     if isinstance(exc, exceptions.APIException):
         code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "API_ERROR")
@@ -167,3 +174,23 @@ def json_handler400(request: HttpRequest, exception: Exception | None = None):
         return bad_request(request, exception)
     return JsonResponse(error_body(request, code="BAD_REQUEST", message=str(exception) or "Bad request."),
                         status=400)
+
+
+def require_methods(*methods: str) -> Callable:
+    """Django's require_http_methods for plain API views: the 405 carries the error shape and the Allow header."""
+    allowed = ", ".join(methods)
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def checked(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.method in methods:
+                return view(request, *args, **kwargs)
+            response = JsonResponse(error_body(request, code="METHOD_NOT_ALLOWED",
+                                               message=f"Method {request.method} is not allowed here; use {allowed}."),
+                                    status=405)
+            response["Allow"] = allowed
+            return response
+
+        return checked
+
+    return decorator

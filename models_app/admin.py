@@ -5,6 +5,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -12,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.admin import ReadOnlyTabularInline
+from hotswap.lib.untrusted import UntrustedJSONDecoder
 from models_app import services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, ModelVersion, ValidationReport
 from models_app.storage import artifact_store
@@ -43,6 +45,8 @@ class AIModelAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "tags"]
     readonly_fields = ["name", "framework", "owner", "created_at", "updated_at"]
     inlines = [ModelVersionInline]
+    # Gates are typed by hand: NUL, NaN or deep nesting must be a form error, not a database error (500).
+    formfield_overrides = {models.JSONField: {"decoder": UntrustedJSONDecoder}}
 
     @admin.display(description="versions")
     def version_count(self, obj: AIModel) -> int:

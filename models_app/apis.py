@@ -12,7 +12,6 @@ from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +19,7 @@ from rest_framework.views import APIView
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
 from hotswap.exceptions import ApplicationError, ConflictError, PayloadTooLargeError, error_body
 from hotswap.lib.pagination import paginated_response
+from hotswap.lib.parsers import JSONField, MultiPartParser
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
 from models_app import selectors, services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framework, ModelVersion, Task
@@ -140,8 +140,8 @@ class ModelVersionUploadApi(APIView):
         description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
         task = serializers.ChoiceField(choices=Task.choices, required=False, default="")
         tags = TagListField(required=False, default=list)
-        input_schema = serializers.JSONField(binary=True, required=False, default=list)
-        output_schema = serializers.JSONField(binary=True, required=False, default=list)
+        input_schema = JSONField(binary=True, required=False, default=list)
+        output_schema = JSONField(binary=True, required=False, default=list)
         target_device_type = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
         min_memory_mb = serializers.IntegerField(required=False, min_value=1, max_value=10_000_000, allow_null=True,
                                                  default=None)

@@ -37,6 +37,10 @@ class PendingArtifact:
     def name(self) -> str:
         return self.filename or "artifact"
 
+    def close(self) -> None:
+        # Django closes the files of a multipart body it stops parsing (too many fields or files).
+        self.discard()
+
     @classmethod
     def receive(
         cls, store: ArtifactStore, chunks: Iterable[bytes], *, filename: str, max_bytes: int

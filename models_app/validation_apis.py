@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +12,7 @@ from rest_framework.views import APIView
 from hotswap.accounts.throttles import MonitorThrottle
 from hotswap.exceptions import NotFoundError
 from hotswap.lib.pagination import paginated_response
+from hotswap.lib.parsers import JSONParser, MultiPartParser
 from models_app import selectors, validation_runs
 from models_app.apis import ModelVersionOutputSerializer, _received_artifact
 from models_app.models import AIModel, TestSet, ValidationReport

@@ -26,6 +26,17 @@ def test_it_answers_a_wrong_method_with_a_json_405(client_for):
     assert_error_shape(client_for("Admin").put("/api/v1/models", {}), 405, "METHOD_NOT_ALLOWED")
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [("get", "/api/v1/devices/checkin", "POST"),
+                                                         ("put", "/api/v1/devices/checkin", "POST"),
+                                                         ("post", "/api/v1/devices/manifest-key", "GET")])
+def test_the_plain_device_views_answer_a_wrong_method_with_a_json_405_naming_the_allowed_one(client, method, path,
+                                                                                           allowed):
+    response = getattr(client, method)(path)
+
+    assert_error_shape(response, 405, "METHOD_NOT_ALLOWED")
+    assert response["Allow"] == allowed
+
+
 def test_it_answers_anonymous_calls_with_401(api_client):
     response = api_client.get("/api/v1/models")
     assert_error_shape(response, 401, "NOT_AUTHENTICATED")

@@ -36,8 +36,9 @@ def application():
     return HotSwapApplication(WSGIHandler())
 
 
-def call(application, method: str, path: str, body: bytes = b"", **headers: str) -> Answer:
-    """One request through the WSGI application, as gunicorn would make it."""
+def call(application, method: str, path: str, body: bytes = b"", *, environ_extra: dict | None = None,
+         **headers: str) -> Answer:
+    """One request through the WSGI application, as gunicorn would make it (environ_extra: None values remove)."""
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
         "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
@@ -46,6 +47,11 @@ def call(application, method: str, path: str, body: bytes = b"", **headers: str)
         "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0),
         **{"HTTP_" + name.upper(): value for name, value in headers.items()},
     }
+    for name, value in (environ_extra or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     started = []
     # As Django's test client does: the test's transaction must outlive the request's connection recycling.
     request_started.disconnect(close_old_connections)
@@ -145,3 +151,53 @@ def test_the_gunicorn_entry_point_is_the_dispatching_application():
 
     assert isinstance(wsgi.application, HotSwapApplication)
     assert wsgi.application.device_paths == {CHECKIN}
+
+
+# What gunicorn hands the application for a body sent with Transfer-Encoding: chunked: no Content-Length,
+# the de-chunked bytes as wsgi.input and wsgi.input_terminated to say that reading them ends.
+CHUNKED = {"CONTENT_LENGTH": None, "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+
+
+def test_a_chunked_check_in_is_read_to_its_end_and_its_reports_stored(application):
+    registry_version()
+    device, credential = device_with_credential()
+    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
+                       "metrics": [metric_window()]}).encode()
+
+    answer = call(application, "POST", CHECKIN, body, environ_extra=CHUNKED, authorization=f"Device {credential}")
+
+    assert answer.status_code == 200, answer.body
+    assert answer.json()["accepted"] == {"installs": 1, "metrics": 1}
+    assert device.install_reports.get().status == "active"
+
+
+def test_a_chunked_check_in_above_the_cap_is_refused_with_413(application, settings):
+    settings.CHECKIN_MAX_BODY_BYTES = 100
+    device, credential = device_with_credential()
+    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}] * 5}).encode()
+
+    answer = call(application, "POST", CHECKIN, body, environ_extra=CHUNKED, authorization=f"Device {credential}")
+
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert not device.install_reports.exists()
+
+
+def test_a_chunked_check_in_a_server_cannot_read_to_its_end_is_answered_411(application):
+    _device, credential = device_with_credential()
+
+    answer = call(application, "POST", CHECKIN, b"{}", environ_extra={**CHUNKED, "wsgi.input_terminated": None},
+                  authorization=f"Device {credential}")
+
+    assert answer.status_code == 411 and answer.json()["error"]["code"] == "LENGTH_REQUIRED"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_a_check_in_with_another_method_is_a_405_in_the_error_format_naming_post(application, method):
+    _device, credential = device_with_credential()
+
+    answer = call(application, method, CHECKIN, authorization=f"Device {credential}")
+
+    assert answer.status_code == 405
+    assert answer.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert answer.json()["error"]["trace_id"] == answer.headers["x-request-id"]
+    assert answer.headers["allow"] == "POST"

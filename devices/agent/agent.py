@@ -58,7 +58,7 @@ class InstallFailed(Exception):
 class CycleResult:
     """What one check-in cycle did; `next_delay` is when the next one is due (seconds)."""
 
-    status: str  # ok, not_modified, backoff, rejected
+    status: str  # ok, not_modified, backoff, rejected, decommissioned (final: stop the agent)
     action: str = "none"  # none, installed, already_running, refused, failed, deferred
     version: str | None = None
     error: str = ""
@@ -209,6 +209,10 @@ class Agent:
             return self._backoff(exc, dropped=dropped)
         except ApiError as exc:
             self._save()
+            if exc.status == 403 and exc.code == "DEVICE_DECOMMISSIONED":
+                # Final (PROTOCOL §2): neither a retry nor a new enrollment would be answered otherwise.
+                logger.error("the server says this device is decommissioned (%s); stopping", exc)
+                return CycleResult(status="decommissioned", error=str(exc), next_delay=0.0, dropped=dropped)
             if exc.status in (401, 403):
                 logger.error("the server locked this device out (%s); an operator must re-issue a credential", exc)
             return self._backoff(exc, status="rejected", dropped=dropped)
@@ -541,19 +545,24 @@ class Agent:
             self._workers.stop()
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Cycles until `stop_event` is set, with inference threads running; EnrollmentFailed ends it."""
+        """Cycles until `stop_event` is set or the device is decommissioned, with inference threads running.
+
+        EnrollmentFailed ends it too, raised.
+        """
         self.start_inference()
         try:
             while not stop_event.is_set():
                 try:
-                    delay = self.run_once().next_delay
+                    result = self.run_once()
                 except EnrollmentFailed:
                     raise
                 except Exception as exc:
                     # A bug or a full disk must not kill the device's agent; it is logged and retried.
                     logger.exception("check-in cycle failed")
-                    delay = self._backoff(exc).next_delay
-                stop_event.wait(delay)
+                    result = self._backoff(exc)
+                if result.status == "decommissioned":
+                    return
+                stop_event.wait(result.next_delay)
         finally:
             self.stop_inference()
             # The last partial window is kept and sent after the restart.

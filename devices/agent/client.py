@@ -70,8 +70,9 @@ class ServerClient:
                                             headers={"User-Agent": USER_AGENT})
 
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
-        # allow_nan=False: a NaN would make the whole check-in invalid JSON for the server.
-        content = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+        # NaN and ±Infinity go out as such: the server names the item holding one (PROTOCOL §3) and the
+        # agent drops exactly it, where refusing to encode them would fail every check-in from then on.
+        content = json.dumps(body, separators=(",", ":")).encode()
         try:
             response = self.http.post(path, content=content, headers={"Content-Type": "application/json", **headers})
         except httpx.TransportError as exc:

@@ -21,6 +21,7 @@ from devices import heartbeats, manifests
 from devices.models import LATENCY_BUCKETS_MS, Device, InstallReport
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
+from hotswap.lib.untrusted import json_parse
 from hotswap.settings.env import env
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
@@ -58,7 +59,9 @@ class CheckinDevice(NamedTuple):
 
 
 # One indexed read per check-in. Raw SQL: building the equivalent ORM join costs ~2 ms of CPU per
-# call, most of a check-in's budget on a 2-core server.
+# call, most of a check-in's budget on a 2-core server. Decommissioning revokes every credential, yet
+# the device must hear 403 DEVICE_DECOMMISSIONED (PROTOCOL §2: stop, do not re-enroll): a revoked
+# credential still identifies a decommissioned device, whose status the view then refuses.
 _IDENTITY_SQL = """
     SELECT d.id, d.device_id, d.status, c.key_hash, coalesce(s.sequence, 0), s.version_id,
            coalesce(s.rollback, false), coalesce(s.traceparent, ''), coalesce(v.status, '')
@@ -66,7 +69,7 @@ _IDENTITY_SQL = """
     JOIN devices_device d ON d.id = c.device_id
     LEFT JOIN devices_desiredstate s ON s.device_id = d.id
     LEFT JOIN models_app_modelversion v ON v.id = s.version_id
-    WHERE c.prefix = %s AND c.revoked_at IS NULL
+    WHERE c.prefix = %s AND (c.revoked_at IS NULL OR d.status = 'decommissioned')
 """
 
 
@@ -152,16 +155,14 @@ class CheckinInvalid(ApplicationError):
     code = "VALIDATION_ERROR"
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def checkin_parse(body: bytes, *, now: datetime) -> CheckinReport:
-    """Parses and validates a check-in body (devices/PROTOCOL.md §3), all or nothing."""
-    try:
-        data = json.loads(body or b"{}", parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckinInvalid(f"The body is not valid JSON: {exc}.", code="MALFORMED_REQUEST") from exc
+    """Parses and validates a check-in body (devices/PROTOCOL.md §3), all or nothing.
+
+    NaN and Infinity parse as numbers so the number checks name the item that holds one: the agent
+    drops exactly the items named and resends the rest. Text that cannot be stored, and nesting too
+    deep, are refused while parsing (hotswap/lib/untrusted.py).
+    """
+    data = json_parse(body or b"{}", allow_nan=True)
     problems = _Problems()
     if not isinstance(data, dict):
         problems.add("", "The body must be a JSON object.")

@@ -11,7 +11,8 @@ REST_FRAMEWORK = {
     # Fail closed: a view must name the permission it needs (see hotswap.accounts.permissions).
     "DEFAULT_PERMISSION_CLASSES": ["hotswap.accounts.permissions.RolePermission"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Every JSON body is refused with a 400 when nested too deep or holding text PostgreSQL cannot store.
+    "DEFAULT_PARSER_CLASSES": ["hotswap.lib.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",

@@ -40,6 +40,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "hotswap.middleware.RequestIdMiddleware",
     "hotswap.observability.middleware.RequestContextMiddleware",
+    "hotswap.middleware.UnstorableInputMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

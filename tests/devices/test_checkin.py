@@ -13,10 +13,13 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from devices.heartbeats import heartbeats_flush
 from devices.manifests import canonical_bytes
 from devices.models import Device, InstallReport, MetricWindow
 from devices.services.desired_state import desired_state_set
+from devices.services.registry import device_decommission
 from devices.services.telemetry import metric_windows_flush
+from hotswap.lib.untrusted import MAX_JSON_DEPTH
 from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
 from tests.live import gunicorn_server
 
@@ -273,6 +276,70 @@ def test_it_rejects_malformed_json_and_non_numbers(client, raw):
     assert response.json()["error"]["code"] in ("MALFORMED_REQUEST", "VALIDATION_ERROR")
 
 
+@pytest.mark.parametrize("text", ["a\x00b", "\udc80x"])
+def test_it_refuses_text_postgresql_cannot_store_naming_the_field_and_keeps_the_flush_working(client, text):
+    device, credential = device_with_credential()
+    healthy, healthy_credential = device_with_credential("cam-2")
+    checkin(client, healthy_credential, {"running": {"model": "resnet", "version": "1.0.0"}})
+
+    response = checkin(client, credential, {"running": {"model": text, "version": "1.0.0"},
+                                            "metrics": [metric_window(), metric_window(model=text)]})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert {d["field"] for d in error["details"]} == {"running.model", "metrics[1].model"}
+    assert heartbeats_flush() == 1 and metric_windows_flush() == 0  # only the healthy device's heartbeat
+    device.refresh_from_db()
+    healthy.refresh_from_db()
+    assert device.last_seen is None and healthy.reported_model == "resnet"
+
+
+@pytest.mark.parametrize("where", ["metrics[3].latency_ms.p50", "health.cpu_percent", "metrics[0].accuracy"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_it_names_the_item_holding_nan_or_infinity_so_the_agent_can_drop_exactly_it(client, make_version, where,
+                                                                                     constant):
+    make_version()
+    _device, credential = device_with_credential()
+    body = {"health": {"cpu_percent": 1.5}, "metrics": [metric_window(accuracy=0.5) for _ in range(4)]}
+    *parents, leaf = where.replace("[", ".").replace("]", "").split(".")
+    target = body
+    for step in parents:
+        target = target[int(step)] if step.isdigit() else target[step]
+    target[leaf] = "__constant__"
+    raw = json.dumps(body).replace('"__constant__"', constant).encode()  # what json.dumps(allow_nan=True) sends
+
+    response = checkin(client, credential, raw)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert [d["field"] for d in error["details"]] == [where]
+    assert InstallReport.objects.count() == 0 and metric_windows_flush() == 0
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100_000])
+def test_it_refuses_a_body_nested_deeper_than_the_cap(client, depth):
+    _device, credential = device_with_credential()
+
+    response = checkin(client, credential, b'{"running": ' + b"[" * depth + b"]" * depth + b"}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "MALFORMED_REQUEST"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(client, make_version):
+    make_version()
+    _device, credential = device_with_credential()
+    deep_looking = "[{" * MAX_JSON_DEPTH + '\\" \\\\'  # with escaped quotes and backslashes
+
+    response = checkin(client, credential, {"running": {"model": deep_looking, "version": "1.0.0"},
+                                            "metrics": [metric_window()] * MAX_JSON_DEPTH})
+
+    assert response.status_code == 400  # too long a model name, judged on its content
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["running.model"]
+
+
 def test_it_caps_the_body(client, settings):
     settings.CHECKIN_MAX_BODY_BYTES = 100
     _device, credential = device_with_credential()
@@ -292,6 +359,23 @@ def test_it_refuses_missing_or_wrong_credentials(client, header):
 
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Device"
+
+
+def test_a_decommissioned_device_hears_403_decommissioned_and_a_revoked_credential_401(client,
+                                                                                     django_assert_num_queries):
+    device, credential = device_with_credential()
+    revoked, revoked_credential = device_with_credential("cam-2")
+    device_decommission(device=device, actor=None)  # revokes its credentials too
+    revoked.credentials.update(revoked_at=timezone.now())
+
+    with django_assert_num_queries(1):
+        decommissioned = checkin(client, credential)
+    assert decommissioned.status_code == 403
+    assert decommissioned.json()["error"]["code"] == "DEVICE_DECOMMISSIONED"
+    refused = checkin(client, revoked_credential)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "DEVICE_CREDENTIAL_INVALID"
+    wrong_secret = checkin(client, credential[:-4] + "abcd")
+    assert wrong_secret.status_code == 401
 
 
 def test_it_locks_out_revoked_credentials_and_decommissioned_devices(client):
@@ -458,5 +542,31 @@ def test_a_window_the_database_could_not_store_is_refused_at_the_check_in_not_ac
                                             "installs": [{"model": model, "version": "1.0.0", "status": "active"}]})
 
     assert response.status_code == 400
-    assert {d["field"] for d in response.json()["error"]["details"]} >= {"metrics[0].version", "installs[0].version"}
+    assert {d["field"] for d in response.json()["error"]["details"]} >= {"metrics[0].model", "installs[0].model"}
     assert metric_windows_flush() == 0 and MetricWindow.objects.count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_serves_a_check_in_sent_chunked_and_caps_it(make_version):
+    make_version()
+    device, credential = device_with_credential()
+    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
+                       "metrics": [metric_window()]}).encode()
+
+    def chunks(data: bytes):
+        yield from (data[i:i + 100] for i in range(0, len(data), 100))  # a generator: requests sends it chunked
+
+    with gunicorn_server(env={"CHECKIN_MAX_BODY_BYTES": "4096"}) as (base, _process):
+        def check_in(data: bytes) -> requests.Response:
+            return requests.post(f"{base}/api/v1/devices/checkin", data=chunks(data), timeout=30, headers={
+                "Authorization": f"Device {credential}", "Content-Type": "application/json"})
+
+        accepted = check_in(body)
+        too_large = check_in(json.dumps({"metrics": [metric_window()] * 30}).encode())
+
+    assert accepted.request.headers["Transfer-Encoding"] == "chunked"
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["accepted"] == {"installs": 1, "metrics": 1}
+    assert device.install_reports.get().status == "active"
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"

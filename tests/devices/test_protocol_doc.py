@@ -34,7 +34,7 @@ def test_it_issues_the_manifest_the_protocol_shows_with_its_expiry_and_an_absolu
     version, _content = registry_version(documented["model"], documented["version"])
     desired_state_set(devices=[device], version=version)
     calling = CheckinDevice(pk=device.pk, device_id=device.device_id, status=device.status, key_hash="", sequence=1,
-                            version_id=version.pk, rollback=False, traceparent="")
+                            version_id=version.pk, rollback=False, traceparent="", version_status=version.status)
 
     issued = checkin_desired(device=calling, now=parse(documented["issued_at"]))["manifest"]
 

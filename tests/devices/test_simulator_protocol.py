@@ -51,6 +51,8 @@ class FakeServer:
         self.enrollments = 0
         self.enroll_limit: int | None = None  # enrollments per second before 429s
         self.enroll_times: list[float] = []
+        self.decommissioned: set[str] = set()
+        self.checkins: Counter = Counter()  # per device
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -107,6 +109,9 @@ class FakeServer:
         device_id = self.credentials.get(credential) if scheme == "Device" else None
         if device_id is None:
             return _error(401, "DEVICE_CREDENTIAL_INVALID")
+        self.checkins[device_id] += 1
+        if device_id in self.decommissioned:
+            return _error(403, "DEVICE_DECOMMISSIONED")
         now = datetime.now(UTC)
         try:
             checkin_parse(request.content, now=now)  # the real server's validation, all or nothing
@@ -283,6 +288,18 @@ def test_it_stops_at_once_on_an_invalid_enrollment_key(tmp_path):
     assert "enrollment key" in stats.fatal
     assert time.monotonic() - started < 5
     assert server.devices == {}
+
+
+def test_a_decommissioned_device_stops_checking_in_and_does_not_re_enroll(tmp_path):
+    server = FakeServer(poll=0.1)
+    server.decommissioned = {"t-00003", "t-00007"}
+
+    stats = asyncio.run(run_fleet(config(server, tmp_path, duration=1.5)))
+
+    assert server.enrollments == 12
+    assert server.checkins["t-00003"] == server.checkins["t-00007"] == 1
+    assert min(server.checkins[d] for d in server.devices if d not in server.decommissioned) > 1
+    assert stats.checkins > 0
 
 
 def test_it_stops_promptly_when_asked_even_with_a_long_poll_interval(tmp_path):

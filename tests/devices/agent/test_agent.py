@@ -355,3 +355,23 @@ def test_it_imports_nothing_from_django_or_the_project():
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
 
     assert output.stdout.strip() == "[]"
+
+
+def test_it_stops_for_good_without_re_enrolling_when_the_device_is_decommissioned(server, make_agent):
+    agent = make_agent()
+    assert agent.run_once().status == "ok"
+    server.forced = [(403, {"error": {"code": "DEVICE_DECOMMISSIONED", "message": "decommissioned", "details": [],
+                                      "trace_id": "t", "timestamp": "2026-01-01T00:00:00Z"}})] * 10
+    stop = threading.Event()
+    loop = threading.Thread(target=agent.run_forever, args=(stop,))
+
+    loop.start()
+    loop.join(5)
+    stopped_by_itself = not loop.is_alive()
+    stop.set()
+    loop.join(10)
+
+    assert stopped_by_itself
+    assert len(server.forced) == 9  # one check-in got the 403, and none followed
+    assert len([r for r in server.requests if r["path"] == "/api/v1/devices/enroll"]) == 1
+    assert agent.run_once().status == "decommissioned"
