@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
 from hotswap.exceptions import ApplicationError, PayloadTooLargeError, error_body
 from hotswap.lib.pagination import paginated_response
+from hotswap.lib.query import query_filters
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
 from models_app import selectors, services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framework, ModelVersion, Task
@@ -116,7 +117,7 @@ class ModelVersionListApi(APIView):
         responses={200: ModelVersionOutputSerializer(many=True), **_errors(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        queryset = selectors.model_version_list(filters=request.query_params)
+        queryset = selectors.model_version_list(filters=query_filters(request.query_params))
         queryset = _order(queryset, request.query_params.get("ordering", ""))
         return paginated_response(request=request, view=self, queryset=queryset,
                                   serializer_class=ModelVersionOutputSerializer)

@@ -26,3 +26,33 @@ def test_it_serves_swagger_ui_with_local_assets(client):
     for asset in assets:
         response = client.get(asset)
         assert response.status_code == 200, asset
+
+
+@pytest.mark.django_db
+def test_it_answers_options_with_every_method_of_the_path(client_for):
+    client = client_for()
+
+    for path, methods in [("/api/v1/tokens", {"GET", "POST"}), ("/api/v1/devices/dev-1", {"GET", "PUT", "DELETE"}),
+                          ("/api/v1/models/m-1.0.0", {"GET", "DELETE"})]:
+        allow = {method.strip() for method in client.options(path)["Allow"].split(",")}
+        assert methods <= allow, path
+        assert allow - methods <= {"HEAD", "OPTIONS"}, path
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page_size", ["null", "0", "-3", "1.5"])
+def test_it_refuses_a_page_size_that_is_not_a_positive_integer(client_for, page_size):
+    response = client_for().get(f"/api/v1/tokens?page_size={page_size}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"][0]["field"] == "page_size"
+
+
+@pytest.mark.django_db
+def test_it_reads_an_empty_filter_as_no_filter(client_for):
+    client = client_for()
+
+    for path in ("/api/v1/models?status=&framework=&ordering=", "/api/v1/tokens?username=&active=",
+                 "/api/v1/distributions?status=&strategy=", "/api/v1/devices?status=&online=&page_size="):
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.content)
