@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from devices import manifests, selectors
 from devices.models import DEVICE_ID_PATTERN, Device
+from devices.selectors import DEVICE_ORDERINGS
 from devices.services.credentials import device_credential_issue, device_credential_revoke
 from devices.services.enrollment import device_enroll, enrollment_key_create, enrollment_key_revoke
 from devices.services.registry import device_decommission, device_preregister, device_update
@@ -29,6 +30,7 @@ from hotswap.accounts.throttles import EnrollThrottle, MonitorThrottle
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.pagination import paginated_response
 from hotswap.lib.query import query_filters
+from hotswap.lib.schema import ordering_parameter
 
 CHECKIN_PATH = "/api/v1/devices/checkin"
 MAX_TAGS = 32
@@ -240,11 +242,11 @@ class DeviceListApi(APIView):
                     "or name). Ordering: `ordering=device_id|region|device_type|memory_mb|last_seen|registered_at`, "
                     "prefixed by - to reverse. Every filter and ordering is served by an index.",
         parameters=[
-            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "search",
-                                                 "ordering")),
+            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "search")),
+            ordering_parameter(DEVICE_ORDERINGS),
             OpenApiParameter("status", str, many=True, enum=Device.Status.values),
             OpenApiParameter("online", bool),
-            OpenApiParameter("min_memory_mb", int),
+            OpenApiParameter("min_memory_mb", {"type": "number", "minimum": 0}),
             *PAGE_PARAMETERS,
         ],
         responses={200: _paginated("PaginatedDeviceList", DeviceOutputSerializer(many=True)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
@@ -12,7 +12,8 @@ from rest_framework.views import APIView
 
 from hotswap.accounts.throttles import MonitorThrottle
 from hotswap.exceptions import NotFoundError
-from hotswap.lib.pagination import paginated_response
+from hotswap.lib.pagination import PageNumberPagination, paginated_response
+from hotswap.lib.schema import paginated_serializer
 from models_app import selectors, validation_runs
 from models_app.apis import ModelVersionOutputSerializer, _received_artifact
 from models_app.models import AIModel, TestSet, ValidationReport
@@ -25,9 +26,9 @@ class ValidationReportOutputSerializer(serializers.ModelSerializer):
 
     validation_id = serializers.IntegerField(source="pk")
     model_id = serializers.CharField(source="version.model_id")
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
-    test_set = serializers.CharField(source="test_set.name", default=None)
-    baseline_model_id = serializers.CharField(source="baseline.version.model_id", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
+    test_set = serializers.CharField(source="test_set.name", allow_null=True, default=None)
+    baseline_model_id = serializers.CharField(source="baseline.version.model_id", allow_null=True, default=None)
     steps = serializers.JSONField(source="result.steps", default=list)
     metrics = serializers.JSONField(source="result.metrics", default=dict)
     baseline_deltas = serializers.JSONField(source="result.baseline_deltas", default=dict)
@@ -79,9 +80,13 @@ class ModelVersionValidationReportApi(APIView):
     required_permission = "models_app.view_modelversion"
     throttle_classes = [MonitorThrottle]
 
-    @extend_schema(summary="Validation report of a version", description="Roles: all.",
+    @extend_schema(summary="Validation report of a version",
+                   description="Roles: all. The latest report; `?all=true`: a page of every report, newest first.",
                    parameters=[OpenApiParameter("all", bool)],
-                   responses={200: ValidationReportOutputSerializer,
+                   responses={200: PolymorphicProxySerializer(
+                       component_name="ValidationReportOrPage", resource_type_field_name=None,
+                       serializers=[ValidationReportOutputSerializer, paginated_serializer(
+                           "PaginatedValidationReportList", ValidationReportOutputSerializer(many=True))]),
                               404: OpenApiResponse(description="MODEL_NOT_FOUND / NO_VALIDATION_REPORT")})
     def get(self, request: Request, model_id: str) -> Response:
         version = selectors.model_version_get(model_id=model_id)
@@ -121,7 +126,7 @@ class TestSetOutputSerializer(serializers.ModelSerializer):
     """A labelled test set."""
 
     model = serializers.CharField(source="ai_model.name")
-    uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
+    uploaded_by = serializers.CharField(source="uploaded_by.username", allow_null=True, default=None)
 
     class Meta:
         model = TestSet
@@ -139,6 +144,7 @@ class TestSetListApi(APIView):
     """The labelled test sets of a model."""
 
     required_permission = "models_app.view_modelversion"
+    pagination_class = PageNumberPagination  # documents the page envelope and parameters
 
     @extend_schema(summary="List a model's test sets", description="Roles: all.",
                    responses={200: TestSetOutputSerializer(many=True)})

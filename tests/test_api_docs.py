@@ -28,6 +28,65 @@ def test_it_serves_swagger_ui_with_local_assets(client):
         assert response.status_code == 200, asset
 
 
+@pytest.fixture(scope="module")
+def openapi():
+    from drf_spectacular.generators import SchemaGenerator
+
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def _operations(schema):
+    return [(f"{method.upper()} {path}", operation) for path, item in schema["paths"].items()
+            for method, operation in item.items()]
+
+
+def test_it_documents_the_errors_every_operation_can_answer(openapi):
+    error = {"$ref": "#/components/schemas/Error"}
+    for name, operation in _operations(openapi):
+        responses = operation["responses"]
+        secured = operation.get("security") and {} not in operation["security"]
+        if secured:
+            assert "401" in responses, name
+        if secured and name != "GET /api/v1/auth/me":  # every role may ask who it is
+            assert "403" in responses, name
+        if "{" in name or any(p["name"] == "page" for p in operation.get("parameters", [])):
+            assert "404" in responses, name
+        if "requestBody" in operation:
+            assert "400" in responses, name
+        for code, response in responses.items():
+            if code >= "400":
+                assert response["content"]["application/json"]["schema"] == error, (name, code)
+
+
+def test_it_says_which_request_bodies_refuse_unknown_fields(openapi):
+    schemas = openapi["components"]["schemas"]
+
+    for strict in ("DeviceCreateRequest", "DeviceUpdateRequest", "CapabilitiesInputRequest",
+                   "DistributionCreateApiInputRequest", "ReasonInputRequest"):
+        assert schemas[strict]["additionalProperties"] is False, strict
+    assert "additionalProperties" not in schemas["DeviceDetailOutput"]
+
+
+def test_it_marks_every_field_that_can_be_null_as_nullable(openapi):
+    schemas = openapi["components"]["schemas"]
+
+    for component, field in [("ModelVersionOutput", "approved_by"), ("DistributionOutput", "winner"),
+                             ("DistributionOutput", "version_b"), ("TransitionOutput", "stage"),
+                             ("TransitionOutput", "stage_name"), ("ValidationReportOutput", "test_set"),
+                             ("ValidationReportOutput", "baseline_model_id")]:
+        assert schemas[component]["properties"][field].get("nullable") is True, (component, field)
+
+
+def test_it_documents_paginated_lists_as_pages(openapi):
+    for path in ("/api/v1/models", "/api/v1/models/{name}/versions", "/api/v1/models/{name}/test-sets"):
+        operation = openapi["paths"][path]["get"]
+        page = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        assert {"count", "next", "previous", "results"} <= set(openapi["components"]["schemas"][page]["properties"])
+        assert {"page", "page_size"} <= {p["name"] for p in operation["parameters"]}, path
+    report = openapi["paths"]["/api/v1/models/{model_id}/validation-report"]["get"]["responses"]["200"]
+    assert report["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationReportOrPage")
+
+
 @pytest.mark.django_db
 def test_it_answers_options_with_every_method_of_the_path(client_for):
     client = client_for()

@@ -24,6 +24,8 @@ def method_router(name: str, **views: type[APIView]) -> Callable:
 
         # Only methods that no operation handles reach APIView's own dispatch, which answers 405.
         permission_classes = ()
+        # The schema generator documents each operation with its own view's permissions and throttles.
+        operations = {method.upper(): view for method, view in views.items()}
 
         def dispatch(self, request, *args, **kwargs):
             callback = callbacks.get(request.method or "")
