@@ -28,6 +28,32 @@ def test_it_serves_swagger_ui_with_local_assets(client):
         assert response.status_code == 200, asset
 
 
+@pytest.mark.django_db
+def test_it_serves_an_api_root_that_links_the_schema_docs_and_collections(client_for):
+    client = client_for()  # the links are followed as a person with a token would
+    root = client.get("/api/v1/")
+
+    assert root.status_code == 200
+    links = root.json()["links"]
+    assert links["schema"] == "http://testserver/api/schema/"
+    assert links["docs"] == "http://testserver/api/docs/"
+    for name in ("models", "devices", "distributions", "enrollment_keys", "tokens"):
+        answer = client.get(links[name].removeprefix("http://testserver"))
+        assert answer.status_code == 200, name
+        assert "results" in answer.json(), name
+    assert client.get(links["schema"].removeprefix("http://testserver")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_opens_the_api_root_to_anyone_and_documents_it(api_client):
+    assert api_client.get("/api/v1/").status_code == 200
+
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    root = schema["paths"]["/api/v1/"]["get"]
+    assert set(schema["components"]["schemas"]["ApiRootApiOutput"]["properties"]) == {"name", "version", "links"}
+    assert "200" in root["responses"]
+
+
 @pytest.fixture(scope="module")
 def openapi():
     from drf_spectacular.generators import SchemaGenerator
