@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
 from hotswap.exceptions import ApplicationError, PayloadTooLargeError, error_body
 from hotswap.lib.pagination import PageNumberPagination, paginated_response
-from hotswap.lib.query import query_filters
+from hotswap.lib.query import query_filters, query_flag
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
 from hotswap.lib.schema import ordering_parameter
 from models_app import selectors, services
@@ -302,7 +302,7 @@ class ModelDownloadApi(APIView):
         version = selectors.model_version_get(model_id=model_id)
         filename = f"{version.model_id}.{_extension(version)}"
         link = artifact_store().download_link(version.storage_key, filename=filename, request=request)
-        if request.query_params.get("redirect") in ("1", "true", "yes"):
+        if query_flag(request.query_params, "redirect"):
             return HttpResponseRedirect(link.url)
         return Response(self.OutputSerializer({"url": link.url, "expires_at": link.expires_at, "filename": filename,
                                                "sha256": version.sha256, "size_bytes": version.size_bytes}).data)

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from hotswap.accounts.throttles import MonitorThrottle
 from hotswap.exceptions import NotFoundError
 from hotswap.lib.pagination import PageNumberPagination, paginated_response
+from hotswap.lib.query import query_flag
 from hotswap.lib.schema import paginated_serializer
 from models_app import selectors, validation_runs
 from models_app.apis import ModelVersionOutputSerializer, _received_artifact
@@ -58,7 +59,8 @@ class ModelVersionValidateApi(APIView):
                                f"Gates: {', '.join(sorted(settings.VALIDATION_GATES))}. Errors: 400 "
                                "VALIDATION_ERROR, 404 MODEL_NOT_FOUND / TEST_SET_NOT_FOUND, 409 VERSION_DEPRECATED.",
                    request=InputSerializer, responses={202: ValidationReportOutputSerializer,
-                                                       404: OpenApiResponse(description="not found")})
+                                                       404: OpenApiResponse(description="not found"),
+                                                       409: OpenApiResponse(description="VERSION_DEPRECATED")})
     def post(self, request: Request, model_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -91,7 +93,7 @@ class ModelVersionValidationReportApi(APIView):
     def get(self, request: Request, model_id: str) -> Response:
         version = selectors.model_version_get(model_id=model_id)
         reports = version.validation_reports.select_related("requested_by", "test_set", "baseline__version")
-        if request.query_params.get("all") in ("1", "true", "yes"):
+        if query_flag(request.query_params, "all"):
             return paginated_response(request=request, view=self, queryset=reports,
                                       serializer_class=ValidationReportOutputSerializer)
         latest = reports.first()
@@ -107,12 +109,15 @@ class ModelVersionApproveApi(APIView):
     parser_classes = [JSONParser]
 
     class InputSerializer(serializers.Serializer):
-        reason = serializers.CharField(max_length=2000)
+        # At least 10 characters once trimmed (validation_runs.model_version_approve), said in the schema too.
+        reason = serializers.RegexField(r"^\s*\S[\s\S]{8,}\S\s*$", max_length=2000, error_messages={
+            "invalid": "Say why in at least 10 characters: the reason is kept in the audit trail."})
 
     @extend_schema(summary="Approve a version for distribution",
                    description="Roles: Admin. The reason is recorded. 409 APPROVAL_NOT_NEEDED unless the version "
                                "failed validation or needs approval.",
-                   request=InputSerializer, responses={200: ModelVersionOutputSerializer})
+                   request=InputSerializer, responses={200: ModelVersionOutputSerializer,
+                                                       409: OpenApiResponse(description="APPROVAL_NOT_NEEDED")})
     def post(self, request: Request, model_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -165,7 +170,8 @@ class TestSetUploadApi(APIView):
 
     @extend_schema(summary="Upload a labelled test set", description="Roles: Admin, ModelDeveloper. 400 "
                    "INVALID_TEST_SET, 409 TEST_SET_EXISTS.",
-                   request={"multipart/form-data": InputSerializer}, responses={201: TestSetOutputSerializer})
+                   request={"multipart/form-data": InputSerializer},
+                   responses={201: TestSetOutputSerializer, 409: OpenApiResponse(description="TEST_SET_EXISTS")})
     def post(self, request: Request, name: str) -> Response:
         ai_model = _model(name)
         handler = ArtifactUploadHandler(request._request, store=artifact_store(), max_bytes=settings.ARTIFACT_MAX_BYTES)

@@ -5,6 +5,8 @@ import re
 import pytest
 from django.core.management import call_command
 
+from tests.devices.conftest import make_version  # noqa: F401 - fixture
+
 
 def test_it_generates_a_valid_schema_without_warnings(tmp_path):
     target = tmp_path / "schema.yaml"
@@ -141,3 +143,14 @@ def test_it_reads_an_empty_filter_as_no_filter(client_for):
                  "/api/v1/distributions?status=&strategy=", "/api/v1/devices?status=&online=&page_size="):
         response = client.get(path)
         assert response.status_code == 200, (path, response.content)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["redirect=-58800", "redirect=maybe"])
+def test_it_refuses_a_boolean_parameter_that_is_neither_true_nor_false(client_for, make_version, query):  # noqa: F811
+    make_version(name="resnet", version="1.0.0")
+
+    response = client_for().get(f"/api/v1/models/resnet-1.0.0/download?{query}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == [{"field": "redirect", "message": "Must be true or false."}]
