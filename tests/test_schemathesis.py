@@ -16,7 +16,12 @@ from schemathesis.engine import StopReason, events, from_schema
 
 from hotswap.accounts.roles import Role
 from hotswap.accounts.services import api_token_create
+from models_app.models import ValidationReport
+from rollouts.orchestrator import distribution_advance
+from rollouts.services import distribution_create
+from tests.devices.conftest import make_device, make_version  # noqa: F401 - fixtures
 from tests.live import gunicorn_server
+from tests.rollouts.conftest import make_fleet  # noqa: F401 - fixture
 
 # Examples per operation in the fuzzing phase (the coverage phase's boundary cases, ~2,250 requests, come on
 # top): the run takes ~80 s on two busy cores, ~2 minutes with the server's start.
@@ -24,7 +29,9 @@ MAX_EXAMPLES = int(os.environ.get("HOTSWAP_SCHEMATHESIS_EXAMPLES", "5"))
 
 # Schema-valid requests that a business rule refuses with a documented 400, because JSON Schema cannot say it:
 # an artifact or test set must be a real model / .npz; an expiry must be in the future; a token's user must
-# exist; a desired-state change needs at least one filter; a device_id in an update must be the URL's.
+# exist; a desired-state change needs at least one filter; a device_id in an update must be the URL's; a
+# distribution's strategy_config and success_criteria are checked per strategy, and it needs target devices
+# that can run the version; a rollback needs a later version and devices running it.
 # Everything else schema-valid must be accepted.
 BUSINESS_RULE_400 = {
     "POST /api/v1/models": "INVALID_ARTIFACT, EMPTY_ARTIFACT, CHECKSUM_MISMATCH, tensor schemas",
@@ -33,6 +40,8 @@ BUSINESS_RULE_400 = {
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
     "POST /api/v1/devices/desired": "no filter at all",
     "PUT /api/v1/devices/{device_id}": "a device_id other than the URL's (no renames)",
+    "POST /api/v1/distributions": "strategy_config, success_criteria, NO_TARGET_DEVICES, VERSION_NOT_DISTRIBUTABLE",
+    "POST /api/v1/models/{name}/versions/{version}/rollback": "NOTHING_TO_ROLL_BACK, NO_TARGET_DEVICES",
 }
 
 
@@ -44,9 +53,6 @@ def _config(token: str) -> SchemathesisConfig:
             "max-examples": MAX_EXAMPLES,
             "deterministic": True,
             "database": "none",
-            # Known 500s on NUL characters, fixed on branch h13-edge (refused at the edge, issue 13 item 2):
-            # remove this line when h13-edge lands.
-            "allow-x00": False,
         },
         "workers": 2,  # two cores: while one request is in the database, the other is checked
         "operations": [
@@ -80,9 +86,20 @@ def _run(schema) -> tuple[list[str], set[str], events.EngineFinished]:
     return found, exercised, finished
 
 
+def _seed(make_fleet, make_version) -> None:  # noqa: F811
+    """What the lists then show with every kind of null: versions, a validation, a fleet, a running canary."""
+    old = make_version(name="resnet", version="1.0.0")
+    ValidationReport.objects.create(version=old, status=ValidationReport.Status.PASSED)
+    make_fleet({"eu": 3, "us": 3}, running=old)
+    canary = distribution_create(version=make_version(name="resnet", version="1.1.0"), strategy="canary",
+                                 config={"percent": 50})
+    distribution_advance(distribution_id=canary.pk)
+
+
 @pytest.mark.slow
-def test_it_keeps_the_openapi_contract(transactional_db, make_user):
+def test_it_keeps_the_openapi_contract(transactional_db, make_user, make_fleet, make_version):  # noqa: F811
     admin = make_user(Role.ADMIN)
+    _seed(make_fleet, make_version)
     _token, key = api_token_create(user=admin, name="schemathesis", created_by=admin, expires_at=None)
     # Throttles have their own tests; here they would only turn the later examples into 429s.
     unthrottled = {"THROTTLE_UPLOAD": "100000/hour", "THROTTLE_DISTRIBUTION_CREATE": "100000/hour",
