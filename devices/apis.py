@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from devices import manifests, selectors
 from devices.models import DEVICE_ID_PATTERN, Device
+from devices.selectors import DEVICE_ORDERINGS
 from devices.services.credentials import device_credential_issue, device_credential_revoke
 from devices.services.enrollment import device_enroll, enrollment_key_create, enrollment_key_revoke
 from devices.services.registry import device_decommission, device_preregister, device_update
@@ -28,6 +29,8 @@ from hotswap.accounts.schema import FORBIDDEN, UNAUTHENTICATED, error_response
 from hotswap.accounts.throttles import EnrollThrottle, MonitorThrottle
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.pagination import paginated_response
+from hotswap.lib.query import query_filters
+from hotswap.lib.schema import ordering_parameter
 
 CHECKIN_PATH = "/api/v1/devices/checkin"
 MAX_TAGS = 32
@@ -52,20 +55,51 @@ PAGE_PARAMETERS = [
 ]
 
 
+# The JSON type each kind of field takes. DRF also takes 0 for false or a number for a string; the schema does not.
+_JSON_TYPES: tuple[tuple[type[serializers.Field], type | tuple[type, ...], str], ...] = (
+    (serializers.BooleanField, bool, "true or false"),
+    (serializers.IntegerField, int, "an integer"),
+    (serializers.FloatField, (int, float), "a number"),
+    (serializers.CharField, str, "a string"),
+    (serializers.ChoiceField, str, "a string"),
+    (serializers.DateTimeField, str, "a string"),
+    (serializers.ListField, list, "a list"),
+    (serializers.DictField, dict, "an object"),
+    (serializers.Serializer, dict, "an object"),
+)
+
+
+def _json_type_error(field: serializers.Field, value) -> str | None:
+    if value is None:
+        return None
+    for kind, types, name in _JSON_TYPES:
+        if isinstance(field, kind):
+            if (isinstance(value, bool) and types is not bool) or not isinstance(value, types):
+                return f"Expected {name}."
+            if isinstance(field, serializers.ListField):
+                return next(filter(None, (_json_type_error(field.child, item) for item in value)), None)
+            return None
+    return None
+
+
 class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know, so a typo is an error rather than silently ignored."""
+    """Refuses fields it does not know and values of another JSON type, so a typo is an error, not ignored."""
 
     def to_internal_value(self, data):
-        unknown = ({name: ["Unknown field."] for name in data if name not in self.fields}
-                   if isinstance(data, Mapping) else {})
+        problems = {}
+        if isinstance(data, Mapping):
+            problems = {name: ["Unknown field."] for name in data if name not in self.fields}
+            if not hasattr(data, "getlist"):  # JSON, not a query string or a form, whose values are all strings
+                problems |= {name: [error] for name, field in self.fields.items() if name in data
+                             and (error := _json_type_error(field, data[name]))}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:
-            if unknown and isinstance(exc.detail, dict):
-                raise serializers.ValidationError({**exc.detail, **unknown}) from exc
+            if problems and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **problems}) from exc
             raise
-        if unknown:
-            raise serializers.ValidationError(unknown)
+        if problems:
+            raise serializers.ValidationError(problems)
         return value
 
 
@@ -208,18 +242,18 @@ class DeviceListApi(APIView):
                     "or name). Ordering: `ordering=device_id|region|device_type|memory_mb|last_seen|registered_at`, "
                     "prefixed by - to reverse. Every filter and ordering is served by an index.",
         parameters=[
-            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "search",
-                                                 "ordering")),
+            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "search")),
+            ordering_parameter(DEVICE_ORDERINGS),
             OpenApiParameter("status", str, many=True, enum=Device.Status.values),
             OpenApiParameter("online", bool),
-            OpenApiParameter("min_memory_mb", int),
+            OpenApiParameter("min_memory_mb", {"type": "number", "minimum": 0}),
             *PAGE_PARAMETERS,
         ],
         responses={200: _paginated("PaginatedDeviceList", DeviceOutputSerializer(many=True)),
                    400: VALIDATION_ERROR, 401: UNAUTHENTICATED, 403: FORBIDDEN, 429: RATE_LIMITED},
     )
     def get(self, request: Request) -> Response:
-        queryset = selectors.device_list(filters=request.query_params,
+        queryset = selectors.device_list(filters=query_filters(request.query_params),
                                          ordering=request.query_params.get("ordering", ""))
         return paginated_response(request=request, view=self, queryset=queryset,
                                   serializer_class=DeviceOutputSerializer)
@@ -424,7 +458,7 @@ class DeviceMetricsApi(APIView):
                    404: DEVICE_NOT_FOUND, 429: RATE_LIMITED},
     )
     def get(self, request: Request, device_id: str) -> Response:
-        filters = self.FilterSerializer(data=request.query_params.dict())
+        filters = self.FilterSerializer(data=query_filters(request.query_params).dict())
         filters.is_valid(raise_exception=True)
         device = selectors.device_get(device_id=device_id)
         data = selectors.device_metrics(device=device, since=filters.validated_data.get("since"))

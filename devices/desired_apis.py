@@ -82,7 +82,8 @@ class DevicesDesiredSetApi(APIView):
 
     @extend_schema(summary="Set the desired version of every device matching a filter", description=DESCRIPTION,
                    request=InputSerializer, responses={200: DesiredResultSerializer,
-                                                       400: OpenApiResponse(description="VALIDATION_ERROR")})
+                                                       400: OpenApiResponse(description="VALIDATION_ERROR"),
+                                                       404: OpenApiResponse(description="MODEL_NOT_FOUND")})
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from hotswap.apis import ApiRootApi
 from hotswap.health import health, ready
 from hotswap.observability.views import metrics
 
@@ -12,6 +13,7 @@ handler404 = "hotswap.exceptions.json_handler404"
 handler500 = "hotswap.exceptions.json_handler500"
 
 api_v1 = [
+    path("", ApiRootApi.as_view(), name="api-root"),
     path("", include("hotswap.accounts.urls")),
     path("", include("models_app.urls")),
     path("", include("devices.device_urls")),

@@ -18,9 +18,11 @@ from rest_framework.views import APIView
 
 from hotswap.accounts.throttles import MonitorThrottle, UploadThrottle
 from hotswap.exceptions import ApplicationError, ConflictError, PayloadTooLargeError, error_body
-from hotswap.lib.pagination import paginated_response
+from hotswap.lib.pagination import PageNumberPagination, paginated_response
 from hotswap.lib.parsers import JSONField, MultiPartParser
+from hotswap.lib.query import query_filters, query_flag
 from hotswap.lib.ranges import RangeNotSatisfiable, parse_byte_range
+from hotswap.lib.schema import ordering_parameter
 from models_app import selectors, services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, Accelerator, Framework, ModelVersion, Task
 from models_app.models import validate_tensor_schema as _validate_tensor_schema
@@ -53,8 +55,8 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
     task = serializers.CharField(source="ai_model.task")
     description = serializers.CharField(source="ai_model.description")
     tags = serializers.ListField(source="ai_model.tags", child=serializers.CharField())
-    uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
-    approved_by = serializers.CharField(source="approved_by.username", default=None)
+    uploaded_by = serializers.CharField(source="uploaded_by.username", allow_null=True, default=None)
+    approved_by = serializers.CharField(source="approved_by.username", allow_null=True, default=None)
     distributable = serializers.SerializerMethodField()
     device_requirements = serializers.SerializerMethodField()
 
@@ -99,21 +101,33 @@ class TagListField(serializers.Field):
         return value
 
 
+_ORDERINGS = {
+    "name": ("ai_model__name", "major", "minor", "patch", "is_release", "prerelease"),
+    "version": ("major", "minor", "patch", "is_release", "prerelease"),
+    "uploaded_at": ("uploaded_at",),
+    "size": ("size_bytes",),
+}
+
+
 class ModelVersionListApi(APIView):
     """Lists model versions with filters, ordering and pagination."""
 
     required_permission = "models_app.view_modelversion"
     throttle_classes = [MonitorThrottle]
+    pagination_class = PageNumberPagination  # documents the page envelope and parameters
 
     @extend_schema(
         summary="List model versions",
         description="Roles: all (Viewer and up). Filters: name, name_contains, framework, status (repeatable), tag, "
                     "detected_format. Ordering: `ordering=name|version|uploaded_at|size`, prefixed by - to reverse.",
-        parameters=[OpenApiParameter(p, str) for p in ("name", "framework", "status", "tag", "ordering")],
+        parameters=[OpenApiParameter("name", str), OpenApiParameter("tag", str),
+                    OpenApiParameter("framework", str, enum=Framework.values),
+                    OpenApiParameter("status", str, many=True, enum=ModelVersion.Status.values),
+                    ordering_parameter(_ORDERINGS)],
         responses={200: ModelVersionOutputSerializer(many=True), **_errors(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        queryset = selectors.model_version_list(filters=request.query_params)
+        queryset = selectors.model_version_list(filters=query_filters(request.query_params))
         queryset = _order(queryset, request.query_params.get("ordering", ""))
         return paginated_response(request=request, view=self, queryset=queryset,
                                   serializer_class=ModelVersionOutputSerializer)
@@ -224,14 +238,6 @@ def _received_artifact(request: Request, handler: ArtifactUploadHandler) -> Pend
     return artifact
 
 
-_ORDERINGS = {
-    "name": ("ai_model__name", "major", "minor", "patch", "is_release", "prerelease"),
-    "version": ("major", "minor", "patch", "is_release", "prerelease"),
-    "uploaded_at": ("uploaded_at",),
-    "size": ("size_bytes",),
-}
-
-
 def _order(queryset, ordering: str):
     key = ordering.lstrip("-")
     if not ordering:
@@ -300,7 +306,7 @@ class ModelDownloadApi(APIView):
             raise ConflictError(version_refusal(version) or "", code="ARTIFACT_CORRUPT")
         filename = f"{version.model_id}.{_extension(version)}"
         link = artifact_store().download_link(version.storage_key, filename=filename, request=request)
-        if request.query_params.get("redirect") in ("1", "true", "yes"):
+        if query_flag(request.query_params, "redirect"):
             return HttpResponseRedirect(link.url)
         return Response(self.OutputSerializer({"url": link.url, "expires_at": link.expires_at, "filename": filename,
                                                "sha256": version.sha256, "size_bytes": version.size_bytes}).data)
@@ -315,6 +321,7 @@ class ModelVersionHistoryApi(APIView):
 
     required_permission = "models_app.view_modelversion"
     throttle_classes = [MonitorThrottle]
+    pagination_class = PageNumberPagination  # documents the page envelope and parameters
 
     @extend_schema(summary="Version history of a model", description="Roles: all.",
                    responses={200: ModelVersionOutputSerializer(many=True), **_errors(401, 403, 404)})

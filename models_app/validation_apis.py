@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,8 +11,10 @@ from rest_framework.views import APIView
 
 from hotswap.accounts.throttles import MonitorThrottle
 from hotswap.exceptions import NotFoundError
-from hotswap.lib.pagination import paginated_response
+from hotswap.lib.pagination import PageNumberPagination, paginated_response
 from hotswap.lib.parsers import JSONParser, MultiPartParser
+from hotswap.lib.query import query_flag
+from hotswap.lib.schema import paginated_serializer
 from models_app import selectors, validation_runs
 from models_app.apis import ModelVersionOutputSerializer, _received_artifact
 from models_app.models import AIModel, TestSet, ValidationReport
@@ -25,9 +27,9 @@ class ValidationReportOutputSerializer(serializers.ModelSerializer):
 
     validation_id = serializers.IntegerField(source="pk")
     model_id = serializers.CharField(source="version.model_id")
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
-    test_set = serializers.CharField(source="test_set.name", default=None)
-    baseline_model_id = serializers.CharField(source="baseline.version.model_id", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
+    test_set = serializers.CharField(source="test_set.name", allow_null=True, default=None)
+    baseline_model_id = serializers.CharField(source="baseline.version.model_id", allow_null=True, default=None)
     steps = serializers.JSONField(source="result.steps", default=list)
     metrics = serializers.JSONField(source="result.metrics", default=dict)
     baseline_deltas = serializers.JSONField(source="result.baseline_deltas", default=dict)
@@ -57,7 +59,8 @@ class ModelVersionValidateApi(APIView):
                                f"Gates: {', '.join(sorted(settings.VALIDATION_GATES))}. Errors: 400 "
                                "VALIDATION_ERROR, 404 MODEL_NOT_FOUND / TEST_SET_NOT_FOUND, 409 VERSION_DEPRECATED.",
                    request=InputSerializer, responses={202: ValidationReportOutputSerializer,
-                                                       404: OpenApiResponse(description="not found")})
+                                                       404: OpenApiResponse(description="not found"),
+                                                       409: OpenApiResponse(description="VERSION_DEPRECATED")})
     def post(self, request: Request, model_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -79,14 +82,18 @@ class ModelVersionValidationReportApi(APIView):
     required_permission = "models_app.view_modelversion"
     throttle_classes = [MonitorThrottle]
 
-    @extend_schema(summary="Validation report of a version", description="Roles: all.",
+    @extend_schema(summary="Validation report of a version",
+                   description="Roles: all. The latest report; `?all=true`: a page of every report, newest first.",
                    parameters=[OpenApiParameter("all", bool)],
-                   responses={200: ValidationReportOutputSerializer,
+                   responses={200: PolymorphicProxySerializer(
+                       component_name="ValidationReportOrPage", resource_type_field_name=None,
+                       serializers=[ValidationReportOutputSerializer, paginated_serializer(
+                           "PaginatedValidationReportList", ValidationReportOutputSerializer(many=True))]),
                               404: OpenApiResponse(description="MODEL_NOT_FOUND / NO_VALIDATION_REPORT")})
     def get(self, request: Request, model_id: str) -> Response:
         version = selectors.model_version_get(model_id=model_id)
         reports = version.validation_reports.select_related("requested_by", "test_set", "baseline__version")
-        if request.query_params.get("all") in ("1", "true", "yes"):
+        if query_flag(request.query_params, "all"):
             return paginated_response(request=request, view=self, queryset=reports,
                                       serializer_class=ValidationReportOutputSerializer)
         latest = reports.first()
@@ -102,12 +109,15 @@ class ModelVersionApproveApi(APIView):
     parser_classes = [JSONParser]
 
     class InputSerializer(serializers.Serializer):
-        reason = serializers.CharField(max_length=2000)
+        # At least 10 characters once trimmed (validation_runs.model_version_approve), said in the schema too.
+        reason = serializers.RegexField(r"^\s*\S[\s\S]{8,}\S\s*$", max_length=2000, error_messages={
+            "invalid": "Say why in at least 10 characters: the reason is kept in the audit trail."})
 
     @extend_schema(summary="Approve a version for distribution",
                    description="Roles: Admin. The reason is recorded. 409 APPROVAL_NOT_NEEDED unless the version "
                                "failed validation or needs approval.",
-                   request=InputSerializer, responses={200: ModelVersionOutputSerializer})
+                   request=InputSerializer, responses={200: ModelVersionOutputSerializer,
+                                                       409: OpenApiResponse(description="APPROVAL_NOT_NEEDED")})
     def post(self, request: Request, model_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -121,7 +131,7 @@ class TestSetOutputSerializer(serializers.ModelSerializer):
     """A labelled test set."""
 
     model = serializers.CharField(source="ai_model.name")
-    uploaded_by = serializers.CharField(source="uploaded_by.username", default=None)
+    uploaded_by = serializers.CharField(source="uploaded_by.username", allow_null=True, default=None)
 
     class Meta:
         model = TestSet
@@ -139,6 +149,7 @@ class TestSetListApi(APIView):
     """The labelled test sets of a model."""
 
     required_permission = "models_app.view_modelversion"
+    pagination_class = PageNumberPagination  # documents the page envelope and parameters
 
     @extend_schema(summary="List a model's test sets", description="Roles: all.",
                    responses={200: TestSetOutputSerializer(many=True)})
@@ -159,7 +170,8 @@ class TestSetUploadApi(APIView):
 
     @extend_schema(summary="Upload a labelled test set", description="Roles: Admin, ModelDeveloper. 400 "
                    "INVALID_TEST_SET, 409 TEST_SET_EXISTS.",
-                   request={"multipart/form-data": InputSerializer}, responses={201: TestSetOutputSerializer})
+                   request={"multipart/form-data": InputSerializer},
+                   responses={201: TestSetOutputSerializer, 409: OpenApiResponse(description="TEST_SET_EXISTS")})
     def post(self, request: Request, name: str) -> Response:
         ai_model = _model(name)
         handler = ArtifactUploadHandler(request._request, store=artifact_store(), max_bytes=settings.ARTIFACT_MAX_BYTES)

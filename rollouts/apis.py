@@ -104,7 +104,7 @@ class StageOutputSerializer(serializers.ModelSerializer):
 
     status = _status_field(Stage.Status)
     gate = _status_field(Stage.Gate)
-    approved_by = serializers.CharField(source="approved_by.username", default=None)
+    approved_by = serializers.CharField(source="approved_by.username", allow_null=True, default=None)
 
     class Meta:
         model = Stage
@@ -118,15 +118,16 @@ class DistributionOutputSerializer(serializers.ModelSerializer):
 
     model = serializers.CharField(source="version.ai_model.name")
     version = serializers.CharField(source="version.model_id", help_text="model_id of the version shipped")
-    version_b = serializers.CharField(source="version_b.model_id", default=None,
+    version_b = serializers.CharField(source="version_b.model_id", allow_null=True, default=None,
                                       help_text="model_id of the A/B challenger")
-    winner = serializers.CharField(source="winner.model_id", default=None, help_text="model_id of the A/B winner")
+    winner = serializers.CharField(source="winner.model_id", allow_null=True, default=None,
+                                   help_text="model_id of the A/B winner")
     status = _status_field(Distribution.Status)
     target = TargetField()
     success_criteria = CriteriaField()
     config = serializers.DictField(help_text="The strategy's configuration, with every default filled in.")
-    created_by = serializers.CharField(source="created_by.username", default=None)
-    approved_by = serializers.CharField(source="approved_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    approved_by = serializers.CharField(source="approved_by.username", allow_null=True, default=None)
 
     class Meta:
         model = Distribution
@@ -268,9 +269,9 @@ class DistributionMetricsInputSerializer(StrictSerializer):
 class TransitionOutputSerializer(serializers.ModelSerializer):
     """One status change of the distribution (stage null) or of one of its stages."""
 
-    stage = serializers.IntegerField(source="stage.index", default=None, help_text="stage index, null for the "
-                                                                                    "distribution itself")
-    stage_name = serializers.CharField(source="stage.name", default=None)
+    stage = serializers.IntegerField(source="stage.index", allow_null=True, default=None,
+                                     help_text="stage index, null for the distribution itself")
+    stage_name = serializers.CharField(source="stage.name", allow_null=True, default=None)
     actor = serializers.CharField(source="actor_label", help_text="the user's name, or 'orchestrator'")
 
     class Meta:

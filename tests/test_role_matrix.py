@@ -73,7 +73,8 @@ MATRIX = [
 # Endpoints that identify the caller some other way (credentials in the body, a signed link).
 # Devices authenticate with their own credential (check-in) or an enrollment key in the body (enroll).
 NOT_ROLE_BASED = {"/api/v1/auth/token", "/api/v1/auth/token/refresh", "/api/v1/artifacts/<str:token>",
-                  "/api/v1/devices/enroll", "/api/v1/devices/checkin", "/api/v1/devices/manifest-key"}
+                  "/api/v1/devices/enroll", "/api/v1/devices/checkin", "/api/v1/devices/manifest-key",
+                  "/api/v1/"}  # the API root: links only, open to everyone
 
 
 def _rollout_fixtures(make) -> dict:

@@ -23,6 +23,7 @@ from hotswap.accounts.services import api_token_create, api_token_revoke
 from hotswap.accounts.throttles import LoginThrottle
 from hotswap.exceptions import NotFoundError
 from hotswap.lib.pagination import PageNumberPagination
+from hotswap.lib.query import query_filters
 
 RATE_LIMITED = error_response("RATE_LIMITED: too many attempts from this address; see the Retry-After header.")
 
@@ -163,7 +164,7 @@ class ApiTokenListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         # A plain dict: a QueryDict would read a missing boolean as false.
-        filters = self.FilterSerializer(data=request.query_params.dict())
+        filters = self.FilterSerializer(data=query_filters(request.query_params).dict())
         filters.is_valid(raise_exception=True)
         tokens = api_token_list(user=request.user, **filters.validated_data)
         paginator = self.pagination_class()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -224,7 +225,5 @@ def _own_names_per_xdist_worker() -> None:
             aws_secret_access_key=os.environ.get("S3_SECRET_ACCESS_KEY"),
             config=Config(s3={"addressing_style": "path"}),
         )
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=os.environ["S3_BUCKET"])
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass

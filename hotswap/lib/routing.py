@@ -17,18 +17,24 @@ def method_router(name: str, **views: type[APIView]) -> Callable:
         callbacks.setdefault("HEAD", callbacks["GET"])
     # OPTIONS is answered by the first operation, with its own permission check.
     callbacks.setdefault("OPTIONS", next(iter(callbacks.values())))
+    allow = ", ".join(callbacks)
 
     class Router(APIView):
         """Dispatches to the operation view registered for the request's method."""
 
         # Only methods that no operation handles reach APIView's own dispatch, which answers 405.
         permission_classes = ()
+        # The schema generator documents each operation with its own view's permissions and throttles.
+        operations = {method.upper(): view for method, view in views.items()}
 
         def dispatch(self, request, *args, **kwargs):
             callback = callbacks.get(request.method or "")
             if callback is None:
                 return super().dispatch(request, *args, **kwargs)
-            return callback(request, *args, **kwargs)
+            response = callback(request, *args, **kwargs)
+            if response.has_header("Allow"):  # the operation view knows only its own method
+                response["Allow"] = allow
+            return response
 
     for method, view in views.items():
         # The schema generator reads each method's annotations (extend_schema) from here.

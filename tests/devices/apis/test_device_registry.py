@@ -47,6 +47,12 @@ def test_it_refuses_a_duplicate_with_409(client_for, make_device):
     ({"device_id": "ok", "capabilities": {"memory_mb": 0}}, "capabilities.memory_mb"),
     ({"device_id": "ok", "capabilities": {"tpu": 1}}, "capabilities.tpu"),
     ({"device_id": "ok", "colour": "red"}, "colour"),
+    # The JSON types the OpenAPI document gives, not what DRF would coerce: 0 is no GPU name, 5 no device_id.
+    ({"device_id": 5}, "device_id"),
+    ({"device_id": "ok", "capabilities": {"gpu": 0}}, "capabilities.gpu"),
+    ({"device_id": "ok", "capabilities": {"cpu_cores": True}}, "capabilities.cpu_cores"),
+    ({"device_id": "ok", "capabilities": {"memory_mb": "1024"}}, "capabilities.memory_mb"),
+    ({"device_id": "ok", "tags": ["ok", 7]}, "tags"),
 ])
 def test_it_refuses_invalid_devices(client_for, body, field):
     response = client_for("Operator").post("/api/v1/devices", body, format="json")
