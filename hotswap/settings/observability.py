@@ -26,6 +26,8 @@ LOGGING = {
         # httpx logs every request at INFO: the fleet simulator would print one line per check-in.
         "django.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        # The embedded PostgreSQL's wrapper narrates every pg_ctl call at INFO, the stop of `runstack` included.
+        "pgserver": {"level": "WARNING"},
         # One line per request; in a terminal gunicorn's access log already shows them.
         "hotswap.request": {"level": "WARNING" if LOG_FORMAT == "console" else "INFO"},
     },
