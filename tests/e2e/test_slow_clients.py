@@ -32,6 +32,7 @@ from tests.slowclients import checkin_latencies, p99, slow_clients
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "hotswap.conf"
 SLOW_CLIENTS = 200
+RUNSTACK_SLOW_CLIENTS = 50
 PROBES = 150
 # Check-ins of one test device, back to back: far above a device's rate limit.
 UNTHROTTLED = {"THROTTLE_DEVICE_CHECKIN": "1000000/minute"}
@@ -123,6 +124,8 @@ def test_it_keeps_check_in_latency_with_200_slow_clients_behind_the_documented_n
         with slow_clients(port, SLOW_CLIENTS, cafile=cert):
             crowded = checkin_latencies(base, credential, PROBES, verify=str(cert))
 
+    print(f"nginx: check-in p99 {p99(alone) * 1000:.0f} ms alone, {p99(crowded) * 1000:.0f} ms with {SLOW_CLIENTS} "
+          "slow clients")
     assert p99(crowded) <= 3 * p99(alone) + 0.1, (
         f"p99 {p99(crowded) * 1000:.0f} ms with {SLOW_CLIENTS} slow clients, {p99(alone) * 1000:.0f} ms without")
 
@@ -164,3 +167,18 @@ def test_it_hands_the_app_the_client_address_and_scheme_not_what_the_client_clai
     assert headers["X-Forwarded-For"] == "127.0.0.1"  # nginx's peer: the test client, not its claim
     assert headers["X-Forwarded-Proto"] == "https"
 
+
+def test_it_keeps_check_in_latency_with_50_slow_clients_on_make_runs_own_server(tmp_path):
+    _device, credential = device_with_credential("cam-slow-runstack")
+    with live.runstack_gunicorn(tmp_path, env=UNTHROTTLED, workers=2) as (base, _out, _err):
+        port = int(base.rsplit(":", 1)[1])
+        checkin_latencies(base, credential, 10)
+        alone = checkin_latencies(base, credential, PROBES)
+        with slow_clients(port, RUNSTACK_SLOW_CLIENTS):
+            crowded = checkin_latencies(base, credential, PROBES)
+
+    print(f"runstack's gunicorn: check-in p99 {p99(alone) * 1000:.0f} ms alone, {p99(crowded) * 1000:.0f} ms with "
+          f"{RUNSTACK_SLOW_CLIENTS} slow clients")
+    assert p99(crowded) <= 3 * p99(alone) + 0.1, (
+        f"p99 {p99(crowded) * 1000:.0f} ms with {RUNSTACK_SLOW_CLIENTS} slow clients, "
+        f"{p99(alone) * 1000:.0f} ms without")

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from hotswap.lib.localservices import free_port
-from hotswap.management.commands.runstack import gunicorn_command
 from tests import live
 from tests.devices.checkin_helpers import device_with_credential
 
 USER_AGENT = "hotswap-ci/2.1"
 
 
-@contextmanager
 def runstack_gunicorn(tmp_path: Path, log_format: str):
-    """gunicorn with runstack's own command line; yields (base_url, its stdout file, its stderr file).
-
-    On leaving, gunicorn is stopped with SIGTERM and waited for, so its shutdown lines are in the files too.
-    """
-    port = free_port()
-    argv = gunicorn_command(f"127.0.0.1:{port}", 1)
-    env = {**os.environ, "DATABASE_URL": live.test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
-           "LOG_FORMAT": log_format}
-    out, err = tmp_path / f"{log_format}.out", tmp_path / f"{log_format}.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr, live.serving(
-            [str(Path(sys.executable).parent / argv[0]), *argv[1:]], port=port, probe="/health", env=env, stdout=stdout,
-            stderr=stderr, log_text=err.read_text) as (base, _process):
-        yield base, out, err
+    return live.runstack_gunicorn(tmp_path, env={"LOG_FORMAT": log_format}, name=log_format)
 
 
 def lines_of(*paths: Path) -> list[str]:

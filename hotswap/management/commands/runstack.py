@@ -63,8 +63,12 @@ def child_environment() -> dict[str, str]:
 
 
 def gunicorn_command(bind: str, workers: int | str) -> list[str]:
-    """The web process: gunicorn with its error and access logs in LOG_FORMAT (AccessLog), on stderr and stdout."""
-    return ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "gthread", "--threads", "4",
+    """The web process: gunicorn with its error and access logs in LOG_FORMAT (AccessLog), on stderr and stdout.
+
+    Its worker reads each request before a thread handles it, so slow clients cannot take the threads.
+    """
+    return ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "hotswap.gunicorn_worker.BufferedThreadWorker",
+            "--threads", "4",
             "-w", str(workers), "--timeout", "300", "--access-logfile", "-", "--logger-class", f"{__name__}.AccessLog",
             # gunicorn's control socket defaults to one path per user: two stacks would share it.
             "--no-control-socket"]
