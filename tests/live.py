@@ -82,15 +82,17 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
 
 
 @contextmanager
-def runstack_gunicorn(tmp_path: Path, *, env: dict[str, str] | None = None, workers: int = 1, name: str = "gunicorn"):
-    """gunicorn with runstack's own command line (its worker and logger); yields (base_url, stdout, stderr files).
+def runstack_gunicorn(tmp_path: Path, *, env: dict[str, str] | None = None, workers: int = 1, name: str = "gunicorn",
+                      extra_args: tuple[str, ...] = ()):
+    """gunicorn with runstack's own command line (its worker and logger), plus `extra_args`; yields (base_url,
+    stdout, stderr files).
 
     On leaving, gunicorn is stopped with SIGTERM and waited for, so its shutdown lines are in the files too.
     """
     from hotswap.management.commands.runstack import gunicorn_command
 
     port = free_port()
-    argv = gunicorn_command(f"127.0.0.1:{port}", workers)
+    argv = [*gunicorn_command(f"127.0.0.1:{port}", workers), *extra_args]
     child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
                  **(env or {})}
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
