@@ -6,7 +6,8 @@ few such clients stall every check-in and probe. Here the worker's event loop re
 and its body when that is small (a check-in, a JSON call), without a thread; the thread gets the
 connection with the bytes already in the parser's buffer and answers at once. A request that is not in
 after READ_TIMEOUT_SECONDS is answered 408 and closed. Large bodies (artifact uploads) still stream
-through a thread as they arrive: the app hashes and stores them chunk by chunk, after authenticating.
+through a thread as they arrive: the app hashes and stores them chunk by chunk, after authenticating; an
+upload the app refuses without reading it (no token, throttled) frees its thread at once.
 
 Used by `runstack` (`-k hotswap.gunicorn_worker.BufferedThreadWorker`); behind nginx
 (deploy/nginx/hotswap.conf) it does no harm and nginx does the same job first.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import selectors
+import socket
 import time
 from functools import partial
 
@@ -28,6 +30,11 @@ READ_TIMEOUT_SECONDS = 30.0
 BUFFERED_BODY_BYTES = 256 * 1024
 # Request heads are far smaller; one that is not complete by then is refused (431), not handed to a thread.
 HEAD_LIMIT_BYTES = 64 * 1024
+# A closed connection's lingering read (gunicorn's close_graceful: 2 s, 64 KiB), in the event loop here.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 64 * 1024
+# How long a thread waits for the rest of a body the app did not read, before closing the connection.
+UNREAD_BODY_DRAIN_SECONDS = 0.05
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)[ \t]*(?=\r\n|$)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.IGNORECASE)
 _REFUSALS = {
@@ -56,6 +63,7 @@ class BufferedThreadWorker(ThreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.reading: dict[object, tuple[float, bytearray]] = {}  # connection -> (deadline, bytes so far)
+        self.lingering: dict[object, tuple[float, int]] = {}  # closing connection -> (deadline, bytes drained)
 
     def enqueue_req(self, conn) -> None:
         # Every road to the thread pool passes here: a new connection, a kept-alive one with a new request,
@@ -116,9 +124,55 @@ class BufferedThreadWorker(ThreadWorker):
         self.nr_conns -= 1
         conn.close()
 
+    def finish_request(self, conn, fs) -> None:
+        # A connection that is done is closed "gracefully" (RFC 9112 9.6: FIN, then read until the client
+        # closes, so the answer is not cut by a reset). gthread does that read in this event loop, blocking, for
+        # up to 2 s: a slow client stalls every other connection of the worker meanwhile. Here it is one more
+        # socket in the poller.
+        if fs.cancelled() or fs.exception() is not None or fs.result():
+            super().finish_request(conn, fs)
+            return
+        self.nr_conns -= 1
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering, conn))
+        except (OSError, ValueError, KeyError):
+            conn.close()
+            return
+        self.lingering[conn] = (time.monotonic() + LINGER_SECONDS, 0)
+
+    def _on_lingering(self, conn, _sock) -> None:
+        deadline, drained = self.lingering[conn]
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data and drained + len(data) < LINGER_MAX_BYTES:
+            self.lingering[conn] = (deadline, drained + len(data))
+            return
+        self._unlinger(conn)
+
+    def _unlinger(self, conn) -> None:
+        self.lingering.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        conn.close()
+
+    def _keepalive_after(self, conn, keepalive: bool) -> bool:
+        # gthread drains a body the app left unread (a refused upload) for up to 5 s before reusing the
+        # connection: a client trickling that body would hold the thread all along. A body already in is
+        # drained; one still coming closes the connection instead (the client has its answer).
+        return keepalive and bool(conn.parser.finish_body(deadline=time.monotonic() + UNREAD_BODY_DRAIN_SECONDS))
+
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
+        for conn, (deadline, _drained) in list(self.lingering.items()):
+            if deadline <= now or not self.alive:
+                self._unlinger(conn)
         for conn, (deadline, _data) in list(self.reading.items()):
             if deadline <= now:
                 self._drop(conn, refuse=408)

@@ -1,10 +1,10 @@
 """Slow clients against a web server, and a check-in latency probe: what a slow-loris does to everyone else.
 
 `python -m tests.slowclients --port 8000 --count 50` keeps 50 connections trickling one byte per second
-(half send their headers that way, half a check-in body) until stopped, reconnecting those the server
-closes. With `--probe-credential KEY --probes 200` it instead measures check-in latency by itself, for the
-before/after figures of a server setting. The tests run it as a separate process (`slow_clients()`), so its
-sockets do not compete with the measuring process for the GIL.
+(a third send their headers that way, a third a check-in body, a third an artifact upload) until stopped,
+reconnecting those the server closes. With `--probe-credential KEY --probes 200` it instead measures
+check-in latency by itself, for the before/after figures of a server setting. The tests run it as a
+separate process (`slow_clients()`), so its sockets do not compete with the measuring process for the GIL.
 """
 
 from __future__ import annotations
@@ -29,9 +29,15 @@ CHECKIN_PATH = "/api/v1/devices/checkin"
 READY = "slow clients ready"
 
 
+KINDS = ("headers", "body", "upload")
+
+
 def _head(kind: str, host: str) -> bytes:
     if kind == "headers":  # a header line that never ends
         return f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode()
+    if kind == "upload":  # an artifact upload (too large to buffer) that never gets anywhere
+        return (f"POST /api/v1/models HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                "Content-Length: 1000000000\r\n\r\n--b\r\n").encode()
     # complete headers, then a body far longer than what will ever be sent
     return (f"POST {CHECKIN_PATH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Device slow\r\n"
             "Content-Type: application/json\r\nContent-Length: 200000\r\n\r\n{").encode()
@@ -60,7 +66,7 @@ def trickle(host: str, port: int, count: int, *, context: ssl.SSLContext | None,
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    connections = [_Connection("headers" if i % 2 == 0 else "body") for i in range(count)]
+    connections = [_Connection(KINDS[i % len(KINDS)]) for i in range(count)]
     reconnects = 0
     announced = False
     while not stop:

@@ -117,7 +117,8 @@ def nginx_in_front(upstream_port: int, directory: Path):
 
 def test_it_keeps_check_in_latency_with_200_slow_clients_behind_the_documented_nginx(tmp_path):
     _device, credential = device_with_credential("cam-slow-nginx")
-    with live.gunicorn_server(env=UNTHROTTLED) as (app_url, _process), \
+    # The README's production command (runstack's), two workers of four threads, behind nginx.
+    with live.runstack_gunicorn(tmp_path, env=UNTHROTTLED, workers=2) as (app_url, _out, _err), \
             nginx_in_front(int(app_url.rsplit(":", 1)[1]), tmp_path) as (base, port, cert):
         checkin_latencies(base, credential, 10, verify=str(cert))  # warm: connections, caches, TLS sessions
         alone = checkin_latencies(base, credential, PROBES, verify=str(cert))
