@@ -79,13 +79,20 @@ class BufferedThreadWorker(ThreadWorker):
             return
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _on_readable(self, conn, _sock) -> None:
+    @staticmethod
+    def _receive(conn) -> bytes | None:
+        """What the client sent (b"" once it is gone), or None when nothing has come after all."""
         try:
-            data = conn.sock.recv(65536)
+            return conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            data = b""
+            return b""
+
+    def _on_readable(self, conn, _sock) -> None:
+        data = self._receive(conn)
+        if data is None:
+            return
         if not data:
             self._drop(conn)
             return
@@ -144,12 +151,9 @@ class BufferedThreadWorker(ThreadWorker):
 
     def _on_lingering(self, conn, _sock) -> None:
         deadline, drained = self.lingering[conn]
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = self._receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data and drained + len(data) < LINGER_MAX_BYTES:
             self.lingering[conn] = (deadline, drained + len(data))
             return
