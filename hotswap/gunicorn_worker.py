@@ -5,7 +5,7 @@ the headers and body itself: a client that trickles them holds the thread for as
 few such clients stall every check-in and probe. Here the worker's event loop reads a request's headers,
 and its body when that is small (a check-in, a JSON call), without a thread; the thread gets the
 connection with the bytes already in the parser's buffer and answers at once. A request that is not in
-after READ_TIMEOUT_SECONDS is answered 408 and closed. Large bodies (artifact uploads) still stream
+after REQUEST_READ_TIMEOUT_SECONDS (30) is answered 408 and closed. Large bodies (artifact uploads) still stream
 through a thread as they arrive: the app hashes and stores them chunk by chunk, after authenticating; an
 upload the app refuses without reading it (no token, throttled) frees its thread at once.
 
@@ -25,7 +25,10 @@ from functools import partial
 from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
 
-READ_TIMEOUT_SECONDS = 30.0
+from hotswap.settings.env import env
+
+# A client gets this long to send a request's head and small body (nginx's client_header_timeout is 10 s).
+READ_TIMEOUT_SECONDS = env.float("REQUEST_READ_TIMEOUT_SECONDS", default=30.0)
 # Bodies up to this size are read before a thread is used: a check-in's cap (CHECKIN_MAX_BODY_BYTES).
 BUFFERED_BODY_BYTES = 256 * 1024
 # Request heads are far smaller; one that is not complete by then is refused (431), not handed to a thread.

@@ -75,3 +75,18 @@ def test_it_answers_trickled_pipelined_chunked_and_oversized_requests(tmp_path):
             oversized = session.post(f"{base}/api/v1/devices/checkin", data=b" " * (BUFFERED_BODY_BYTES + 10),
                                      headers=headers, timeout=10)
             assert oversized.status_code == 413, oversized.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed(tmp_path):
+    with live.runstack_gunicorn(tmp_path, env={"REQUEST_READ_TIMEOUT_SECONDS": "1"}) as (base, _out, _err):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: a")
+            started = time.monotonic()
+            answer = sock.recv(65536)
+            waited = time.monotonic() - started
+            assert sock.recv(65536) == b""  # closed
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert 0.5 < waited < 10, waited
+        assert requests.get(f"{base}/health", timeout=10).status_code == 200
