@@ -87,10 +87,11 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        message = record.getMessage()
-        # A field the message already says (a request line's method, path and status) is not said twice.
+        said = set(record.getMessage().split())
+        # A field the message already says as one of its words (a request line's method, path and status) is
+        # not said twice.
         extras = {key: value for key, value in vars(record).items()
-                  if key not in _CONSOLE_SKIPPED and not key.startswith("_") and str(value) not in message}
+                  if key not in _CONSOLE_SKIPPED and not key.startswith("_") and str(value) not in said}
         if not extras:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the key=value pairs
