@@ -21,11 +21,12 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## run: web console + API (gunicorn), Celery worker and beat, on embedded PostgreSQL/Redis and local storage
+# exec: runstack replaces the recipe's shell, so the SIGTERM make forwards to its child reaches it directly.
 run: install
-	$(PY) manage.py runstack
+	exec $(PY) manage.py runstack
 
 ## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery
-test: install-dev browser wrk
+test: install-dev browser wrk nginx
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
 
@@ -41,6 +42,18 @@ browser:
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "chromium is missing and this is not root: the browser tests will fail (apt-get install chromium)."; \
+	  fi; \
+	fi
+
+## nginx: Debian's nginx for the reverse-proxy test (deploy/nginx/), installed when missing (as root; HOTSWAP_SKIP_NGINX=1: not)
+.PHONY: nginx
+nginx:
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$$HOTSWAP_SKIP_NGINX" != 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian's nginx for the reverse-proxy test..."; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	  else \
+	    echo "nginx is missing and this is not root: the reverse-proxy test is skipped (apt-get install nginx)."; \
 	  fi; \
 	fi
 

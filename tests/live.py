@@ -82,6 +82,27 @@ def gunicorn_server(*, env: dict[str, str] | None = None, workers: int = 1):
             yield running
 
 
+@contextmanager
+def runstack_gunicorn(tmp_path: Path, *, env: dict[str, str] | None = None, workers: int = 1, name: str = "gunicorn",
+                      extra_args: tuple[str, ...] = ()):
+    """gunicorn with runstack's own command line (its worker and logger), plus `extra_args`; yields (base_url,
+    stdout, stderr files).
+
+    On leaving, gunicorn is stopped with SIGTERM and waited for, so its shutdown lines are in the files too.
+    """
+    from hotswap.management.commands.runstack import gunicorn_command
+
+    port = free_port()
+    argv = [*gunicorn_command(f"127.0.0.1:{port}", workers), *extra_args]
+    child_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
+                 **(env or {})}
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr, serving(
+            [str(Path(sys.executable).parent / argv[0]), *argv[1:]], port=port, probe="/health", env=child_env,
+            stdout=stdout, stderr=stderr, log_text=err.read_text) as (base, _process):
+        yield base, out, err
+
+
 class StreamingMultipart:
     """A multipart/form-data body read from a file in chunks, with a known length: uploads without holding bytes.
 

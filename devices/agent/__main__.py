@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from devices.agent import tracing
+from devices.agent import logs, tracing
 from devices.agent.agent import Agent, EnrollmentFailed
 
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.install()  # httpx logs every URL it fetches at INFO, signed download links included
     try:
         tracing.configure()  # OTEL_TRACES_EXPORTER=console|otlp, when opentelemetry's SDK is installed
     except tracing.TracingConfigError as exc:

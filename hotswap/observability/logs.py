@@ -41,6 +41,32 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class PeriodicTaskFilter(logging.Filter):
+    """Celery's routine lines about periodic tasks (beat sending one, a worker receiving it, its success) at DEBUG.
+
+    Beat runs them every few seconds (CELERY_BEAT_SCHEDULE): at INFO they were most of a terminal's lines and
+    told a person nothing. Their failures and retries, and what the tasks log themselves, keep their level.
+    """
+
+    ROUTINE = {"celery.worker.strategy": " received", "celery.app.trace": " succeeded in "}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self.routine(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    def routine(self, record: logging.LogRecord) -> bool:
+        if record.name == "celery.beat":
+            return str(record.msg).startswith("Scheduler: Sending due task")
+        marker = self.ROUTINE.get(record.name)
+        if marker is None or marker not in str(record.msg) or not isinstance(record.args, dict):
+            return False
+        from django.conf import settings
+
+        return record.args.get("name") in {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
 class JsonFormatter(_JsonFormatter):
     """{"timestamp", "level", "logger", "message", context fields, then any `extra=` fields}."""
 
@@ -61,8 +87,11 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        said = set(record.getMessage().split())
+        # A field the message already says as one of its words (a request line's method, path and status) is
+        # not said twice.
         extras = {key: value for key, value in vars(record).items()
-                  if key not in _CONSOLE_SKIPPED and not key.startswith("_")}
+                  if key not in _CONSOLE_SKIPPED and not key.startswith("_") and str(value) not in said}
         if not extras:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the key=value pairs

@@ -12,19 +12,25 @@ LOG_FORMAT = log_format(default="console" if sys.argv[1:2] == ["runstack"] else 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "hotswap.observability.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "hotswap.observability.logs.ContextFilter"},
+        "periodic_tasks": {"()": "hotswap.observability.logs.PeriodicTaskFilter"},
+        # Signed download links (local tokens, presigned S3 queries) are logged without their signature.
+        "signed_urls": {"()": "devices.agent.logs.SignedUrlFilter"},
+    },
     "formatters": {
         "json": {"()": "hotswap.observability.logs.JsonFormatter"},
         "console": {"()": "hotswap.observability.logs.ConsoleFormatter"},
     },
-    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
+    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             "filters": ["context", "periodic_tasks", "signed_urls"]}},
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request at INFO: the fleet simulator would print one line per check-in.
         "django.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
-        # One line per request; in a terminal gunicorn's access log already shows them.
-        "hotswap.request": {"level": "WARNING" if LOG_FORMAT == "console" else "INFO"},
+        # The embedded PostgreSQL's wrapper narrates every pg_ctl call at INFO, the stop of `runstack` included.
+        "pgserver": {"level": "WARNING"},
     },
 }
 # The worker logs through LOGGING too (JSON with task ids) instead of Celery's own format.

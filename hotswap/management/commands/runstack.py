@@ -14,12 +14,12 @@ from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
 
 from hotswap.lib.localservices import port_open
-from hotswap.observability.gunicorn import Logger
 from hotswap.observability.stack import stack_environment
 from hotswap.settings.env import VAR_DIR, env
 
@@ -28,16 +28,6 @@ STOP_TIMEOUT = 10.0
 DEMO_DEVICES = 200
 DEMO_PREFIX = "demo-"
 DEMO_PROGRESS_SECONDS = 30
-CHECKIN_PATH = "/api/v1/devices/checkin"
-
-
-class AccessLog(Logger):
-    """gunicorn's logs in LOG_FORMAT, without answered device check-ins: a fleet would log each device every minute."""
-
-    def access(self, resp, req, environ, request_time):
-        if environ.get("PATH_INFO") == CHECKIN_PATH and resp.status_code in (200, 304):
-            return
-        super().access(resp, req, environ, request_time)
 
 
 def database_url(db: dict) -> str:
@@ -63,9 +53,14 @@ def child_environment() -> dict[str, str]:
 
 
 def gunicorn_command(bind: str, workers: int | str) -> list[str]:
-    """The web process: gunicorn with its error and access logs in LOG_FORMAT (AccessLog), on stderr and stdout."""
-    return ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "gthread", "--threads", "4",
-            "-w", str(workers), "--timeout", "300", "--access-logfile", "-", "--logger-class", f"{__name__}.AccessLog",
+    """The web process: gunicorn, its own lines in LOG_FORMAT; the app logs one line per request (hotswap.request).
+
+    Its worker reads each request before a thread handles it, so slow clients cannot take the threads.
+    No access log: it would say every request a second time, in another format.
+    """
+    return ["gunicorn", "hotswap.wsgi:application", "-b", bind, "-k", "hotswap.gunicorn_worker.BufferedThreadWorker",
+            "--threads", "4", "-w", str(workers), "--timeout", "300",
+            "--logger-class", "hotswap.observability.gunicorn.Logger",
             # gunicorn's control socket defaults to one path per user: two stacks would share it.
             "--no-control-socket"]
 
@@ -161,8 +156,6 @@ class Command(BaseCommand):
 
     def ensure_admin(self) -> str:
         """Create (or update) the admin superuser in the Admin group; return the line that tells how to log in."""
-        from django.contrib.auth.models import Group  # not at import time: gunicorn imports AccessLog from here
-
         username = env.str("HOTSWAP_ADMIN_USERNAME", default="") or "admin"
         password = env.str("HOTSWAP_ADMIN_PASSWORD", default="")
         email = env.str("HOTSWAP_ADMIN_EMAIL", default="")
