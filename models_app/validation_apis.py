@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,6 +49,14 @@ class ValidationReportOutputSerializer(serializers.ModelSerializer):
                   "steps", "metrics", "baseline_deltas", "gates", "environment"]
 
 
+@extend_schema_field({"type": "object", "additionalProperties": False,
+                      "properties": {name: {"type": "number"} for name in sorted(validation_runs.GATE_NAMES)}})
+class GateOverridesField(serializers.DictField):
+    """Gate thresholds by gate name; only known gates (validation_runs refuses the others, naming each)."""
+
+    child = serializers.FloatField()
+
+
 class ModelVersionValidateApi(APIView):
     """Queues a validation of a version (202); a validation already queued or running is returned instead."""
 
@@ -52,7 +66,7 @@ class ModelVersionValidateApi(APIView):
     class InputSerializer(serializers.Serializer):
         test_set = serializers.CharField(required=False, allow_null=True, default=None,
                                          help_text="name of one of the model's test sets")
-        gates = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
+        gates = GateOverridesField(required=False, default=dict)
 
     @extend_schema(summary="Validate a model version",
                    description="Roles: Admin, ModelDeveloper. Runs on a worker in an isolated child process. "
