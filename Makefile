@@ -25,10 +25,12 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	exec $(PY) manage.py runstack
 
-## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery
+## test: ruff, then the whole suite with coverage, on real PostgreSQL, Redis, SeaweedFS and Celery,
+## one pytest-xdist worker per core (TEST_WORKERS; a test file stays on one worker: its fixtures are shared)
+TEST_WORKERS ?= 2
 test: install-dev browser wrk nginx
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -91,7 +91,7 @@ def test_it_passes_check_deploy_with_the_documented_production_settings(tmp_path
     ("ab" * 40, "too predictable"),
     ("password" * 8, "too predictable"),
     ("0123456789" * 6, "too predictable"),
-], ids=["committed", "django-insecure", "short", "repeated", "word", "digits"])  # stable ids: xdist workers compare them
+], ids=["committed", "django-insecure", "short", "repeated", "word", "digits"])  # stable ids for xdist
 def test_it_refuses_a_weak_key_in_every_setup(key, reason, tmp_path):
     assert reason in secret_key_weakness(key)
     for production in (True, False):
