@@ -35,29 +35,28 @@ test: install-dev browser wrk nginx
 lint: install-dev
 	$(VENV)/bin/ruff check .
 
-## browser: Debian's chromium for the console's browser tests, installed when missing (as root; HOTSWAP_SKIP_BROWSER=1: not)
+# $(call debian_package,PACKAGE,BINARY,SKIP_VARIABLE,WHAT_NEEDS_IT): apt-get installs PACKAGE when BINARY is
+# missing, as root (elsewhere it says what will not run); SKIP_VARIABLE=1 skips it.
+define debian_package
+	@if [ ! -x $(2) ] && [ "$$$(3)" != 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian's $(1) for $(4)..."; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+	  else \
+	    echo "$(1) is missing and this is not root: $(4) will not run (apt-get install $(1))."; \
+	  fi; \
+	fi
+endef
+
+## browser: Debian's chromium for the console's browser tests, installed when missing (HOTSWAP_SKIP_BROWSER=1: not)
 .PHONY: browser
 browser:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$HOTSWAP_SKIP_BROWSER" != 1 ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing Debian's chromium for the browser tests..."; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "chromium is missing and this is not root: the browser tests will fail (apt-get install chromium)."; \
-	  fi; \
-	fi
+	$(call debian_package,chromium,/usr/bin/chromium,HOTSWAP_SKIP_BROWSER,the browser tests)
 
-## nginx: Debian's nginx for the reverse-proxy test (deploy/nginx/), installed when missing (as root; HOTSWAP_SKIP_NGINX=1: not)
+## nginx: Debian's nginx for the reverse-proxy test (deploy/nginx/), installed when missing (HOTSWAP_SKIP_NGINX=1: not)
 .PHONY: nginx
 nginx:
-	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$$HOTSWAP_SKIP_NGINX" != 1 ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing Debian's nginx for the reverse-proxy test..."; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
-	  else \
-	    echo "nginx is missing and this is not root: the reverse-proxy test is skipped (apt-get install nginx)."; \
-	  fi; \
-	fi
+	$(call debian_package,nginx,/usr/sbin/nginx,HOTSWAP_SKIP_NGINX,the reverse-proxy test)
 
 ## wrk: Debian's wrk for the check-in bench (tests/bench runs it in smoke mode), installed when missing (as root)
 .PHONY: wrk

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -183,3 +185,16 @@ def celery_worker(*, beat: bool = False, env: dict[str, str] | None = None):
             process.kill()
             process.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free loopback port answering with `handler`; yields its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,10 +11,9 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -148,14 +147,8 @@ def echo_upstream():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with live.http_server(Handler) as port:
+        yield port, seen
 
 
 def test_it_hands_the_app_the_client_address_and_scheme_not_what_the_client_claims(tmp_path):

@@ -1,13 +1,13 @@
 """Alerts reach the webhook, retried until it answers 2xx."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from django.test import override_settings
 
 from rollouts.tasks import alert_deliver
+from tests.live import http_server
 
 
 @pytest.fixture
@@ -24,11 +24,8 @@ def webhook():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/hotswap", received
-    server.shutdown()
+    with http_server(Handler) as port:
+        yield f"http://127.0.0.1:{port}/hooks/hotswap", received
 
 
 def test_a_failing_webhook_is_retried_until_it_accepts(webhook):
