@@ -21,7 +21,7 @@ from devices import heartbeats, manifests
 from devices.models import LATENCY_BUCKETS_MS, Device, InstallReport
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
-from hotswap.lib.untrusted import json_parse
+from hotswap.lib.untrusted import json_parse, unstorable
 from hotswap.settings.env import env
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
@@ -264,19 +264,11 @@ def _known_version(report: dict, where: str, problems: _Problems) -> None:
     model_id = f"{model}-{version}"
     known = _known_versions.get(model_id)
     if known is None or (known is not True and known < time.monotonic()):
-        known = _storable(model_id) and ModelVersion.objects.filter(model_id=model_id).exists()
+        # What PostgreSQL cannot store cannot name a stored version, and would fail the lookup itself.
+        known = not unstorable(model_id) and ModelVersion.objects.filter(model_id=model_id).exists()
         _known_versions.put(model_id, True if known else time.monotonic() + UNKNOWN_VERSION_SECONDS)
     if known is not True:
         problems.add(f"{where}.version", f"The registry has no version {version} of model {model}.")
-
-
-def _storable(text: str) -> bool:
-    # What PostgreSQL cannot store cannot name a stored version, and would fail the lookup itself.
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 def _forget_version(sender, instance: ModelVersion, **kwargs) -> None:
