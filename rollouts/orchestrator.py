@@ -17,6 +17,7 @@ from django.utils import timezone
 from devices.models import Device
 from hotswap.observability import tracing
 from models_app.models import ModelVersion
+from models_app.shipping import status_ships, version_refusal
 from rollouts import planning
 from rollouts.alerts import alert_raise
 from rollouts.judges import stage_judge
@@ -60,6 +61,11 @@ def distribution_advance(*, distribution_id: int, now: datetime | None = None) -
                                     reason="scheduled start")
         if distribution.status not in (D.RUNNING, D.PAUSED):
             return distribution.status
+        if distribution.status == D.RUNNING and (refusal := _unshippable(distribution)):
+            # The scrub found the artifact altered: check-ins already withhold it; no stage may offer it further.
+            distribution_transition(distribution=distribution, to=D.PAUSED, now=now,
+                                    reason=f"{refusal} Roll back or abort this distribution.")
+            alert_raise(distribution=distribution, kind="paused", reason=refusal)
         stages = list(distribution.stages.order_by("index"))
         stages_before = [stage.status for stage in stages]
         followed = 0
@@ -115,6 +121,14 @@ def _trace_device_updates(distribution: Distribution, stages: list[Stage],
 
 def _ns(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1_000_000) * 1000 if moment is not None else None
+
+
+def _unshippable(distribution: Distribution) -> str | None:
+    """Why a version the distribution ships may no longer reach a device (models_app.shipping), or None."""
+    for version in (distribution.version, distribution.version_b):
+        if version is not None and not status_ships(version.status):
+            return version_refusal(version)
+    return None
 
 
 def _step(distribution: Distribution, stages: list[Stage], now: datetime) -> bool:

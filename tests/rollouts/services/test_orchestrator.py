@@ -11,6 +11,8 @@ from django.utils import timezone
 from devices.models import DesiredState
 from devices.services.desired_state import desired_state_set
 from hotswap.exceptions import ApplicationError
+from models_app.models import ModelVersion
+from models_app.shipping import model_version_status_change
 from rollouts.judges import Verdict
 from rollouts.models import Assignment, Distribution, Stage, Transition
 from rollouts.orchestrator import distribution_advance
@@ -34,13 +36,17 @@ def _soak_judge():
         yield
 
 
-def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture_on_commit_callbacks):
+def canary_of_a_new_version(make_fleet, make_version, now):
+    """A canary (10 %, 10 min soak) of 1.1.0 to 50 devices running 1.0.0: (distribution, new version)."""
     old = make_version(version="1.0.0")
     new = make_version(version="1.1.0")
     make_fleet({"eu": 30, "us": 20}, running=old)
+    return distribution_create(version=new, strategy="canary", config={"percent": 10, "soak": "PT10M"}, now=now), new
+
+
+def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture_on_commit_callbacks):
     now = timezone.now()
-    distribution = distribution_create(version=new, strategy="canary", config={"percent": 10, "soak": "PT10M"},
-                                       now=now)
+    distribution, new = canary_of_a_new_version(make_fleet, make_version, now)
     stages = list(distribution.stages.all())
     assert [s.device_count for s in stages] == [5, 45]
     distribution_advance(distribution_id=distribution.pk, now=now)
@@ -370,3 +376,29 @@ def test_rolling_a_model_back_restores_it_where_later_versions_run(make_fleet, m
     assert set(DesiredState.objects.filter(version=v1).values_list("rollback", flat=True)) == {True}
     with pytest.raises(ApplicationError):
         model_version_rollback(version=v3)
+
+
+def test_a_running_rollout_whose_version_turns_corrupt_pauses_offers_no_more_and_alerts(make_fleet, make_version,
+                                                                                        caplog):
+    now = timezone.now()
+    distribution, new = canary_of_a_new_version(make_fleet, make_version, now)
+    distribution_advance(distribution_id=distribution.pk, now=now)
+    report_installs(offered(distribution, 0))
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=5))
+    assert model_version_status_change(version_id=new.pk, to=ModelVersion.Status.CORRUPT,
+                                       scrub_error="sha256 changed")
+
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=11))
+
+    distribution.refresh_from_db()
+    assert distribution.status == Distribution.Status.PAUSED
+    assert "1.1.0" in distribution.status_reason and "sha256 changed" in distribution.status_reason
+    assert offered(distribution, 1) == []  # the soak ended, yet the rest of the fleet is not offered it
+    assert any(r.name == "hotswap.alerts" and "sha256 changed" in r.getMessage() for r in caplog.records)
+    transition = Transition.objects.filter(distribution=distribution).order_by("-id").first()
+    assert (transition.from_status, transition.to_status) == ("running", "paused")
+
+    distribution_resume(distribution=distribution, actor=None)  # an operator cannot push it on
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=12))
+    distribution.refresh_from_db()
+    assert distribution.status == Distribution.Status.PAUSED and offered(distribution, 1) == []
