@@ -9,8 +9,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(VENV)/bin/python requirements.txt
+# The device package (device/: agent, simulator, protocol) is its own distribution; the server imports its protocol.
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt device/pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e ./device
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

@@ -31,10 +31,10 @@ def main() -> int:
 
     from django.utils import timezone
 
-    from devices.agent.fleet import device_spec
     from devices.credentials import DEVICE_KIND, new_secret
     from devices.models import DesiredState, Device, DeviceCredential
     from hotswap.lib.tracing import new_traceparent
+    from hotswap_device.fleet import device_spec
     from models_app.services import model_version_upload
     from models_app.storage import artifact_store
     from models_app.uploads import PendingArtifact

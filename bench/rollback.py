@@ -60,9 +60,9 @@ from bench._stack import (
     stop_process_group,
     tail,
 )
-from devices.agent.fleet import device_spec, parse_behaviours
-from devices.agent.simulator import CHECKIN_PATH, BackgroundFleet, Fleet, FleetConfig
 from hotswap.lib.localservices import free_port, port_open
+from hotswap_device.fleet import device_spec, parse_behaviours
+from hotswap_device.simulator import CHECKIN_PATH, BackgroundFleet, Fleet, FleetConfig
 
 BUCKET = "hotswap-bench-rollback"
 BENCH_DB = "hotswap_bench_rollback"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,11 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from hotswap.lib.keyfiles import generated_secret
-
-
-def canonical_bytes(manifest: dict) -> bytes:
-    """The exact bytes that are signed and verified (devices/PROTOCOL.md §3)."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+from hotswap_device.protocol import canonical_bytes
 
 
 @lru_cache(maxsize=1)

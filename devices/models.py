@@ -8,14 +8,14 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Upper
 
+from hotswap_device.protocol import LATENCY_BUCKETS_MS  # noqa: F401 (re-exported for the server's code)
+
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 device_id_validator = RegexValidator(
     DEVICE_ID_PATTERN, "Use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit."
 )
 percent = [MinValueValidator(0.0), MaxValueValidator(100.0)]
 
-# Upper bounds (ms) of the fixed latency histogram buckets devices may report; the last bucket is open.
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class Device(models.Model):

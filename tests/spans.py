@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 @contextmanager
 def recording(*installs: Callable[[Any], Any]) -> Iterator[InMemorySpanExporter]:
     """Spans go to an in-memory exporter while inside; each `install(provider)` returns the provider it replaced
-    (hotswap.observability.tracing.install, devices.agent.tracing.use_provider), put back on leaving."""
+    (hotswap.observability.tracing.install, hotswap_device.tracing.use_provider), put back on leaving."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -18,19 +18,16 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models.signals import post_delete, post_save
 
 from devices import heartbeats, manifests
-from devices.models import LATENCY_BUCKETS_MS, Device, InstallReport
+from devices.models import Device, InstallReport
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
 from hotswap.lib.untrusted import json_parse, unstorable
 from hotswap.settings.env import env
+from hotswap_device.protocol import HISTOGRAM_LENGTH, MAX_COUNT, MAX_ITEMS, MAX_LATENCY_MS, MAX_WINDOW
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
 from models_app.storage import artifact_store
 
-MAX_ITEMS = 100
-MAX_COUNT = 1_000_000_000
-MAX_LATENCY_MS = 600_000.0
-MAX_WINDOW = timedelta(hours=1)
 MAX_WINDOW_AGE = timedelta(days=7)
 # Every time a device sends lies within [now - MAX_REPORT_AGE, now + CLOCK_SKEW]: a report older than raw
 # windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00) would be stored
@@ -41,7 +38,6 @@ CLOCK_SKEW = timedelta(seconds=60)
 # without a query per item, and a version uploaded meanwhile is found within this.
 UNKNOWN_VERSION_SECONDS = 10.0
 INSTALL_STATUSES = set(InstallReport.Status.values)
-HISTOGRAM_LENGTH = len(LATENCY_BUCKETS_MS) + 1
 
 
 class CheckinDevice(NamedTuple):

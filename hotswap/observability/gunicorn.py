@@ -7,9 +7,9 @@ from typing import Any
 
 from gunicorn import glogging
 
-from devices.agent.logs import SignedUrlFilter
 from hotswap.observability.logs import JsonFormatter
 from hotswap.settings.env import log_format
+from hotswap_device.logs import SignedUrlFilter
 
 
 class Logger(glogging.Logger):

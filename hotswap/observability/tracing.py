@@ -37,9 +37,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from devices.agent.tracing import TracingConfigError, parent_context, provider_from_env
 from hotswap.lib.tracing import valid_traceparent
 from hotswap.observability import context as log_context
+from hotswap_device.tracing import TracingConfigError, parent_context, provider_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 _propagator = TraceContextTextMapPropagator()

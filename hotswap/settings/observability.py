@@ -16,7 +16,7 @@ LOGGING = {
         "context": {"()": "hotswap.observability.logs.ContextFilter"},
         "periodic_tasks": {"()": "hotswap.observability.logs.PeriodicTaskFilter"},
         # Signed download links (local tokens, presigned S3 queries) are logged without their signature.
-        "signed_urls": {"()": "devices.agent.logs.SignedUrlFilter"},
+        "signed_urls": {"()": "hotswap_device.logs.SignedUrlFilter"},
     },
     "formatters": {
         "json": {"()": "hotswap.observability.logs.JsonFormatter"},

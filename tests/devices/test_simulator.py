@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from devices.agent.fleet import (
+from devices.services.checkin import checkin_parse
+from hotswap_device.fleet import (
     DEFAULT_BEHAVIOUR,
     Behaviour,
     BehaviourError,
@@ -23,8 +24,7 @@ from devices.agent.fleet import (
     parse_behaviour,
     parse_behaviours,
 )
-from devices.agent.simulator import Fleet, FleetConfig, FleetStats
-from devices.services.checkin import checkin_parse
+from hotswap_device.simulator import Fleet, FleetConfig, FleetStats
 
 # --- behaviour parsing ----------------------------------------------------------------------------------------
 

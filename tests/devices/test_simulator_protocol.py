@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from devices.agent.fleet import parse_behaviours
-from devices.agent.manifest import canonical_bytes
-from devices.agent.simulator import FleetConfig, run_fleet
 from devices.services import checkin
 from devices.services.checkin import CheckinInvalid, checkin_parse
+from hotswap_device.fleet import parse_behaviours
+from hotswap_device.manifest import canonical_bytes
+from hotswap_device.simulator import FleetConfig, run_fleet
 
 ENROLL_KEY = "hse_0a1b2c3d_fleet-secret"
 BASE = "http://fake.hotswap"

@@ -14,9 +14,9 @@ from collections import Counter
 import pytest
 from opentelemetry.trace import StatusCode
 
-from devices.agent import tracing
-from devices.agent.fleet import device_spec
-from devices.agent.simulator import FleetConfig, main
+from hotswap_device import tracing
+from hotswap_device.fleet import device_spec
+from hotswap_device.simulator import FleetConfig, main
 from tests.devices.test_simulator import run_fleet_until
 from tests.devices.test_simulator_protocol import FakeServer, _until, _with_fleet, config
 from tests.spans import children, named, recording, traceparent_of

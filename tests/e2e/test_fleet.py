@@ -17,12 +17,12 @@ from concurrent.futures import Future
 import pytest
 import requests
 
-from devices.agent.fleet import DEFAULT_REGIONS, device_spec
-from devices.agent.simulator import FleetConfig, FleetStats, run_fleet
 from devices.credentials import DEVICE_KIND, new_secret
 from devices.models import DesiredState, Device, DeviceCredential, InstallReport
 from devices.services.enrollment import enrollment_key_create
 from hotswap.accounts.roles import Role
+from hotswap_device.fleet import DEFAULT_REGIONS, device_spec
+from hotswap_device.simulator import FleetConfig, FleetStats, run_fleet
 from models_app.models import ModelVersion
 from models_app.validation_runs import model_version_approve, version_is_distributable
 from tests.devices.checkin_helpers import registry_version

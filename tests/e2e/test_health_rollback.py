@@ -22,11 +22,11 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db.models import Max, Min
 
-from devices.agent.fleet import device_spec, parse_behaviours
-from devices.agent.simulator import BackgroundFleet, FleetConfig
 from devices.credentials import DEVICE_KIND, new_secret
 from devices.models import DesiredState, Device, DeviceCredential, InstallReport, MetricWindow
 from hotswap.accounts.roles import Role
+from hotswap_device.fleet import device_spec, parse_behaviours
+from hotswap_device.simulator import BackgroundFleet, FleetConfig
 from models_app.models import ModelVersion
 from models_app.validation_runs import model_version_approve, version_is_distributable
 from rollouts.models import Assignment, Distribution, Transition

@@ -31,11 +31,11 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count, Max, Min
 
-from devices.agent.fleet import device_spec
-from devices.agent.simulator import BackgroundFleet, FleetConfig
 from devices.credentials import DEVICE_KIND, new_secret
 from devices.models import DesiredState, Device, DeviceCredential, InstallReport
 from hotswap.accounts.roles import Role
+from hotswap_device.fleet import device_spec
+from hotswap_device.simulator import BackgroundFleet, FleetConfig
 from models_app.models import ModelVersion
 from rollouts.models import Assignment, Distribution, Stage, Transition
 from tests.artifacts import onnx_model_bytes

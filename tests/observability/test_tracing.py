@@ -14,12 +14,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from opentelemetry import trace
 
-from devices.agent import Agent
-from devices.agent import tracing as agent_tracing
 from devices.models import InstallReport
 from devices.services.enrollment import enrollment_key_create
 from hotswap.celery import app as celery_app
 from hotswap.observability import tracing
+from hotswap_device import Agent
+from hotswap_device import tracing as agent_tracing
 from models_app.models import ModelVersion
 from rollouts import orchestrator
 from rollouts.models import Distribution
@@ -239,8 +239,8 @@ def test_the_agent_runs_on_a_device_without_opentelemetry(tmp_path):
 import sys
 sys.modules["opentelemetry"] = None  # any import of it fails, as on a device without the package
 from pathlib import Path
-from devices.agent import tracing
-from devices.agent.download import verify_file
+from hotswap_device import tracing
+from hotswap_device.download import verify_file
 assert tracing.configure({"OTEL_TRACES_EXPORTER": "console"}) is False
 with tracing.span("model.swap", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01") as current:
     assert current is None and tracing.traceparent_of(current, "x") == "x"

@@ -1,4 +1,4 @@
-"""Runs the fleet simulator (devices/agent/simulator.py) against a HotSwap server on this installation's database."""
+"""Runs the fleet simulator (hotswap_device.simulator) against a HotSwap server on this installation's database."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 from django.utils import timezone
 
-from devices.agent import simulator
-from devices.agent.fleet import BehaviourError, DeviceSpec, device_spec
+from hotswap_device import simulator
+from hotswap_device.fleet import BehaviourError, DeviceSpec, device_spec
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 KEY_LIFETIME = timedelta(days=1)

@@ -12,12 +12,12 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.utils import timezone
 
-from devices.agent import Agent
 from devices.models import Device, MetricWindow
 from devices.services.enrollment import enrollment_key_create
 from devices.services.registry import device_decommission
 from devices.services.telemetry import metric_windows_flush
 from hotswap.handlers import HotSwapApplication
+from hotswap_device import Agent
 
 pytestmark = pytest.mark.django_db
 

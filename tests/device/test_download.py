@@ -8,7 +8,7 @@ import os
 import httpx
 import pytest
 
-from devices.agent.download import DownloadInterrupted, IntegrityError, download
+from hotswap_device.download import DownloadInterrupted, IntegrityError, download
 
 CONTENT = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a multiple of the chunk size
 SHA = hashlib.sha256(CONTENT).hexdigest()

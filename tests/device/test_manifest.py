@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from devices.agent.manifest import ManifestRefused, PinnedKey, semver_compare, verify_manifest
-from tests.devices.agent.fakeserver import iso, key_info, sign
+from hotswap_device.manifest import ManifestRefused, PinnedKey, semver_compare, verify_manifest
+from tests.device.fakeserver import iso, key_info, sign
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 KEY = Ed25519PrivateKey.generate()

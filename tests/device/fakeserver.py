@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from devices.agent.manifest import canonical_bytes
+from hotswap_device.manifest import canonical_bytes
 
 
 def key_info(key: Ed25519PrivateKey) -> dict[str, str]:

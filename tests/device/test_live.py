@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from devices.agent import Agent
 from devices.heartbeats import heartbeats_flush
 from devices.models import DesiredState, Device, InstallReport, MetricWindow
 from devices.services.desired_state import desired_state_set
 from devices.services.enrollment import enrollment_key_create
 from devices.services.telemetry import metric_windows_flush
+from hotswap_device import Agent
 from models_app import services
 from models_app.models import ModelVersion
 from models_app.storage import artifact_store

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.agent.metrics import MetricsRecorder
-from devices.agent.runtime import (
+from hotswap_device.metrics import MetricsRecorder
+from hotswap_device.runtime import (
     InferenceWorkers,
     ModelLoadError,
     ModelRuntime,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +11,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from hotswap_device.protocol import canonical_bytes
 
 # Field → type; bool is checked before int because bool is a subclass of int in Python.
 MANIFEST_FIELDS: dict[str, type] = {
@@ -56,11 +57,6 @@ class PinnedKey:
         except InvalidSignature:
             return False
         return True
-
-
-def canonical_bytes(manifest: dict[str, Any]) -> bytes:
-    """The exact bytes the server signs (devices/PROTOCOL.md §3)."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def semver_key(version: str) -> tuple:

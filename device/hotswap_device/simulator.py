@@ -1,6 +1,6 @@
 """A fleet of virtual devices in one process, speaking the real device protocol (devices/PROTOCOL.md) over HTTP.
 
-    python -m devices.agent.simulator --server http://127.0.0.1:8000 --enroll-key hse_... --devices 5000 \\
+    python -m hotswap_device.simulator --server http://127.0.0.1:8000 --enroll-key hse_... --devices 5000 \\
         --behaviour 'resnet-1.1.0=latency:40±5,errors:0.02,accuracy:0.85' --duration 600
 
 Each device enrolls once (credentials are cached in a state file, so a restart reuses them), checks in on
@@ -8,7 +8,7 @@ its own jittered timer with If-None-Match, obeys the server's poll interval, ver
 desired version (a simulated delay, or a real download with --download), reports installs and metric
 windows drawn from the per-version behaviour. Imports nothing from Django; `run_fleet(config)` runs it
 in-process. With OTEL_TRACES_EXPORTER=console or otlp (service `hotswap-simulator`) each install is a
-`model.swap` span under the distribution's trace, as the reference agent's are (devices/agent/tracing.py).
+`model.swap` span under the distribution's trace, as the reference agent's are (device/hotswap_device/tracing.py).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import TextIO
 
 import httpx
 
-from devices.agent import logs as agent_logs
-from devices.agent import tracing
-from devices.agent.fleet import (
+from hotswap_device import logs as agent_logs
+from hotswap_device import tracing
+from hotswap_device.fleet import (
     DEFAULT_REGIONS,
     DEFAULT_TYPES,
     Behaviour,
@@ -55,7 +55,8 @@ from devices.agent.fleet import (
     metric_window,
     parse_behaviours,
 )
-from devices.agent.manifest import ManifestRefused, PinnedKey, verify_manifest
+from hotswap_device.manifest import ManifestRefused, PinnedKey, verify_manifest
+from hotswap_device.protocol import CHECKIN_PATH, ENROLL_PATH, MANIFEST_KEY_PATH, MAX_ITEMS
 
 logger = logging.getLogger("hotswap.simulator")
 
@@ -64,11 +65,9 @@ logger = logging.getLogger("hotswap.simulator")
 if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)  # type: ignore[assignment]
 
-ENROLL_PATH = "/api/v1/devices/enroll"
-CHECKIN_PATH = "/api/v1/devices/checkin"
-KEY_PATH = "/api/v1/devices/manifest-key"
+KEY_PATH = MANIFEST_KEY_PATH
 DEFAULT_STATE_FILE = Path("var") / "simulator" / "fleet-state.json"
-MAX_PENDING = 100  # the protocol's cap on installs and metric windows per check-in
+MAX_PENDING = MAX_ITEMS
 MIN_WINDOW_SECONDS = 0.5
 ENROLL_CONCURRENCY = 10
 POOL_SIZE = 8  # connections per httpx pool (see Fleet.run)
@@ -896,7 +895,7 @@ def describe(config: FleetConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devices.agent.simulator",
+    parser = argparse.ArgumentParser(prog="python -m hotswap_device.simulator",
                                      description="Simulate a fleet of HotSwap devices over the real protocol.")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ __all__ = ["Agent", "CycleResult", "EnrollmentFailed"]
 def __getattr__(name: str) -> Any:
     # Lazy, so the fleet simulator (which shares this package) does not load onnxruntime and numpy.
     if name in __all__:
-        from devices.agent import agent
+        from hotswap_device import agent
 
         return getattr(agent, name)
-    raise AttributeError(f"module 'devices.agent' has no attribute {name!r}")
+    raise AttributeError(f"module 'hotswap_device' has no attribute {name!r}")

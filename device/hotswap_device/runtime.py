@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from devices.agent import tracing
+from hotswap_device import tracing
 
 logger = logging.getLogger(__name__)
 

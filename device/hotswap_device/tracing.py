@@ -2,7 +2,7 @@
 
 A device may not have opentelemetry at all, so nothing here needs it: every helper degrades to a
 pass-through. With the SDK installed and OTEL_TRACES_EXPORTER=console or otlp, `python -m
-devices.agent` exports `model.swap` as a child of the check-in answer's `traceparent` (the
+hotswap_device` exports `model.swap` as a child of the check-in answer's `traceparent` (the
 distribution's trace), with `model.download`, `model.verify` and `model.load` under it, and its
 install reports carry model.swap's own traceparent, which the server's `device.update` span links
 to. The exporter set-up (`provider_from_env`) is shared with the server, which may import this
@@ -114,7 +114,7 @@ def span(name: str, *, traceparent: str | None = None, attributes: dict[str, Any
     if _provider is None:
         yield None
         return
-    tracer = _provider.get_tracer("devices.agent")
+    tracer = _provider.get_tracer("hotswap_device")
     context = parent_context(traceparent) if traceparent is not None else None
     clean = {key: value for key, value in (attributes or {}).items() if value is not None}
     with tracer.start_as_current_span(name, context=context, attributes=clean) as current:

@@ -12,12 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from hotswap_device.protocol import LATENCY_BUCKETS_MS, MAX_LATENCY_MS, MAX_WINDOW
+
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 DEFAULT_TYPES = ("edge-camera", "gateway")
 # Upper bounds (ms) of the protocol's fixed latency histogram; a 13th, open bucket follows.
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-MAX_WINDOW = timedelta(hours=1)
-MAX_LATENCY_MS = 600_000.0
 # Percentiles come from at most this many drawn latencies per window: cheap for thousands of devices.
 LATENCY_SAMPLES = 200
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from devices.agent import Agent
+from hotswap_device import Agent
 from tests.artifacts import onnx_model_bytes
-from tests.devices.agent.fakeserver import FakeServer
+from tests.device.fakeserver import FakeServer
+
+# The server-side fixtures of the agent-against-the-real-application tests (test_agent_server.py, test_live.py).
+from tests.devices.conftest import _forget_known_versions, make_version  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import stat
 import subprocess
 import sys
@@ -15,11 +16,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from devices.agent import EnrollmentFailed
-from devices.agent.__main__ import main
-from tests.devices.agent.fakeserver import FakeServer
+from hotswap_device import EnrollmentFailed
+from hotswap_device.__main__ import main
+from tests.device.fakeserver import FakeServer
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def statuses(server: FakeServer) -> list[tuple[str, str]]:
@@ -225,7 +226,7 @@ def test_it_drops_exactly_the_items_a_400_names_and_resends_the_rest_at_once(ser
         {"field": f"metrics[{i}].latency_ms.p99", "message": "Percentiles must satisfy p50 <= p95 <= p99."}
         for i, w in enumerate(body.get("metrics", [])) if w["inference_count"] in (2, 4)]
 
-    with caplog.at_level(logging.WARNING, logger="devices.agent"):
+    with caplog.at_level(logging.WARNING, logger="hotswap_device"):
         result = agent.run_once()
 
     assert result.status == "not_modified"  # reports ride along with the conditional check-in
@@ -254,7 +255,7 @@ def test_it_keeps_the_queue_and_backs_off_on_server_errors(server, make_agent, m
 
 
 def test_it_backs_off_when_the_server_is_unreachable(tmp_path):
-    from devices.agent import Agent
+    from hotswap_device import Agent
 
     with FakeServer() as gone:
         url = gone.url
@@ -348,11 +349,14 @@ def test_it_runs_one_cycle_from_the_command_line(server, tmp_path, models, capsy
                  "--log-level", "ERROR"]) == 2
 
 
-def test_it_imports_nothing_from_django_or_the_project():
-    code = ("import sys, devices.agent, devices.agent.__main__; "
+def test_it_imports_nothing_from_django_or_the_server_and_runs_without_the_servers_code(tmp_path):
+    # Run from an empty directory with only device/ on the path: the server's packages cannot be found there.
+    code = ("import sys, hotswap_device, hotswap_device.__main__, hotswap_device.simulator; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'hotswap', 'models_app', "
-            "'rollouts', 'rest_framework') or m in ('devices.models', 'devices.services')); print(bad)")
-    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+            "'rollouts', 'devices', 'rest_framework')); print(bad)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "device")}
+    output = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'device')!r}); "
+                             + code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
 
     assert output.stdout.strip() == "[]"
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from hotswap_device.protocol import HISTOGRAM_LENGTH, LATENCY_BUCKETS_MS, MAX_LATENCY_MS
+
 # Upper bounds (ms) of the protocol's fixed histogram buckets; one open bucket follows (13 counts).
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-HISTOGRAM_LENGTH = len(LATENCY_BUCKETS_MS) + 1
 # The server refuses latencies above this; a call that slow is reported at the cap, not dropped.
-MAX_LATENCY_MS = 600_000.0
 DEFAULT_MAX_SAMPLES = 100_000
 
 

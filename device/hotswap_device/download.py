@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from devices.agent import tracing
+from hotswap_device import tracing
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devices.agent.logs import SignedUrlFilter, redact_signed_urls
+from hotswap_device.logs import SignedUrlFilter, redact_signed_urls
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 SIGNED_QUERY = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=hotswap%2F20261203%2Fus-east-1%2Fs3%2Faws4_request"
                 "&X-Amz-Date=20261203T120000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
                 "&X-Amz-Signature=5e1f0c0ffee5e1f0c0ffee")
@@ -41,7 +41,7 @@ def test_the_agent_command_logs_its_download_without_the_signature(server, model
     server.files[signed] = server.files[server.desired["path"]]
     server.desired["path"] = signed
 
-    done = subprocess.run([sys.executable, "-m", "devices.agent", "--server", server.url,
+    done = subprocess.run([sys.executable, "-m", "hotswap_device", "--server", server.url,
                            "--enroll-key", server.enroll_key, "--data-dir", str(tmp_path / "agent"), "--once"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from devices.agent.metrics import (
+from hotswap_device.metrics import (
     HISTOGRAM_LENGTH,
     MetricsRecorder,
     bucket_index,

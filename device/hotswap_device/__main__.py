@@ -1,4 +1,4 @@
-"""Command line: python -m devices.agent --server URL --enroll-key KEY --data-dir DIR [--once]."""
+"""Command line: python -m hotswap_device --server URL --enroll-key KEY --data-dir DIR [--once]."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from devices.agent import logs, tracing
-from devices.agent.agent import Agent, EnrollmentFailed
+from hotswap_device import logs, tracing
+from hotswap_device.agent import Agent, EnrollmentFailed
 
 
 def _positive_float(value: str) -> float:
@@ -24,7 +24,7 @@ def _positive_float(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m devices.agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hotswap_device", description=__doc__)
     parser.add_argument("--server", required=True, help="base URL of the HotSwap server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--enroll-key", default=os.environ.get("HOTSWAP_ENROLL_KEY"),
                         help="fleet enrollment key, needed only for the first start (or HOTSWAP_ENROLL_KEY)")
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.run_forever(stop)
         return 0
     except EnrollmentFailed as exc:
-        logging.getLogger("devices.agent").error("%s", exc)
+        logging.getLogger("hotswap_device").error("%s", exc)
         return 2
     finally:
         agent.close()

@@ -19,12 +19,13 @@ from typing import Any
 
 import httpx
 
-from devices.agent import health, tracing
-from devices.agent.client import ApiError, CheckinAnswer, ServerClient, TransientError
-from devices.agent.download import DownloadInterrupted, IntegrityError, download, verify_file
-from devices.agent.manifest import ManifestRefused, PinnedKey, verify_manifest
-from devices.agent.metrics import MetricsRecorder
-from devices.agent.runtime import (
+from hotswap_device import health, tracing
+from hotswap_device.client import ApiError, CheckinAnswer, ServerClient, TransientError
+from hotswap_device.download import DownloadInterrupted, IntegrityError, download, verify_file
+from hotswap_device.manifest import ManifestRefused, PinnedKey, verify_manifest
+from hotswap_device.metrics import MetricsRecorder
+from hotswap_device.protocol import MAX_ITEMS
+from hotswap_device.runtime import (
     InferCallback,
     InferenceWorkers,
     LoadedModel,
@@ -32,11 +33,10 @@ from devices.agent.runtime import (
     ModelRuntime,
     load_model,
 )
-from devices.agent.store import AgentState, DataDir, ModelRecord
+from hotswap_device.store import AgentState, DataDir, ModelRecord
 
 logger = logging.getLogger(__name__)
 
-MAX_ITEMS = 100  # per list and check-in (PROTOCOL.md §3)
 MAX_RESENDS = 4
 # Reports waiting for the server are bounded so a device offline for weeks cannot fill its disk.
 MAX_QUEUED_INSTALLS = 500
