@@ -64,7 +64,7 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = [
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
-            "sha256", "size_bytes", "detected_format", "format_details", "original_filename",
+            "sha256", "sha256_verified", "size_bytes", "detected_format", "format_details", "original_filename",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
             "approved_by", "approved_at", "approval_reason", "distributable",
         ]

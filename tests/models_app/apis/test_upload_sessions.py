@@ -13,11 +13,11 @@ from hotswap.lib.localservices import free_port
 from models_app.models import ModelVersion, UploadSession
 from models_app.shipping import version_refusal
 from models_app.storage import artifact_store
-from models_app.tasks import upload_sessions_expire
+from models_app.tasks import artifact_abandoned_uploads_cleanup, upload_sessions_expire
 from models_app.upload_sessions import upload_session_abort
 from models_app.validation_runs import validation_run
 from tests.artifacts import onnx_model_bytes
-from tests.models_app.conftest import part_of, send, start
+from tests.models_app.conftest import part_of, send, start, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -81,6 +81,7 @@ def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_
     body = done.json()
     assert (body["status"], body["parts_done"]) == ("completed", [1, 2, 3])
     assert (body["model_version"]["model_id"], body["model_version"]["status"]) == ("llm-1.0.0", "uploaded")
+    assert body["model_version"]["sha256_verified"] is False
     version = ModelVersion.objects.get(model_id="llm-1.0.0")
     assert stored_bytes(version.storage_key) == model_file
     assert "not been checked against its SHA-256" in version_refusal(version, unvalidated_ok=True)
@@ -253,8 +254,10 @@ def test_an_existing_version_with_other_bytes_is_a_conflict_and_the_same_bytes_a
     assert (rerun.json()["status"], rerun.json()["model_version"]["model_id"]) == ("completed", "llm-1.0.0")
 
 
-def test_s3_failing_answers_503_in_the_error_shape_and_the_session_stays(developer, model_file, settings):
+def test_s3_failing_answers_503_in_the_error_shape_and_the_session_resumes_after(developer, model_file, settings):
     session = start(developer, model_file).json()
+    send(developer, session, model_file, [1])
+    working = settings.STORAGES
     artifacts = copy.deepcopy(settings.STORAGES["artifacts"])
     artifacts["OPTIONS"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
     settings.STORAGES = {**settings.STORAGES, "artifacts": artifacts}
@@ -262,7 +265,11 @@ def test_s3_failing_answers_503_in_the_error_shape_and_the_session_stays(develop
 
     assert error(get(developer, session)) == (503, "STORAGE_UNAVAILABLE")
     assert error(complete(developer, session)) == (503, "STORAGE_UNAVAILABLE")
-    assert UploadSession.objects.get(pk=session["id"]).status == "open"
+    assert error(start(developer, model_file, version="2.0.0")) == (503, "STORAGE_UNAVAILABLE")
+
+    settings.STORAGES = working
+    assert get(developer, session).json()["parts_done"] == [1]
+    assert UploadSession.objects.filter(status="open").count() == 1
 
 
 @pytest.fixture
@@ -301,3 +308,35 @@ def test_s3_sessions_take_no_part_through_the_api(developer, model_file):
                              content_type="application/octet-stream")
 
     assert error(response) == (409, "UPLOAD_PART_ELSEWHERE")
+
+
+def test_the_upload_quota_counts_accepted_versions_not_calls(developer, settings, model_file, onnx_bytes):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "upload": "2/hour"}
+    assert upload(developer, onnx_bytes, name="small").status_code == 202  # 1 of 2
+    assert upload(developer, onnx_bytes, name="small").status_code == 200  # an idempotent retry: free
+    for _ in range(3):  # rejected calls: free
+        assert upload(developer, onnx_bytes, name="small", version="2.0.0", sha256="0" * 64).status_code == 400
+    second = start(developer, model_file).json()
+    third = start(developer, model_file, version="2.0.0").json()
+    assert start(developer, model_file).status_code == 200  # resuming: free
+    for numbers in ([1], [2], [3], [1, 2, 3]):  # part requests: free
+        send(developer, second, model_file, numbers)
+    send(developer, third, model_file, [1, 2, 3])
+
+    assert complete(developer, second).status_code == 201  # 2 of 2
+    refused = complete(developer, third)
+
+    assert error(refused) == (429, "RATE_LIMITED") and int(refused["Retry-After"]) > 0
+    assert get(developer, third).json()["status"] == "open"  # completes once the quota allows
+    assert error(start(developer, model_file, version="3.0.0")) == (429, "RATE_LIMITED")
+    assert error(upload(developer, onnx_bytes, name="small", version="3.0.0")) == (429, "RATE_LIMITED")
+
+
+def test_the_stale_upload_cleanup_leaves_open_sessions_to_their_expiry(developer, model_file, new_keys):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1])
+
+    artifact_abandoned_uploads_cleanup(older_than_minutes=0)
+
+    assert get(developer, session).json()["parts_done"] == [1]
+    assert len(new_keys()) == 1
