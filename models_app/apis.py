@@ -171,16 +171,11 @@ class ModelVersionUploadApi(APIView):
     throttle_classes = [UploadThrottle]
 
     class UploadInputSerializer(VersionFieldsSerializer):
+        # Form fields are text: the tensor schemas come as JSON strings.
         input_schema = JSONField(binary=True, required=False, default=list)
         output_schema = JSONField(binary=True, required=False, default=list)
         artifact = serializers.FileField(required=False, allow_empty_file=True,
                                          help_text="The model file (streamed to storage).")
-
-        def validate_input_schema(self, value):
-            return _schema(value)
-
-        def validate_output_schema(self, value):
-            return _schema(value)
 
     @extend_schema(
         summary="Upload a model version",

@@ -4,11 +4,14 @@ SHA-256 check, expiry, two users at once, and each kind of bad input answered in
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 
+from devices.services.registry import device_register
 from hotswap.lib.localservices import free_port
 from models_app.models import ModelVersion, UploadSession
 from models_app.shipping import version_refusal
@@ -63,7 +66,7 @@ def error(response) -> tuple[int, str]:
 
 
 def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_the_bytes(developer, model_file,
-                                                                                          new_keys):
+                                                                                          new_keys, client_for):
     first = start(developer, model_file)
     assert first.status_code == 201
     session = first.json()
@@ -84,7 +87,10 @@ def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_
     assert body["model_version"]["sha256_verified"] is False
     version = ModelVersion.objects.get(model_id="llm-1.0.0")
     assert stored_bytes(version.storage_key) == model_file
-    assert "not been checked against its SHA-256" in version_refusal(version, unvalidated_ok=True)
+    device_register(device_id="edge-1")
+    pin = client_for("Operator").put("/api/v1/devices/edge-1/desired", {"version": "llm-1.0.0"}, format="json")
+    assert error(pin) == (400, "VERSION_NOT_DEPLOYABLE")  # an operator may pin an unvalidated version, not this
+    assert "not been checked against its SHA-256" in pin.json()["error"]["message"]
 
     report = validation_run(report_id=version.validation_reports.get().pk)
 
@@ -156,9 +162,13 @@ def test_two_users_upload_at_once_each_in_a_session_of_their_own(client_for, mod
     a = start(alice, model_file).json()
     b = start(bob, model_file).json()  # the same file: not alice's session to resume
     assert a["id"] != b["id"]
-    for numbers in ([1], [2], [3]):
-        send(alice, a, model_file, numbers)
-        send(bob, b, model_file, numbers)
+    puts = [(target, part_of(model_file, session, target["number"]))
+            for client, session in ((alice, a), (bob, b))
+            for target in client.post(f"/api/v1/uploads/{session['id']}/parts", {"numbers": [1, 2, 3]},
+                                      format="json").json()["parts"]]
+    with ThreadPoolExecutor(max_workers=6) as pool:  # all six parts at once, straight to S3
+        answers = list(pool.map(lambda put: requests.put(put[0]["url"], data=put[1], timeout=30), puts))
+    assert [answer.status_code for answer in answers] == [200] * 6
 
     assert error(get(bob, a)) == (404, "UPLOAD_NOT_FOUND")
     assert error(complete(bob, a)) == (404, "UPLOAD_NOT_FOUND")
@@ -299,6 +309,19 @@ def test_local_storage_takes_parts_through_the_api_and_resumes(developer, model_
     report = validation_run(report_id=version.validation_reports.get().pk)
     version.refresh_from_db()
     assert (report.status, version.sha256_verified) == ("passed", True)
+
+
+def test_expired_local_sessions_leave_no_part_file(developer, model_file, local_storage):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1, 2])
+    assert [path for path in local_storage.rglob("*") if path.is_file()]
+    UploadSession.objects.filter(pk=session["id"]).update(expires_at=timezone.now())
+
+    assert upload_sessions_expire() == 1
+
+    assert not [path for path in local_storage.rglob("*") if path.is_file()]
+    assert error(developer.put(f"/api/v1/uploads/{session['id']}/parts/3", data=part_of(model_file, session, 3),
+                               content_type="application/octet-stream")) == (410, "UPLOAD_EXPIRED")
 
 
 def test_s3_sessions_take_no_part_through_the_api(developer, model_file):
