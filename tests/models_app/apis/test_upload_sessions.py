@@ -101,7 +101,7 @@ def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_
 
 
 def test_a_part_replaced_on_the_way_is_caught_by_the_workers_hash_and_the_object_deleted(developer, model_file,
-                                                                                       new_keys):
+                                                                                       new_keys, client_for):
     session = start(developer, model_file).json()
 
     def tampered(content, session, number):
@@ -123,9 +123,12 @@ def test_a_part_replaced_on_the_way_is_caught_by_the_workers_hash_and_the_object
     assert f"not the declared {session['sha256']}" in integrity["detail"] and "deleted" in report.summary
     assert new_keys() == set()  # no object, no multipart upload
     assert "no longer matches its SHA-256" in version_refusal(version, unvalidated_ok=True)
-    approval = developer.post("/api/v1/models/llm-1.0.0/approve", {"reason": "ship it anyway, please"},
-                              format="json")
-    assert approval.status_code in (403, 409)  # never approvable into shipping
+    approval = client_for("Admin").post("/api/v1/models/llm-1.0.0/approve", {"reason": "ship it anyway, please"},
+                                        format="json")
+    assert error(approval) == (409, "APPROVAL_NOT_NEEDED")  # a corrupt version is never approved into shipping
+    rerun = start(developer, model_file)  # the same file again: not "already uploaded"
+    assert error(rerun) == (409, "VERSION_CORRUPT")
+    assert "DELETE /api/v1/models/llm-1.0.0" in rerun.json()["error"]["message"]
 
 
 def test_the_beat_task_aborts_expired_sessions_and_their_parts(developer, model_file, new_keys):
