@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from devices.services.registry import device_register
 from hotswap.lib.localservices import free_port
-from models_app.models import ModelVersion, UploadSession
+from models_app.models import ModelVersion, MultipartAbort, UploadSession
 from models_app.shipping import version_refusal
 from models_app.storage import artifact_store
 from models_app.tasks import artifact_abandoned_uploads_cleanup, upload_sessions_expire
@@ -139,6 +139,7 @@ def test_the_beat_task_aborts_expired_sessions_and_their_parts(developer, model_
 
     assert upload_sessions_expire() == 1
 
+    assert not MultipartAbort.objects.exists()
     assert get(developer, session).json()["status"] == "expired"
     assert get(developer, fresh).json()["status"] == "open"
     assert new_keys() == {f"multipart:{UploadSession.objects.get(pk=fresh['id']).storage_key}"}
@@ -209,6 +210,20 @@ def test_completing_with_parts_missing_or_the_wrong_size_lists_each_part(develop
     assert again.json()["error"]["model_id"] == "llm-1.0.0"
 
 
+def test_a_complete_that_died_after_s3_assembled_the_object_is_finished_by_the_next(developer, model_file, new_keys):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1, 2, 3])
+    row = UploadSession.objects.get(pk=session["id"])
+    # What a complete did before its process was killed: S3 assembled the object, no version was recorded.
+    artifact_store().multipart_complete(row.storage_key, row.upload_id, row.part_count, row.part_bytes)
+
+    done = complete(developer, session)
+
+    assert done.status_code == 201, done.json()
+    assert done.json()["model_version"]["model_id"] == "llm-1.0.0"
+    assert new_keys() == {row.storage_key}
+
+
 def test_bytes_that_are_no_model_end_the_session_with_nothing_stored(developer, new_keys):
     junk = b"\x07not a model" * (600 * 1024)
     session = start(developer, junk).json()
@@ -219,6 +234,7 @@ def test_bytes_that_are_no_model_end_the_session_with_nothing_stored(developer, 
     assert error(response) == (400, "INVALID_ARTIFACT")
     assert get(developer, session).json()["status"] == "aborted"
     assert new_keys() == set() and not ModelVersion.objects.exists()
+    assert not MultipartAbort.objects.exists()  # nothing left for the cleanup task either
 
 
 def test_abort_deletes_the_parts_and_ends_the_session(developer, model_file, new_keys):
