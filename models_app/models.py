@@ -105,6 +105,11 @@ class AIModel(models.Model):
     # "device_classes": {"edge-camera": {"max_latency_p99_ms": 30}}}; accuracy metric and test set defaults.
     quality_gates = models.JSONField(default=dict, blank=True)
     accuracy_metric = models.CharField(max_length=32, default="top1")
+    # How the model is called (models_app/validation/profiles.py): [{"name", "dims", "inputs", "feedback",
+    # "samples"}]; every version is validated at each of them unless it declares its own.
+    input_profiles = models.JSONField(default=list, blank=True)
+    # Per output name (or "*"): {"max_abs", "max_rel", "min_cosine"}: expected outputs and baseline agreement.
+    output_tolerances = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -156,6 +161,8 @@ class ModelVersion(models.Model):
     target_device_type = models.CharField(max_length=64, blank=True)
     min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
+    # This version's own input profiles; when non-empty they replace the model's.
+    input_profiles = models.JSONField(default=list, blank=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED, db_index=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -232,6 +239,8 @@ class ValidationReport(models.Model):
         PASSED = "passed"
         FAILED = "failed"
         NOT_EXECUTED = "not_executed"
+        # Ran, but at guessed shapes: latency and throughput decided nothing (an Admin approves, or a profile).
+        NEEDS_APPROVAL = "needs_approval"
         ERROR = "error"
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="validation_reports")
@@ -254,7 +263,8 @@ class ValidationReport(models.Model):
         indexes = [models.Index(fields=["version", "-requested_at"], name="report_version_time_idx")]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=["pending", "running", "passed", "failed", "not_executed",
-                                                           "error"]), name="validationreport_status_valid"),
+                                                           "needs_approval", "error"]),
+                                   name="validationreport_status_valid"),
         ]
 
     def __str__(self) -> str:

@@ -40,6 +40,8 @@ MATRIX = [
     ("POST", "/api/v1/models/{model_id}/approve", {ADMIN}),
     ("GET", "/api/v1/models/{name}/test-sets", EVERYONE),
     ("POST", "/api/v1/models/{name}/test-sets", {ADMIN, DEV}),
+    ("PUT", "/api/v1/models/{name}/input-profiles", {ADMIN, DEV}),
+    ("PUT", "/api/v1/models/{name}/versions/{version}/input-profiles", {ADMIN, DEV}),
     ("GET", "/api/v1/auth/me", EVERYONE),
     ("GET", "/api/v1/tokens", {ADMIN}),
     ("POST", "/api/v1/tokens", {ADMIN}),
@@ -124,6 +126,8 @@ def _request(client: APIClient, method: str, path: str):
         ("POST", "/api/v1/enrollment-keys"): {"name": "another"},
         ("POST", "/api/v1/models/matrix-1.0.0/approve"): {"reason": "Risk accepted for the matrix test."},
         ("POST", "/api/v1/models/matrix-1.0.0/validate"): {},
+        ("PUT", "/api/v1/models/matrix/input-profiles"): {"input_profiles": []},
+        ("PUT", "/api/v1/models/matrix/versions/1.0.0/input-profiles"): {"input_profiles": []},
         ("POST", "/api/v1/distributions"): {"version": "matrix-rollout-1.1.0",
                                             "target": {"device_ids": ["matrix-device"]}},
     }

@@ -7,15 +7,13 @@ from typing import Any
 
 import onnx
 
+from models_app.validation.profiles import normalise_dtype
 from models_app.validation.result import StepResult
 
 Dim = int | str
 UNKNOWN_DIM = "?"
 # ONNX element type names (lower-cased TensorProto.DataType) that differ from numpy's names.
 _ONNX_TO_NUMPY = {"float": "float32", "double": "float64"}
-# Spellings a declared schema may use for the same types.
-_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-            "boolean": "bool", "str": "string"}
 
 
 @dataclass(frozen=True)
@@ -61,13 +59,6 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
         else:
             dims.append(dim.dim_param or UNKNOWN_DIM)
     return TensorSpec(value.name, dtype, tuple(dims))
-
-
-def normalise_dtype(dtype: str) -> str:
-    name = dtype.strip().lower()
-    if name.startswith("tensor(") and name.endswith(")"):
-        name = name[7:-1]
-    return _ALIASES.get(name, name)
 
 
 def declared_specs(items: list[dict[str, Any]], kind: str) -> list[TensorSpec]:
