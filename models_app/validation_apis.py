@@ -96,7 +96,8 @@ class ValidationReportOutputSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_field({"type": "object", "additionalProperties": False,
-                      "properties": {name: {"type": "number"} for name in sorted(validation_runs.GATE_NAMES)}})
+                      "properties": {name: {"type": "number", "minimum": 0}
+                                     for name in sorted(validation_runs.GATE_NAMES)}})
 class GateOverridesField(serializers.DictField):
     """Gate thresholds by gate name; only known gates (validation_runs refuses the others, naming each)."""
 

@@ -36,6 +36,10 @@ MAX_EXAMPLES = int(os.environ.get("HOTSWAP_SCHEMATHESIS_EXAMPLES", "5"))
 BUSINESS_RULE_400 = {
     "POST /api/v1/models": "INVALID_ARTIFACT, EMPTY_ARTIFACT, CHECKSUM_MISMATCH, tensor schemas",
     "POST /api/v1/models/{name}/test-sets": "INVALID_TEST_SET",
+    # Input profiles are checked against the model itself: its inputs, ranks, fixed dims, dtypes, test sets.
+    "PUT /api/v1/models/{name}/input-profiles": "a profile that contradicts the model",
+    "PUT /api/v1/models/{name}/versions/{version}/input-profiles": "a profile that contradicts the model",
+    "POST /api/v1/models/{model_id}/validate": "input_profiles that contradict the model",
     "POST /api/v1/enrollment-keys": "expires_at in the past",
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
     "POST /api/v1/devices/desired": "no filter at all",
