@@ -224,10 +224,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
                     self.message_user(request, f"Queued validation of {version.model_id} at its new input profiles.",
                                       messages.SUCCESS)
             return None
+        return self._action_form(request, queryset, form, "Validate again with input profiles",
+                                 "admin/models_app/validate_with_profiles.html")
+
+    def _action_form(self, request, queryset, form, title: str, template: str) -> TemplateResponse:
+        """The intermediate page of an action that needs a form (templates extend action_form.html)."""
         context = {**self.admin_site.each_context(request), "form": form, "versions": queryset,
-                   "opts": self.model._meta, "title": "Validate again with input profiles",
-                   "action_checkbox_name": ACTION_CHECKBOX_NAME}
-        return TemplateResponse(request, "admin/models_app/validate_with_profiles.html", context)
+                   "opts": self.model._meta, "title": title, "action_checkbox_name": ACTION_CHECKBOX_NAME}
+        return TemplateResponse(request, template, context)
     inlines = [ValidationReportInline]
 
     @admin.display(description="status", ordering="status")
@@ -283,10 +287,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 else:
                     self.message_user(request, f"Approved {version.model_id}.", messages.SUCCESS)
             return None
-        context = {**self.admin_site.each_context(request), "form": form, "versions": queryset,
-                   "opts": self.model._meta, "title": "Approve for distribution",
-                   "action_checkbox_name": ACTION_CHECKBOX_NAME}
-        return TemplateResponse(request, "admin/models_app/approve.html", context)
+        return self._action_form(request, queryset, form, "Approve for distribution", "admin/models_app/approve.html")
 
     def has_approve_permission(self, request) -> bool:
         return request.user.has_perm("models_app.approve_modelversion")

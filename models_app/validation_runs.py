@@ -50,13 +50,19 @@ def gates_validate(gates: dict) -> dict:
     return gates
 
 
+def _device_class(version: ModelVersion) -> dict:
+    classes = (version.ai_model.quality_gates or {}).get("device_classes", {}) or {}
+    return dict(classes.get(version.target_device_type, {})) if version.target_device_type else {}
+
+
 def gates_for(version: ModelVersion, overrides: dict | None = None) -> dict:
     """Defaults ← the model's gates ← its device class's gates ← this request's overrides."""
     model_gates = dict(version.ai_model.quality_gates or {})
-    classes = model_gates.pop("device_classes", {}) or {}
+    model_gates.pop("device_classes", None)
     gates = {**settings.VALIDATION_GATES, **model_gates}
-    if version.target_device_type:
-        gates.update(classes.get(version.target_device_type, {}))
+    device_class = _device_class(version)
+    device_class.pop("profile", None)
+    gates.update(device_class)
     gates.update(overrides or {})
     return gates
 
@@ -92,7 +98,11 @@ def input_profiles_declare(*, ai_model, profiles: list, version: ModelVersion | 
 
 
 def effective_profiles(version: ModelVersion) -> list:
-    return version.input_profiles or version.ai_model.input_profiles or []
+    """The version's own profiles, else its model's; the one its device class names (quality_gates
+    device_classes.<type>.profile) first: the report's headline figures and gates are that profile's."""
+    profiles = list(version.input_profiles or version.ai_model.input_profiles or [])
+    named = _device_class(version).get("profile")
+    return sorted(profiles, key=lambda profile: profile.get("name") != named) if named else profiles
 
 
 def validation_request(*, version: ModelVersion, requested_by=None, test_set: TestSet | None = None,

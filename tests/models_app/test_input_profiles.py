@@ -89,6 +89,23 @@ def test_a_model_profile_applies_to_every_version_and_a_versions_own_replaces_it
     assert viewer["input_profiles"] == own
 
 
+def test_a_device_class_names_the_profile_its_versions_are_headlined_and_gated_at(developer):
+    response = upload(developer, spatial_onnx_bytes(), name="detector", target_device_type="edge-camera")
+    assert response.status_code == 202, response.json()
+    AIModel.objects.filter(name="detector").update(
+        input_profiles=[{"name": "32", "dims": {"height": 32, "width": 32}},
+                        {"name": "128", "dims": {"height": 128, "width": 128}}],
+        quality_gates={"device_classes": {"edge-camera": {"profile": "128", "max_latency_p99_ms": 500}}})
+    version = ModelVersion.objects.get(model_id="detector-1.0.0")
+
+    report = validation_run(report_id=version.validation_reports.get().pk)
+
+    assert report.status == "passed", report.summary
+    assert [profile["name"] for profile in report.result["profiles"]] == ["128", "32"]
+    assert report.gates_applied["max_latency_p99_ms"] == 500 and "profile" not in report.gates_applied
+    assert report.result["metrics"]["latency_p50_ms"] == report.result["profiles"][0]["metrics"]["latency_p50_ms"]
+
+
 def test_a_recurrent_model_validates_with_sample_inputs_named_by_its_profile(developer):
     samples = 6
     rng = np.random.default_rng(2)
