@@ -250,7 +250,7 @@ class Bench:
             if first["baseline"]:
                 self.result.baseline_deltas.update(first["baseline"]["deltas"])
         step.data.update(warmup_runs=self.config.warmup_runs, benchmark_runs=self.config.benchmark_runs,
-                         input_shapes={plan.inputs[0].name: plan.inputs[0].shape for plan in self.plans[:1]})
+                         input_shapes={item.name: item.shape for plan in self.plans[:1] for item in plan.inputs})
         lines = [self._line(entry) for entry in self.result.profiles if not entry["error"]]
         if failures:
             step.fail("; ".join(failures) + ("; " + "; ".join(lines) if lines else ""))
@@ -261,7 +261,7 @@ class Bench:
         metrics = entry["metrics"]
         shapes = ", ".join(f"{item['name']} {item['shape']}" for item in entry["inputs"])
         line = (f"{entry['name']} ({'shapes guessed: ' if entry['source'] == 'guessed' else ''}{shapes}): "
-                f"{len_or(metrics, 'inferences')} timed inferences after {self.config.warmup_runs} warm-up: "
+                f"{metrics.get('inferences') or 0} timed inferences after {self.config.warmup_runs} warm-up: "
                 f"p50 {metrics.get('latency_p50_ms', 0):.3f} ms, p99 {metrics.get('latency_p99_ms', 0):.3f} ms, "
                 f"{metrics.get('throughput_ips') or 0:.1f} inferences/s")
         if metrics.get("failed_inferences"):
@@ -352,10 +352,6 @@ class Bench:
                              gate["detail"]) for entry in self.result.profiles[1:] for gate in entry["gates"]
                   if gate["passed"] is False]
         return self.result.gates + others
-
-
-def len_or(metrics: dict[str, Any], key: str) -> int:
-    return int(metrics.get(key) or 0)
 
 
 def _shapes(plan: feeds.FeedPlan) -> str:
