@@ -122,6 +122,8 @@ def check_profiles(profiles: Any, *, inputs: list[dict[str, Any]] | None = None,
             error(where, "Declare at least one input, dims or samples.")
         for input_name, spec in specs.items():
             _check_input(f"{where}.inputs.{input_name}", input_name, spec, model_inputs, dims, memory_mb, error)
+        if dims and model_inputs is not None and memory_mb is not None:
+            _check_bound_sizes(f"{where}.dims", specs, model_inputs, dims, memory_mb, error)
         feedback = profile.get("feedback", {})
         if not isinstance(feedback, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in feedback.items()):
@@ -181,6 +183,22 @@ def _check_input(field: str, name: str, spec: Any, model_inputs: dict[str, dict]
             error(f"{field}.range", "Must be [low, high] with low <= high.")
     if "value" in spec and "range" in spec:
         error(field, "Give a value or a range, not both.")
+
+
+def _check_bound_sizes(field: str, specs: dict[str, Any], model_inputs: dict[str, dict], dims: dict[str, int],
+                       memory_mb: int, error) -> None:
+    """Inputs the dims bind within the memory limit (unbound dimensions counted as 1: a lower bound)."""
+    for name, model in model_inputs.items():
+        shape = model.get("shape")
+        if name in specs or not isinstance(shape, list) or not any(isinstance(dim, str) and dim in dims
+                                                                   for dim in shape):
+            continue
+        sizes = [dim if _is_int(dim) and dim >= 1 else dims.get(dim, 1) if isinstance(dim, str) else 1
+                 for dim in shape]
+        size = math.prod(sizes) * ITEMSIZE.get(normalise_dtype(str(model.get("dtype") or "float32")), 8)
+        if size > memory_mb * 2**20:
+            error(field, f"Input {name!r} would be {sizes}, {size / 2**20:.0f} MB alone, over the validation memory "
+                  f"limit of {memory_mb} MB.")
 
 
 def _check_against_model(field: str, shape: list[int], model_shape: list[Any], dims: dict[str, int], error) -> None:

@@ -57,6 +57,8 @@ CONTRADICTIONS = [
      "The model takes float32 for 'x', not int64."),
     ({"name": "a", "inputs": {"x": {"shape": [64, 3, 4096, 4096]}}}, "input_profiles[0].inputs.x.shape",
      "over the validation memory limit"),
+    ({"name": "a", "dims": {"height": 100_000, "width": 100_000}}, "input_profiles[0].dims",
+     "Input 'x' would be [1, 3, 100000, 100000], 114441 MB alone, over the validation memory limit"),
     ({"name": "a", "samples": "nope"}, "input_profiles[0].samples", "The model has no test set 'nope'."),
     ({"name": "a", "inputs": {"x": {"shape": [1, 3, 8, 8], "zoom": 2}}}, "input_profiles[0].inputs.x.zoom",
      "Unknown field"),
