@@ -40,7 +40,8 @@ class ProfileInputReportSerializer(serializers.Serializer):
 
 class GuessReportSerializer(serializers.Serializer):
     kind = serializers.CharField(help_text="dim (a guessed size: the shapes count as guessed), batch (a batch axis "
-                                           "at 1, as devices call models) or value (values of a non-float input)")
+                                           "at 1, as devices call models), graph (a size the graph fixes) or value "
+                                           "(values of a non-float input)")
     input = serializers.CharField()
     axis = serializers.IntegerField(required=False)
     dim = serializers.CharField(allow_null=True, required=False)

@@ -201,9 +201,12 @@ def _values(dtype: type[np.generic], input_name: str, shape: tuple[int, ...], sp
     return np.zeros(shape, dtype=dtype), "zeros", True
 
 
-def plan(session: Any, profile: dict[str, Any] | None, *, samples_path: str | None = None,
-         seed: int = _SEED) -> FeedPlan:
-    """Every input of the session, shaped and filled as the profile says and, where it says nothing, guessed."""
+def plan(session: Any, profile: dict[str, Any] | None, *, samples_path: str | None = None, seed: int = _SEED,
+         hints: dict[str, dict[str, list]] | None = None) -> FeedPlan:
+    """Every input of the session, shaped and filled as the profile says and, where it says nothing, guessed.
+
+    hints: signature.graph_hints' sizes the graph fixes ({input: {axis: [size, why]}}), taken before any guess.
+    """
     profile = profile or {}
     specs: dict[str, dict[str, Any]] = profile.get("inputs", {})
     feed_plan = FeedPlan(profile.get("name", "default"), feedback=dict(profile.get("feedback", {})))
@@ -227,6 +230,8 @@ def plan(session: Any, profile: dict[str, Any] | None, *, samples_path: str | No
         return feed_plan
     # Symbolic sizes: the profile's dims, then every declared shape binds the names at its axes.
     bound: dict[str, int] = dict(profile.get("dims", {}))
+    fixed = {name: {int(axis) % len(node.shape): hint for axis, hint in (hints or {}).get(name, {}).items()}
+             for node in inputs if (name := node.name) in (hints or {}) and node.shape}
     for node in inputs:
         declared = specs.get(node.name, {}).get("shape")
         if declared is not None and len(declared) == len(node.shape):
@@ -256,6 +261,15 @@ def plan(session: Any, profile: dict[str, Any] | None, *, samples_path: str | No
                 elif isinstance(dim, str) and dim in bound:
                     shape.append(bound[dim])
                     origins.add(guessed_names.get(dim, "declared"))
+                elif axis in fixed.get(node.name, {}):
+                    size, why = fixed[node.name][axis]
+                    if isinstance(dim, str):
+                        bound[dim] = size
+                        guessed_names[dim] = "model"
+                    shape.append(size)
+                    feed_plan.guessed.append({"kind": "graph", "input": node.name, "axis": axis,
+                                              "dim": dim if isinstance(dim, str) else None, "value": size,
+                                              "why": f"fixed by the graph: {why}"})
                 else:
                     size, why, kind = _guess_dim(node.name, axis, len(node.shape), dim, metadata)
                     if isinstance(dim, str):

@@ -122,6 +122,7 @@ def run_pipeline(model_path: str, config: ValidationConfig, *, work_dir: str | P
 
     with report.step("signature") as step:
         check_signature(step, model, declared_inputs=config.declared_inputs, declared_outputs=config.declared_outputs)
+    hints = report.result.step("signature").data.get("graph_hints", {})
     del model, structure  # before loading, so the load step's memory footprint is the session's alone
 
     session = None
@@ -142,7 +143,7 @@ def run_pipeline(model_path: str, config: ValidationConfig, *, work_dir: str | P
         report.skip_rest("not run: the model could not be loaded")
         return report.finish()
 
-    bench = Bench(config, report.result)
+    bench = Bench(config, report.result, hints)
     with report.step("benchmark") as step:
         bench.run(step, session)
 
@@ -177,8 +178,8 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
 class Bench:
     """The benchmark, test-set and baseline steps over every input profile, and their gates."""
 
-    def __init__(self, config: ValidationConfig, result: PipelineResult):
-        self.config, self.result = config, result
+    def __init__(self, config: ValidationConfig, result: PipelineResult, hints: dict[str, dict[str, list]]):
+        self.config, self.result, self.hints = config, result, hints
         self.baseline: Any = None
         self.baseline_missing = "no baseline was given"
         self.plans: list[feeds.FeedPlan] = []
@@ -210,7 +211,7 @@ class Bench:
                                      "baseline": None, "gates": [], "error": None}
             self.result.profiles.append(entry)
             try:
-                plan = feeds.plan(session, profile, samples_path=profile.get("samples_path"))
+                plan = feeds.plan(session, profile, samples_path=profile.get("samples_path"), hints=self.hints)
             except (feeds.SampleError, feeds.UnsupportedInput) as exc:
                 entry["error"] = f"the inputs could not be made: {exc}"
                 failures.append(f"profile {name}: {entry['error']}")
@@ -310,7 +311,7 @@ class Bench:
             (self.plans[0].feeds if self.plans else [])
         if self.plans and len(feeds_for_agreement) == 1:
             # One generated feed says little: a few more draws of the same shapes.
-            feeds_for_agreement = [feeds.plan(session, self.specs[0], seed=seed).feeds[0]
+            feeds_for_agreement = [feeds.plan(session, self.specs[0], seed=seed, hints=self.hints).feeds[0]
                                    for seed in range(16)] if self.plans[0].samples is None else feeds_for_agreement
         if feeds_for_agreement:
             try:

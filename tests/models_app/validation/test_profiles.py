@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from models_app.validation import Outcome, StepStatus
@@ -133,3 +134,16 @@ def test_sample_files_that_do_not_fit_fail_with_the_reason(run, write_file, over
 
     assert result.outcome == Outcome.FAILED
     assert message in result.step("benchmark").detail and message in result.step("accuracy").detail
+
+
+def test_a_dimension_the_graph_fixes_is_taken_from_the_graph_not_guessed(run, classifier):
+    model = onnx.load_from_string(classifier.model())
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"  # MatMul with a [4, 3] weight
+
+    result = run(model.SerializeToString())
+
+    assert result.outcome == Outcome.PASSED, result.summary
+    assert inputs(result.profiles[0]) == {"input": ([1, 4], "float32", "batch of 1")}
+    graph = next(g for g in result.profiles[0]["guessed"] if g["kind"] == "graph")
+    assert (graph["dim"], graph["value"], graph["why"]) == ("features", 4,
+                                                            "fixed by the graph: MatMul with a fixed [4, 3] weight")
