@@ -49,3 +49,25 @@ def _npy_header(head: bytes) -> dict:
     if not isinstance(header, dict) or "shape" not in header or "descr" not in header:
         raise ValueError("an array header is malformed")
     return {"shape": list(header["shape"]), "dtype": str(header["descr"])}
+
+
+def arrays_problems(arrays: dict[str, dict], inputs: list[dict] | None, outputs: list[dict] | None) -> list[str]:
+    """What keeps a test set's arrays from fitting the model's inputs and outputs (known from its validation)."""
+    if not inputs:
+        return []
+    input_names = [tensor["name"] for tensor in inputs]
+    names = set(arrays) - {"labels"}
+    if "inputs" in names and len(input_names) == 1 and input_names[0] not in names:
+        names = (names - {"inputs"}) | {input_names[0]}
+    problems = []
+    missing = [name for name in input_names if name not in names]
+    if missing:
+        problems.append(f"no array for input(s) {', '.join(missing)}")
+    output_names = {tensor["name"] for tensor in outputs or []}
+    extra = sorted(name for name in names if name not in input_names
+                   and not (name.startswith("expected.") and (not output_names or name[9:] in output_names)))
+    if extra:
+        problems.append(f"array(s) {', '.join(extra)} match no input of the model (inputs: {', '.join(input_names)}"
+                        + (f"; expected outputs are 'expected.<output>' with outputs {', '.join(sorted(output_names))}"
+                           if output_names else "") + ")")
+    return problems

@@ -20,7 +20,7 @@ from hotswap.observability import tracing
 from models_app.models import ModelVersion, TestSet, ValidationReport
 from models_app.shipping import model_version_status_change, version_refusal
 from models_app.storage import artifact_store
-from models_app.testsets import npz_arrays
+from models_app.testsets import arrays_problems, npz_arrays
 from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
 from models_app.validation.profiles import ProfileError, check_profiles
 
@@ -307,6 +307,12 @@ def test_set_upload(*, ai_model, name: str, artifact, uploaded_by=None) -> TestS
         artifact.commit()
         with artifact.store.open(artifact.key, artifact.size) as handle:
             arrays = npz_arrays(handle)
+        latest = ai_model.versions.order_by("-uploaded_at", "-id").first()
+        problems = arrays_problems(arrays, *known_signature(latest)) if latest else []
+        if problems:
+            raise ApplicationError(f"The test set does not fit {latest.model_id}: {'; '.join(problems)}.",
+                                   code="INVALID_TEST_SET",
+                                   details=[{"field": "artifact", "message": problem} for problem in problems])
         test_set = TestSet(ai_model=ai_model, name=name, storage_key=artifact.key, sha256=artifact.sha256,
                            size_bytes=artifact.size, arrays=arrays, uploaded_by=uploaded_by)
         test_set.full_clean()

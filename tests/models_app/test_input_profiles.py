@@ -76,6 +76,12 @@ def test_a_profile_that_contradicts_the_model_is_refused_at_declaration_and_chan
         details = response.json()["error"]["details"]
         assert any(d["field"] == field and message in d["message"] for d in details), (profile, details)
         assert AIModel.objects.get(name="detector").input_profiles == []
+    wrong = upload_test_set(developer, "detector", content=npz_bytes(image=np.zeros((2, 3, 8, 8), np.float32),
+                                                                     **{"expected.boxes": np.zeros(2)}))
+    assert wrong.status_code == 400
+    assert [d["message"] for d in wrong.json()["error"]["details"]] == [
+        "no array for input(s) x", "array(s) expected.boxes, image match no input of the model (inputs: x; expected "
+        "outputs are 'expected.<output>' with outputs features)"]
 
 
 def test_a_model_profile_applies_to_every_version_and_a_versions_own_replaces_it(developer):
