@@ -80,9 +80,17 @@ def input_profiles_check(profiles, *, ai_model, version: ModelVersion | None = N
     """The profiles checked against the model (its latest version when none is named); 400 naming each problem."""
     version = version or ai_model.versions.order_by("-uploaded_at", "-id").first()
     inputs, outputs = known_signature(version) if version else (None, None)
+    sample_sets = dict(ai_model.test_sets.values_list("name", "arrays"))
     try:
-        return check_profiles(profiles, inputs=inputs, outputs=outputs, memory_mb=settings.VALIDATION_MEMORY_MB,
-                              sample_sets=set(ai_model.test_sets.values_list("name", flat=True)))
+        checked = check_profiles(profiles, inputs=inputs, outputs=outputs, memory_mb=settings.VALIDATION_MEMORY_MB,
+                                 sample_sets=set(sample_sets))
+        unfit = [{"field": f"input_profiles[{index}].samples",
+                  "message": f"Test set {profile['samples']!r}: {problem}."}
+                 for index, profile in enumerate(checked) if profile.get("samples") in sample_sets
+                 for problem in arrays_problems(sample_sets[profile["samples"]], inputs, outputs)]
+        if unfit:
+            raise ProfileError(unfit)
+        return checked
     except ProfileError as exc:
         raise ApplicationError(f"The input profiles do not fit {version.model_id if version else ai_model.name}: "
                                f"{exc}", code="VALIDATION_ERROR", details=exc.details) from exc

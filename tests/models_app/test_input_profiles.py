@@ -126,6 +126,8 @@ def test_a_recurrent_model_validates_with_sample_inputs_named_by_its_profile(dev
     upload(developer, recurrent_onnx_bytes(), name="vad")
     assert upload_test_set(developer, "vad", name="speech", content=npz_bytes(
         audio=audio, state=state, sr=np.full(samples, 16000, np.int64), **{"expected.prob": prob})).status_code == 201
+    assert upload_test_set(developer, "vad", name="no-state", content=npz_bytes(
+        audio=audio, sr=np.full(samples, 16000, np.int64))).status_code == 201  # the model's inputs are not known yet
     declared = developer.put("/api/v1/models/vad/input-profiles", {"input_profiles": [
         {"name": "speech", "samples": "speech", "feedback": {"stateN": "state"}}]}, format="json")
     version = ModelVersion.objects.get(model_id="vad-1.0.0")
@@ -138,3 +140,8 @@ def test_a_recurrent_model_validates_with_sample_inputs_named_by_its_profile(dev
     assert profile["source"] == "sample file" and profile["samples"] == samples
     assert {item["name"]: item["shape"] for item in profile["inputs"]} == {
         "audio": [1, 512], "state": [2, 1, RECURRENT_STATE], "sr": []}
+    refused = developer.put("/api/v1/models/vad/input-profiles", {"input_profiles": [
+        {"name": "partial", "samples": "no-state"}]}, format="json")  # now they are
+    assert refused.status_code == 400
+    assert refused.json()["error"]["details"] == [{"field": "input_profiles[0].samples",
+                                                   "message": "Test set 'no-state': no array for input(s) state."}]
