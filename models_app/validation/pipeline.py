@@ -89,7 +89,10 @@ class Report:
             applicable = [gate for gate in result.gates if gate.passed is not None]
             result.summary = (f"passed: {len(result.steps) - len(skipped)} steps passed"
                               + (f" ({', '.join(skipped)} not applicable)" if skipped else "")
-                              + f"; {len(applicable)} of {len(result.gates)} gates applicable, all passed")
+                              + f"; {len(applicable)} of {len(result.gates)} gates applicable, all passed"
+                              + ("; at input profile(s) " + ", ".join(f"{p['name']} ({p['source']})"
+                                                                        for p in result.profiles)
+                                 if result.profiles else ""))
         return result
 
 
