@@ -21,7 +21,12 @@ from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, 
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
 from models_app.validation.profiles import HOW_TO_DECLARE
-from models_app.validation_runs import effective_profiles, model_version_approve, validation_request
+from models_app.validation_runs import (
+    effective_profiles,
+    input_profiles_check,
+    model_version_approve,
+    validation_request,
+)
 
 
 def _human_size(size: int) -> str:
@@ -39,9 +44,27 @@ class ModelVersionInline(ReadOnlyTabularInline):
     fields = ["version", "status", "sha256", "size_bytes", "detected_format", "uploaded_by", "uploaded_at"]
 
 
+class AIModelForm(forms.ModelForm):
+    """A model's settings; its input profiles checked against the model like the API checks them."""
+
+    class Meta:
+        model = AIModel
+        fields = ["description", "task", "tags", "quality_gates", "accuracy_metric", "input_profiles",
+                  "output_tolerances"]
+
+    def clean_input_profiles(self):
+        profiles = self.cleaned_data["input_profiles"]
+        try:
+            return input_profiles_check(profiles, ai_model=self.instance)
+        except ApplicationError as exc:
+            raise forms.ValidationError([f"{d['field']}: {d['message']}" for d in exc.details]) from exc
+
+
 @admin.register(AIModel)
 class AIModelAdmin(admin.ModelAdmin):
     """Models with their versions."""
+
+    form = AIModelForm
 
     list_display = ["name", "framework", "task", "owner", "version_count", "updated_at"]
     list_filter = ["framework", "task"]

@@ -58,6 +58,28 @@ def validate_tensor_schema(value) -> None:
                 )
 
 
+def validate_input_profiles(value) -> None:
+    """Input profiles as validation/profiles.py reads them (checked against the model by the API, not here)."""
+    from models_app.validation.profiles import ProfileError, check_profiles
+
+    try:
+        check_profiles(value)
+    except ProfileError as exc:
+        raise ValidationError([f"{d['field']}: {d['message']}" for d in exc.details]) from exc
+
+
+def validate_output_tolerances(value) -> None:
+    """{output name or "*": {"max_abs", "max_rel", "min_cosine"}}, each a non-negative number or null."""
+    keys = {"max_abs", "max_rel", "min_cosine"}
+    if not isinstance(value, dict) or not all(
+            isinstance(name, str) and isinstance(tolerance, dict) and set(tolerance) <= keys
+            and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0)
+                    for v in tolerance.values())
+            for name, tolerance in value.items()):
+        raise ValidationError('Must map output names (or "*") to {"max_abs", "max_rel", "min_cosine"}, each a '
+                              "non-negative number or null.")
+
+
 class Framework(models.TextChoices):
     ONNX = "onnx", "ONNX"
     TENSORFLOW = "tensorflow", "TensorFlow SavedModel"
@@ -107,9 +129,9 @@ class AIModel(models.Model):
     accuracy_metric = models.CharField(max_length=32, default="top1")
     # How the model is called (models_app/validation/profiles.py): [{"name", "dims", "inputs", "feedback",
     # "samples"}]; every version is validated at each of them unless it declares its own.
-    input_profiles = models.JSONField(default=list, blank=True)
+    input_profiles = models.JSONField(default=list, blank=True, validators=[validate_input_profiles])
     # Per output name (or "*"): {"max_abs", "max_rel", "min_cosine"}: expected outputs and baseline agreement.
-    output_tolerances = models.JSONField(default=dict, blank=True)
+    output_tolerances = models.JSONField(default=dict, blank=True, validators=[validate_output_tolerances])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -162,7 +184,7 @@ class ModelVersion(models.Model):
     min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
     # This version's own input profiles; when non-empty they replace the model's.
-    input_profiles = models.JSONField(default=list, blank=True)
+    input_profiles = models.JSONField(default=list, blank=True, validators=[validate_input_profiles])
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED, db_index=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

@@ -113,3 +113,28 @@ def test_a_profile_the_model_contradicts_is_refused_in_the_console_and_nothing_i
     version.refresh_from_db()
     assert version.input_profiles == [] and not version.validation_reports.filter(
         status=ValidationReport.Status.PENDING).exists()
+
+
+def test_a_models_input_profiles_and_tolerances_are_checked_when_edited_in_the_console(console):
+    from models_app.models import AIModel
+    from models_app.validation_runs import validation_run
+
+    _upload(console, onnx_model_bytes())
+    validation_run(report_id=ModelVersion.objects.get().validation_reports.get().pk)
+    ai_model = AIModel.objects.get()
+    page = f"/admin/models_app/aimodel/{ai_model.pk}/change/"
+    form = {"description": "", "task": "other", "tags": "", "quality_gates": "{}", "accuracy_metric": "top1",
+            "versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0"}
+
+    unknown = console.post(page, {**form, "input_profiles": '[{"name": "a", "inputs": {"image": {"shape": [1]}}}]',
+                                  "output_tolerances": "{}"})
+    negative = console.post(page, {**form, "input_profiles": "[]", "output_tolerances": '{"*": {"max_abs": -1}}'})
+    saved = console.post(page, {**form, "input_profiles": '[{"name": "b2", "dims": {"batch": 2}}]',
+                                "output_tolerances": '{"*": {"max_abs": 0.01}}'})
+
+    assert "The model has no input &#x27;image&#x27; (inputs: input)." in unknown.content.decode()
+    assert "non-negative number or null" in negative.content.decode()
+    assert saved.status_code == 302
+    ai_model.refresh_from_db()
+    assert ai_model.input_profiles == [{"name": "b2", "dims": {"batch": 2}}]
+    assert ai_model.output_tolerances == {"*": {"max_abs": 0.01}}
