@@ -12,6 +12,8 @@ urlpatterns = [
     path("models/<str:name>/versions/<str:version>", apis.ModelVersionDetailApi.as_view(), name="model-version-detail"),
     path("models/<str:name>/input-profiles", validation_apis.ModelInputProfilesApi.as_view(),
          name="model-input-profiles"),
+    path("models/<str:name>/output-tolerances", validation_apis.ModelOutputTolerancesApi.as_view(),
+         name="model-output-tolerances"),
     path("models/<str:name>/versions/<str:version>/input-profiles",
          validation_apis.ModelVersionInputProfilesApi.as_view(), name="model-version-input-profiles"),
     path("models/<str:name>/versions/<str:version>/deprecate", apis.ModelVersionDeprecateApi.as_view(),

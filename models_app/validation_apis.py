@@ -26,7 +26,7 @@ from models_app.apis import ModelVersionOutputSerializer, _received_artifact
 from models_app.models import AIModel, TestSet, ValidationReport
 from models_app.storage import artifact_store
 from models_app.uploads import ArtifactUploadHandler
-from models_app.validation_serializers import InputProfileSerializer, InputProfilesField
+from models_app.validation_serializers import InputProfileSerializer, InputProfilesField, OutputTolerancesField
 
 
 class ProfileInputReportSerializer(serializers.Serializer):
@@ -299,3 +299,26 @@ class ModelVersionInputProfilesApi(_InputProfilesApi):
     def put(self, request: Request, name: str, version: str) -> Response:
         found = selectors.model_version_get_by_name(name=name, version=version)
         return self._declare(request, found.ai_model, found)
+
+
+class ModelOutputTolerancesApi(APIView):
+    """How close outputs must be to count as equal: a test set's expected outputs, and the baseline's outputs."""
+
+    required_permission = "models_app.validate_modelversion"
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        output_tolerances = OutputTolerancesField(help_text='output name (or "*" for every output) -> tolerance')
+
+    @extend_schema(summary="Set a model's output tolerances",
+                   description="Roles: Admin, ModelDeveloper. 400 VALIDATION_ERROR for an output the model does not "
+                               "have (as its last validation read them). Gate min_output_match judges the share of "
+                               "test samples within tolerance; min_baseline_agreement the share agreeing with the "
+                               "previous version.",
+                   request=InputSerializer, responses={200: InputSerializer})
+    def put(self, request: Request, name: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tolerances = validation_runs.output_tolerances_set(
+            ai_model=_model(name), tolerances=serializer.validated_data["output_tolerances"])
+        return Response({"output_tolerances": tolerances})

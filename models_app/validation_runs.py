@@ -11,13 +11,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.observability import tracing
-from models_app.models import ModelVersion, TestSet, ValidationReport
+from models_app.models import ModelVersion, TestSet, ValidationReport, validate_output_tolerances
 from models_app.shipping import model_version_status_change, version_refusal
 from models_app.storage import artifact_store
 from models_app.testsets import arrays_problems, npz_arrays
@@ -103,6 +104,27 @@ def input_profiles_declare(*, ai_model, profiles: list, version: ModelVersion | 
     owner.save(update_fields=["input_profiles"])
     logger.info("input profiles declared", extra={"owner": str(owner), "profiles": [p["name"] for p in profiles]})
     return owner
+
+
+def output_tolerances_set(*, ai_model, tolerances: dict) -> dict:
+    """Stores a model's output tolerances (expected outputs, agreement with the baseline); 400 naming each problem."""
+    version = ai_model.versions.order_by("-uploaded_at", "-id").first()
+    _, outputs = known_signature(version) if version else (None, None)
+    names = {tensor["name"] for tensor in outputs or []}
+    unknown = sorted(set(tolerances) - names - {"*"}) if names else []
+    if unknown:
+        raise ApplicationError(f"{ai_model.name} has no output(s) {', '.join(unknown)} (outputs: "
+                               f"{', '.join(sorted(names))}; \"*\" sets every output's).", code="VALIDATION_ERROR",
+                               details=[{"field": f"output_tolerances.{name}", "message": "Unknown output."}
+                                        for name in unknown])
+    try:
+        validate_output_tolerances(tolerances)
+    except DjangoValidationError as exc:
+        raise ApplicationError(exc.messages[0], code="VALIDATION_ERROR",
+                               details=[{"field": "output_tolerances", "message": exc.messages[0]}]) from exc
+    ai_model.output_tolerances = tolerances
+    ai_model.save(update_fields=["output_tolerances"])
+    return tolerances
 
 
 def effective_profiles(version: ModelVersion) -> list:

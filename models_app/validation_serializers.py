@@ -42,3 +42,24 @@ class InputProfilesField(serializers.ListField):
     def to_internal_value(self, data):
         super().to_internal_value(data)  # types, with DRF's messages
         return data  # as sent: the model-aware check also refuses fields the types above do not know
+
+
+
+class ToleranceSerializer(serializers.Serializer):
+    """Within tolerance: |got - expected| <= max_abs + max_rel * |expected| everywhere, and cosine >= min_cosine."""
+
+    max_abs = serializers.FloatField(min_value=0, required=False, allow_null=True, help_text="default 1e-4")
+    max_rel = serializers.FloatField(min_value=0, required=False, allow_null=True, help_text="default 1e-3")
+    min_cosine = serializers.FloatField(min_value=-1, max_value=1, required=False, allow_null=True,
+                                        help_text="off by default")
+
+
+class OutputTolerancesField(serializers.DictField):
+    """Typed tolerances per output, then checked as sent (validation_runs.output_tolerances_set refuses strings
+    DRF would coerce and fields it does not know)."""
+
+    child = ToleranceSerializer()
+
+    def to_internal_value(self, data):
+        super().to_internal_value(data)
+        return data

@@ -40,6 +40,7 @@ BUSINESS_RULE_400 = {
     "PUT /api/v1/models/{name}/input-profiles": "a profile that contradicts the model",
     "PUT /api/v1/models/{name}/versions/{version}/input-profiles": "a profile that contradicts the model",
     "POST /api/v1/models/{model_id}/validate": "input_profiles that contradict the model",
+    "PUT /api/v1/models/{name}/output-tolerances": "an output the model does not have",
     "POST /api/v1/enrollment-keys": "expires_at in the past",
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
     "POST /api/v1/devices/desired": "no filter at all",

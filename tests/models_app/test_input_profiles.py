@@ -100,6 +100,26 @@ def test_a_model_profile_applies_to_every_version_and_a_versions_own_replaces_it
     assert viewer["input_profiles"] == own
 
 
+def test_output_tolerances_are_set_per_output_and_an_unknown_output_is_refused(developer):
+    validated(developer, spatial_onnx_bytes())
+
+    unknown = developer.put("/api/v1/models/detector/output-tolerances",
+                            {"output_tolerances": {"boxes": {"max_abs": 0.1}}}, format="json")
+    negative = developer.put("/api/v1/models/detector/output-tolerances",
+                             {"output_tolerances": {"*": {"max_abs": -1}}}, format="json")
+    text = developer.put("/api/v1/models/detector/output-tolerances",
+                         {"output_tolerances": {"*": {"max_abs": "0.1"}}}, format="json")
+    saved = developer.put("/api/v1/models/detector/output-tolerances",
+                          {"output_tolerances": {"features": {"min_cosine": 0.99, "max_abs": None}}}, format="json")
+
+    assert unknown.status_code == 400 and unknown.json()["error"]["details"] == [
+        {"field": "output_tolerances.boxes", "message": "Unknown output."}]
+    assert negative.status_code == text.status_code == 400
+    assert saved.status_code == 200
+    assert AIModel.objects.get(name="detector").output_tolerances == {"features": {"min_cosine": 0.99,
+                                                                                   "max_abs": None}}
+
+
 def test_a_device_class_names_the_profile_its_versions_are_headlined_and_gated_at(developer):
     response = upload(developer, spatial_onnx_bytes(), name="detector", target_device_type="edge-camera")
     assert response.status_code == 202, response.json()
