@@ -1,5 +1,7 @@
 """Console pages for the registry: models, versions with checksum/size/status, and an upload form."""
 
+import json
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -18,7 +20,13 @@ from models_app import services
 from models_app.models import NAME_PATTERN, SEMVER_PATTERN, AIModel, Framework, ModelVersion, ValidationReport
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
-from models_app.validation_runs import model_version_approve, validation_request
+from models_app.validation.profiles import HOW_TO_DECLARE
+from models_app.validation_runs import (
+    effective_profiles,
+    input_profiles_check,
+    model_version_approve,
+    validation_request,
+)
 
 
 def _human_size(size: int) -> str:
@@ -36,9 +44,27 @@ class ModelVersionInline(ReadOnlyTabularInline):
     fields = ["version", "status", "sha256", "size_bytes", "detected_format", "uploaded_by", "uploaded_at"]
 
 
+class AIModelForm(forms.ModelForm):
+    """A model's settings; its input profiles checked against the model like the API checks them."""
+
+    class Meta:
+        model = AIModel
+        fields = ["description", "task", "tags", "quality_gates", "accuracy_metric", "input_profiles",
+                  "output_tolerances"]
+
+    def clean_input_profiles(self):
+        profiles = self.cleaned_data["input_profiles"]
+        try:
+            return input_profiles_check(profiles, ai_model=self.instance)
+        except ApplicationError as exc:
+            raise forms.ValidationError([f"{d['field']}: {d['message']}" for d in exc.details]) from exc
+
+
 @admin.register(AIModel)
 class AIModelAdmin(admin.ModelAdmin):
     """Models with their versions."""
+
+    form = AIModelForm
 
     list_display = ["name", "framework", "task", "owner", "version_count", "updated_at"]
     list_filter = ["framework", "task"]
@@ -97,9 +123,40 @@ class ValidationReportAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["version__model_id"]
     readonly_fields = ["version", "status", "summary", "requested_by", "requested_at", "started_at", "finished_at",
-                       "attempts", "test_set", "baseline", "steps_table", "metrics_table", "gates_table",
-                       "environment_table"]
+                       "attempts", "test_set", "baseline", "profiles_table", "steps_table", "metrics_table",
+                       "gates_table", "environment_table"]
     exclude = ["result", "gate_overrides", "gates_applied"]
+
+    @admin.display(description="input profiles")
+    def profiles_table(self, obj: ValidationReport) -> str:
+        """Per profile: each input's shape, dtype and where it came from, what was guessed, figures, gates."""
+        rows = []
+        for profile in obj.result.get("profiles", []):
+            metrics = profile.get("metrics") or {}
+            rows.append({
+                "profile": profile.get("name"),
+                "source": "shapes guessed" if profile.get("source") == "guessed" else profile.get("source"),
+                "inputs": format_html_join(format_html("<br>"), '<code class="profile-input">{} {} {}</code> ({})', (
+                    (item["name"], item["dtype"], item["shape"], item["source"]) for item in profile.get("inputs", [])
+                )),
+                "guessed": format_html_join(format_html("<br>"), "{}{} = {}: {}", (
+                    (guess["input"], f"[{guess['axis']}]" + (f" ({guess['dim']})" if guess.get("dim") else "")
+                     if "axis" in guess else "", guess["value"], guess["why"])
+                    for guess in profile.get("guessed", []))) or "nothing",
+                "figures": profile.get("error") or (
+                    f"p50 {_cell(metrics.get('latency_p50_ms'))} ms, p99 {_cell(metrics.get('latency_p99_ms'))} ms, "
+                    f"{_cell(metrics.get('throughput_ips'))} inferences/s"),
+                "gates": format_html_join(format_html("<br>"), "{}: {} (measured {}, threshold {})", (
+                    (gate["name"], _cell(gate["passed"]) if gate["passed"] is not None else
+                     "not decisive" if gate["detail"].startswith("not decisive") else "n/a",
+                     _cell(gate["measured"]), _cell(gate["threshold"])) for gate in profile.get("gates", []))),
+            })
+        table = _table(rows, ["profile", "source", "inputs", "guessed", "figures", "gates"])
+        if any(profile.get("source") == "guessed" for profile in obj.result.get("profiles", [])):
+            table = format_html('{}<p class="help">Shapes were guessed: to measure at real shapes, {}. In the console: '
+                                'select the version and run "Validate again with input profiles…".</p>',
+                                table, HOW_TO_DECLARE)
+        return table
 
     @admin.display(description="steps")
     def steps_table(self, obj: ValidationReport) -> str:
@@ -127,6 +184,16 @@ class ValidationReportAdmin(admin.ModelAdmin):
         return False
 
 
+class ProfilesForm(forms.Form):
+    """Input profiles for a version, as the API takes them; checked against the model when submitted."""
+
+    input_profiles = forms.JSONField(
+        decoder=UntrustedJSONDecoder, widget=forms.Textarea(attrs={"rows": 8, "cols": 90}),
+        initial=[{"name": "640x640", "inputs": {"images": {"shape": [1, 3, 640, 640]}}}],
+        help_text='A list of profiles: {"name", "dims": {symbol: size}, "inputs": {input: {"shape", "dtype", '
+                  '"value" or "range"}}, "feedback": {output: input}, "samples": test set name}.')
+
+
 class UploadForm(forms.Form):
     """The admin's upload form; the file goes through the same service as the API."""
 
@@ -151,10 +218,43 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "model_id", "ai_model", "version", "status", "sha256", "size_bytes", "detected_format", "format_details",
         "storage_location", "original_filename", "input_schema", "output_schema", "target_device_type",
         "min_memory_mb", "accelerator", "uploaded_by", "uploaded_at", "deprecated_at", "approved_by", "approved_at",
-        "approval_reason", "scrubbed_at", "scrub_error",
+        "approval_reason", "scrubbed_at", "scrub_error", "profiles_in_use",
     ]
-    exclude = ["storage_key"]
-    actions = ["deprecate_selected", "validate_again", "approve_selected"]
+    exclude = ["storage_key", "input_profiles"]
+    actions = ["deprecate_selected", "validate_again", "validate_with_profiles", "approve_selected"]
+
+    @admin.display(description="input profiles")
+    def profiles_in_use(self, obj: ModelVersion) -> str:
+        profiles = effective_profiles(obj)
+        if not profiles:
+            return format_html("none: validation guesses shapes. To measure at real shapes, {}; or select the "
+                               'version and run "Validate again with input profiles…".', HOW_TO_DECLARE)
+        return format_html("<code>{}</code> ({})", json.dumps(profiles),
+                           "this version's own" if obj.input_profiles else "the model's")
+
+    @admin.action(description="Validate again with input profiles…", permissions=["validate"])
+    def validate_with_profiles(self, request, queryset):
+        form = ProfilesForm(request.POST if "input_profiles" in request.POST else None)
+        if form.is_valid():
+            for version in queryset:
+                try:
+                    validation_request(version=version, requested_by=request.user,
+                                       input_profiles=form.cleaned_data["input_profiles"])
+                except ApplicationError as exc:
+                    details = "; ".join(f"{d['field']}: {d['message']}" for d in exc.details or [])
+                    self.message_user(request, f"{version.model_id}: {details or exc.message}", messages.ERROR)
+                else:
+                    self.message_user(request, f"Queued validation of {version.model_id} at its new input profiles.",
+                                      messages.SUCCESS)
+            return None
+        return self._action_form(request, queryset, form, "Validate again with input profiles",
+                                 "admin/models_app/validate_with_profiles.html")
+
+    def _action_form(self, request, queryset, form, title: str, template: str) -> TemplateResponse:
+        """The intermediate page of an action that needs a form (templates extend action_form.html)."""
+        context = {**self.admin_site.each_context(request), "form": form, "versions": queryset,
+                   "opts": self.model._meta, "title": title, "action_checkbox_name": ACTION_CHECKBOX_NAME}
+        return TemplateResponse(request, template, context)
     inlines = [ValidationReportInline]
 
     @admin.display(description="status", ordering="status")
@@ -210,10 +310,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 else:
                     self.message_user(request, f"Approved {version.model_id}.", messages.SUCCESS)
             return None
-        context = {**self.admin_site.each_context(request), "form": form, "versions": queryset,
-                   "opts": self.model._meta, "title": "Approve for distribution",
-                   "action_checkbox_name": ACTION_CHECKBOX_NAME}
-        return TemplateResponse(request, "admin/models_app/approve.html", context)
+        return self._action_form(request, queryset, form, "Approve for distribution", "admin/models_app/approve.html")
 
     def has_approve_permission(self, request) -> bool:
         return request.user.has_perm("models_app.approve_modelversion")

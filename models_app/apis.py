@@ -29,7 +29,9 @@ from models_app.models import validate_tensor_schema as _validate_tensor_schema
 from models_app.shipping import status_ships, version_refusal
 from models_app.storage import SIGNED_URL_SALT, artifact_store
 from models_app.uploads import ArtifactUploadHandler, PendingArtifact
-from models_app.validation_runs import version_is_distributable
+from models_app.validation.profiles import HOW_TO_DECLARE
+from models_app.validation_runs import effective_profiles, version_is_distributable
+from models_app.validation_serializers import InputProfileSerializer
 
 # Room for the multipart boundaries and form fields around the artifact itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -59,6 +61,10 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
     approved_by = serializers.CharField(source="approved_by.username", allow_null=True, default=None)
     distributable = serializers.SerializerMethodField()
     device_requirements = serializers.SerializerMethodField()
+    input_profiles = serializers.SerializerMethodField(
+        help_text="the input profiles it is validated at: its own, else its model's (see input_profiles_hint)")
+    input_profiles_hint = serializers.SerializerMethodField(
+        help_text="how to declare input profiles, while none is declared (validation then guesses shapes)")
 
     class Meta:
         model = ModelVersion
@@ -66,11 +72,19 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
             "sha256", "sha256_verified", "size_bytes", "detected_format", "format_details", "original_filename",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
-            "approved_by", "approved_at", "approval_reason", "distributable",
+            "approved_by", "approved_at", "approval_reason", "distributable", "input_profiles", "input_profiles_hint",
         ]
 
     def get_distributable(self, obj: ModelVersion) -> bool:
         return version_is_distributable(obj)
+
+    @extend_schema_field(InputProfileSerializer(many=True))
+    def get_input_profiles(self, obj: ModelVersion) -> list:
+        return effective_profiles(obj)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_input_profiles_hint(self, obj: ModelVersion) -> str | None:
+        return None if effective_profiles(obj) else f"No input profile declared: {HOW_TO_DECLARE}."
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_device_requirements(self, obj: ModelVersion) -> dict:

@@ -60,6 +60,28 @@ def validate_tensor_schema(value) -> None:
                 )
 
 
+def validate_input_profiles(value) -> None:
+    """Input profiles as validation/profiles.py reads them (checked against the model by the API, not here)."""
+    from models_app.validation.profiles import ProfileError, check_profiles
+
+    try:
+        check_profiles(value)
+    except ProfileError as exc:
+        raise ValidationError([f"{d['field']}: {d['message']}" for d in exc.details]) from exc
+
+
+def validate_output_tolerances(value) -> None:
+    """{output name or "*": {"max_abs", "max_rel", "min_cosine"}}, each a non-negative number or null."""
+    keys = {"max_abs", "max_rel", "min_cosine"}
+    if not isinstance(value, dict) or not all(
+            isinstance(name, str) and isinstance(tolerance, dict) and set(tolerance) <= keys
+            and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0)
+                    for v in tolerance.values())
+            for name, tolerance in value.items()):
+        raise ValidationError('Must map output names (or "*") to {"max_abs", "max_rel", "min_cosine"}, each a '
+                              "non-negative number or null.")
+
+
 class Framework(models.TextChoices):
     ONNX = "onnx", "ONNX"
     TENSORFLOW = "tensorflow", "TensorFlow SavedModel"
@@ -107,6 +129,11 @@ class AIModel(models.Model):
     # "device_classes": {"edge-camera": {"max_latency_p99_ms": 30}}}; accuracy metric and test set defaults.
     quality_gates = models.JSONField(default=dict, blank=True)
     accuracy_metric = models.CharField(max_length=32, default="top1")
+    # How the model is called (models_app/validation/profiles.py): [{"name", "dims", "inputs", "feedback",
+    # "samples"}]; every version is validated at each of them unless it declares its own.
+    input_profiles = models.JSONField(default=list, blank=True, validators=[validate_input_profiles])
+    # Per output name (or "*"): {"max_abs", "max_rel", "min_cosine"}: expected outputs and baseline agreement.
+    output_tolerances = models.JSONField(default=dict, blank=True, validators=[validate_output_tolerances])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -158,6 +185,8 @@ class ModelVersion(models.Model):
     target_device_type = models.CharField(max_length=64, blank=True)
     min_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.NONE)
+    # This version's own input profiles; when non-empty they replace the model's.
+    input_profiles = models.JSONField(default=list, blank=True, validators=[validate_input_profiles])
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED, db_index=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -238,6 +267,8 @@ class ValidationReport(models.Model):
         PASSED = "passed"
         FAILED = "failed"
         NOT_EXECUTED = "not_executed"
+        # Ran, but at guessed shapes: latency and throughput decided nothing (an Admin approves, or a profile).
+        NEEDS_APPROVAL = "needs_approval"
         ERROR = "error"
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="validation_reports")
@@ -260,7 +291,8 @@ class ValidationReport(models.Model):
         indexes = [models.Index(fields=["version", "-requested_at"], name="report_version_time_idx")]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=["pending", "running", "passed", "failed", "not_executed",
-                                                           "error"]), name="validationreport_status_valid"),
+                                                           "needs_approval", "error"]),
+                                   name="validationreport_status_valid"),
         ]
 
     def __str__(self) -> str:

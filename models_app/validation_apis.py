@@ -26,6 +26,51 @@ from models_app.apis import ModelVersionOutputSerializer, _received_artifact
 from models_app.models import AIModel, TestSet, ValidationReport
 from models_app.storage import artifact_store
 from models_app.uploads import ArtifactUploadHandler
+from models_app.validation_serializers import InputProfileSerializer, InputProfilesField, OutputTolerancesField
+
+
+class ProfileInputReportSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    dtype = serializers.CharField()
+    shape = serializers.ListField(child=serializers.IntegerField())
+    source = serializers.ChoiceField(choices=["declared", "sample file", "guessed", "batch of 1", "model"],
+                                     help_text="where the shape came from")
+    values = serializers.CharField(help_text="how the values were chosen")
+
+
+class GuessReportSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="dim (a guessed size: the shapes count as guessed), batch (a batch axis "
+                                           "at 1, as devices call models), graph (a size the graph fixes) or value "
+                                           "(values of a non-float input)")
+    input = serializers.CharField()
+    axis = serializers.IntegerField(required=False)
+    dim = serializers.CharField(allow_null=True, required=False)
+    value = serializers.JSONField()
+    why = serializers.CharField()
+
+
+class GateReportSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    threshold = serializers.FloatField(allow_null=True)
+    measured = serializers.FloatField(allow_null=True)
+    passed = serializers.BooleanField(allow_null=True)
+    detail = serializers.CharField()
+
+
+class ProfileReportSerializer(serializers.Serializer):
+    """One input profile as it was validated: inputs used and their source, guesses, figures, gates."""
+
+    name = serializers.CharField()
+    source = serializers.CharField(allow_null=True, help_text="declared, sample file, guessed or model")
+    inputs = ProfileInputReportSerializer(many=True)
+    guessed = GuessReportSerializer(many=True)
+    feedback = serializers.DictField(child=serializers.CharField(), required=False)
+    samples = serializers.IntegerField(allow_null=True, required=False)
+    metrics = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    baseline = serializers.JSONField(allow_null=True, help_text="the baseline measured side by side: its metrics "
+                                                                "and the deltas (latency_increase, latency_p_value)")
+    gates = GateReportSerializer(many=True)
+    error = serializers.CharField(allow_null=True)
 
 
 class ValidationReportOutputSerializer(serializers.ModelSerializer):
@@ -41,16 +86,19 @@ class ValidationReportOutputSerializer(serializers.ModelSerializer):
     baseline_deltas = serializers.JSONField(source="result.baseline_deltas", default=dict)
     gates = serializers.JSONField(source="result.gates", default=list)
     environment = serializers.JSONField(source="result.environment", default=dict)
+    profiles = ProfileReportSerializer(source="result.profiles", many=True, default=list)
+    baseline_source = serializers.CharField(source="result.baseline_source", allow_null=True, default=None)
 
     class Meta:
         model = ValidationReport
         fields = ["validation_id", "model_id", "status", "summary", "requested_by", "requested_at", "started_at",
                   "finished_at", "attempts", "test_set", "gate_overrides", "gates_applied", "baseline_model_id",
-                  "steps", "metrics", "baseline_deltas", "gates", "environment"]
+                  "baseline_source", "steps", "metrics", "baseline_deltas", "gates", "profiles", "environment"]
 
 
 @extend_schema_field({"type": "object", "additionalProperties": False,
-                      "properties": {name: {"type": "number"} for name in sorted(validation_runs.GATE_NAMES)}})
+                      "properties": {name: {"type": "number", "minimum": 0}
+                                     for name in sorted(validation_runs.GATE_NAMES)}})
 class GateOverridesField(serializers.DictField):
     """Gate thresholds by gate name; only known gates (validation_runs refuses the others, naming each)."""
 
@@ -67,9 +115,14 @@ class ModelVersionValidateApi(APIView):
         test_set = serializers.CharField(required=False, allow_null=True, default=None,
                                          help_text="name of one of the model's test sets")
         gates = GateOverridesField(required=False, default=dict)
+        input_profiles = InputProfilesField(required=False, allow_null=True, default=None,
+                                            help_text="declares this version's input profiles (replacing the "
+                                                      "model's for it) before validating at them")
 
     @extend_schema(summary="Validate a model version",
-                   description="Roles: Admin, ModelDeveloper. Runs on a worker in an isolated child process. "
+                   description="Roles: Admin, ModelDeveloper. Runs on a worker in an isolated child process, at each "
+                               "input profile of the version (else the model's; else at guessed shapes, which "
+                               "ends `needs_approval`). `input_profiles` declares the version's profiles first. "
                                f"Gates: {', '.join(sorted(settings.VALIDATION_GATES))}. Errors: 400 "
                                "VALIDATION_ERROR, 404 MODEL_NOT_FOUND / TEST_SET_NOT_FOUND, 409 VERSION_DEPRECATED.",
                    request=InputSerializer, responses={202: ValidationReportOutputSerializer,
@@ -86,7 +139,8 @@ class ModelVersionValidateApi(APIView):
                 raise NotFoundError(f"Model '{version.ai_model.name}' has no test set '{name}'.",
                                     code="TEST_SET_NOT_FOUND")
         report = validation_runs.validation_request(version=version, requested_by=request.user, test_set=test_set,
-                                                    gate_overrides=serializer.validated_data["gates"])
+                                                    gate_overrides=serializer.validated_data["gates"],
+                                                    input_profiles=serializer.validated_data["input_profiles"])
         return Response(ValidationReportOutputSerializer(report).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -199,3 +253,72 @@ class TestSetUploadApi(APIView):
         finally:
             handler.discard_all()
         return Response(TestSetOutputSerializer(test_set).data, status=status.HTTP_201_CREATED)
+
+
+class InputProfilesOutputSerializer(serializers.Serializer):
+    owner = serializers.CharField(help_text="the model's name, or the version's model_id")
+    input_profiles = InputProfileSerializer(many=True)
+
+
+class _InputProfilesApi(APIView):
+    required_permission = "models_app.validate_modelversion"
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        input_profiles = InputProfilesField(allow_empty=True)
+
+    def _declare(self, request: Request, ai_model: AIModel, version=None) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        owner = validation_runs.input_profiles_declare(ai_model=ai_model, version=version,
+                                                       profiles=serializer.validated_data["input_profiles"])
+        return Response(InputProfilesOutputSerializer(
+            {"owner": getattr(owner, "model_id", None) or owner.name, "input_profiles": owner.input_profiles}).data)
+
+
+_PROFILES_DOC = ("Roles: Admin, ModelDeveloper. Checked against the model's inputs as its last validation read them "
+                 "(else its declared schema): 400 VALIDATION_ERROR naming each unknown input, rank or fixed "
+                 "dimension that contradicts the model, dtype it does not take, input over the validation memory "
+                 "limit, unknown test set. An empty list removes them. Takes effect at the next validation.")
+
+
+class ModelInputProfilesApi(_InputProfilesApi):
+    """Declares how a model is called: input profiles every version is validated at."""
+
+    @extend_schema(summary="Declare a model's input profiles", description=_PROFILES_DOC, request=_InputProfilesApi.
+                   InputSerializer, responses={200: InputProfilesOutputSerializer})
+    def put(self, request: Request, name: str) -> Response:
+        return self._declare(request, _model(name))
+
+
+class ModelVersionInputProfilesApi(_InputProfilesApi):
+    """Declares one version's own input profiles (they replace the model's for it)."""
+
+    @extend_schema(summary="Declare a version's input profiles", description=_PROFILES_DOC,
+                   request=_InputProfilesApi.InputSerializer, responses={200: InputProfilesOutputSerializer})
+    def put(self, request: Request, name: str, version: str) -> Response:
+        found = selectors.model_version_get_by_name(name=name, version=version)
+        return self._declare(request, found.ai_model, found)
+
+
+class ModelOutputTolerancesApi(APIView):
+    """How close outputs must be to count as equal: a test set's expected outputs, and the baseline's outputs."""
+
+    required_permission = "models_app.validate_modelversion"
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        output_tolerances = OutputTolerancesField(help_text='output name (or "*" for every output) -> tolerance')
+
+    @extend_schema(summary="Set a model's output tolerances",
+                   description="Roles: Admin, ModelDeveloper. 400 VALIDATION_ERROR for an output the model does not "
+                               "have (as its last validation read them). Gate min_output_match judges the share of "
+                               "test samples within tolerance; min_baseline_agreement the share agreeing with the "
+                               "previous version.",
+                   request=InputSerializer, responses={200: InputSerializer})
+    def put(self, request: Request, name: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tolerances = validation_runs.output_tolerances_set(
+            ai_model=_model(name), tolerances=serializer.validated_data["output_tolerances"])
+        return Response({"output_tolerances": tolerances})

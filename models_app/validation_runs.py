@@ -12,18 +12,19 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.observability import tracing
-from models_app.models import ModelVersion, TestSet, ValidationReport
+from models_app.models import ModelVersion, TestSet, ValidationReport, validate_output_tolerances
 from models_app.shipping import model_version_status_change, version_refusal
 from models_app.storage import artifact_store
-from models_app.testsets import npz_arrays
+from models_app.testsets import arrays_problems, npz_arrays
 from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
-from models_app.validation.environment import environment
+from models_app.validation.profiles import ProfileError, check_profiles
 from models_app.validation.result import STEP_NAMES, Outcome, PipelineResult, StepResult, StepStatus
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ OUTCOME_STATUS = {
     ValidationReport.Status.FAILED: ModelVersion.Status.FAILED,
     ValidationReport.Status.ERROR: ModelVersion.Status.FAILED,
     ValidationReport.Status.NOT_EXECUTED: ModelVersion.Status.NEEDS_APPROVAL,
+    ValidationReport.Status.NEEDS_APPROVAL: ModelVersion.Status.NEEDS_APPROVAL,
 }
 
 
@@ -53,20 +55,97 @@ def gates_validate(gates: dict) -> dict:
     return gates
 
 
+def _device_class(version: ModelVersion) -> dict:
+    classes = (version.ai_model.quality_gates or {}).get("device_classes", {}) or {}
+    return dict(classes.get(version.target_device_type, {})) if version.target_device_type else {}
+
+
 def gates_for(version: ModelVersion, overrides: dict | None = None) -> dict:
     """Defaults ← the model's gates ← its device class's gates ← this request's overrides."""
     model_gates = dict(version.ai_model.quality_gates or {})
-    classes = model_gates.pop("device_classes", {}) or {}
+    model_gates.pop("device_classes", None)
     gates = {**settings.VALIDATION_GATES, **model_gates}
-    if version.target_device_type:
-        gates.update(classes.get(version.target_device_type, {}))
+    device_class = _device_class(version)
+    device_class.pop("profile", None)
+    gates.update(device_class)
     gates.update(overrides or {})
     return gates
 
 
+def known_signature(version: ModelVersion) -> tuple[list | None, list | None]:
+    """The version's inputs and outputs as its last validation read them from the model, else as declared."""
+    for result in version.validation_reports.exclude(result={}).values_list("result", flat=True)[:5]:
+        step = next((s for s in result.get("steps", []) if s.get("name") == "signature"), None)
+        if step and step.get("data", {}).get("inputs") is not None:
+            return step["data"]["inputs"], step["data"]["outputs"]
+    return version.input_schema or None, version.output_schema or None
+
+
+def input_profiles_check(profiles, *, ai_model, version: ModelVersion | None = None) -> list:
+    """The profiles checked against the model (its latest version when none is named); 400 naming each problem."""
+    version = version or ai_model.versions.order_by("-uploaded_at", "-id").first()
+    inputs, outputs = known_signature(version) if version else (None, None)
+    sample_sets = dict(ai_model.test_sets.values_list("name", "arrays"))
+    try:
+        checked = check_profiles(profiles, inputs=inputs, outputs=outputs, memory_mb=settings.VALIDATION_MEMORY_MB,
+                                 sample_sets=set(sample_sets))
+        unfit = [{"field": f"input_profiles[{index}].samples",
+                  "message": f"Test set {profile['samples']!r}: {problem}."}
+                 for index, profile in enumerate(checked) if profile.get("samples") in sample_sets
+                 for problem in arrays_problems(sample_sets[profile["samples"]], inputs, outputs)]
+        if unfit:
+            raise ProfileError(unfit)
+        return checked
+    except ProfileError as exc:
+        raise ApplicationError(f"The input profiles do not fit {version.model_id if version else ai_model.name}: "
+                               f"{exc}", code="VALIDATION_ERROR", details=exc.details) from exc
+
+
+def input_profiles_declare(*, ai_model, profiles: list, version: ModelVersion | None = None):
+    """Stores the profiles on the version (replacing the model's for it) or on the model; returns the owner."""
+    owner = version or ai_model
+    owner.input_profiles = input_profiles_check(profiles, ai_model=ai_model, version=version)
+    owner.save(update_fields=["input_profiles"])
+    logger.info("input profiles declared", extra={"owner": str(owner), "profiles": [p["name"] for p in profiles]})
+    return owner
+
+
+def output_tolerances_set(*, ai_model, tolerances: dict) -> dict:
+    """Stores a model's output tolerances (expected outputs, agreement with the baseline); 400 naming each problem."""
+    version = ai_model.versions.order_by("-uploaded_at", "-id").first()
+    _, outputs = known_signature(version) if version else (None, None)
+    names = {tensor["name"] for tensor in outputs or []}
+    unknown = sorted(set(tolerances) - names - {"*"}) if names else []
+    if unknown:
+        raise ApplicationError(f"{ai_model.name} has no output(s) {', '.join(unknown)} (outputs: "
+                               f"{', '.join(sorted(names))}; \"*\" sets every output's).", code="VALIDATION_ERROR",
+                               details=[{"field": f"output_tolerances.{name}", "message": "Unknown output."}
+                                        for name in unknown])
+    try:
+        validate_output_tolerances(tolerances)
+    except DjangoValidationError as exc:
+        raise ApplicationError(exc.messages[0], code="VALIDATION_ERROR",
+                               details=[{"field": "output_tolerances", "message": exc.messages[0]}]) from exc
+    ai_model.output_tolerances = tolerances
+    ai_model.save(update_fields=["output_tolerances"])
+    return tolerances
+
+
+def effective_profiles(version: ModelVersion) -> list:
+    """The version's own profiles, else its model's; the one its device class names (quality_gates
+    device_classes.<type>.profile) first: the report's headline figures and gates are that profile's."""
+    profiles = list(version.input_profiles or version.ai_model.input_profiles or [])
+    named = _device_class(version).get("profile")
+    return sorted(profiles, key=lambda profile: profile.get("name") != named) if named else profiles
+
+
 def validation_request(*, version: ModelVersion, requested_by=None, test_set: TestSet | None = None,
-                       gate_overrides: dict | None = None, queue: bool = True) -> ValidationReport:
-    """Creates a pending report and queues it; a pending or running one for the version is returned instead."""
+                       gate_overrides: dict | None = None, input_profiles: list | None = None,
+                       queue: bool = True) -> ValidationReport:
+    """Creates a pending report and queues it; a pending or running one for the version is returned instead.
+
+    input_profiles: declared as the version's own first (input_profiles_declare), so one call re-validates at them.
+    """
     if version.status == ModelVersion.Status.DEPRECATED:
         raise ConflictError(f"{version.model_id} is deprecated; it is not validated again.", code="VERSION_DEPRECATED")
     if version.status == ModelVersion.Status.CORRUPT:
@@ -75,6 +154,9 @@ def validation_request(*, version: ModelVersion, requested_by=None, test_set: Te
     if test_set is not None and test_set.ai_model_id != version.ai_model_id:
         raise ApplicationError("That test set belongs to another model.", code="VALIDATION_ERROR",
                                details=[{"field": "test_set", "message": "Belongs to another model."}])
+    gates_validate(gate_overrides or {})
+    if input_profiles is not None:
+        input_profiles_declare(ai_model=version.ai_model, version=version, profiles=input_profiles)
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(pk=version.pk).first()  # one request at a time per version
         active = version.validation_reports.filter(
@@ -83,7 +165,7 @@ def validation_request(*, version: ModelVersion, requested_by=None, test_set: Te
             return active
         report = ValidationReport.objects.create(
             version=version, requested_by=requested_by, test_set=test_set,
-            gate_overrides=gates_validate(gate_overrides or {}),
+            gate_overrides=gate_overrides or {},
         )
         if queue:
             from models_app.tasks import model_version_validate
@@ -168,11 +250,11 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
                                                              digest))
                 if digest is not None and (rejected := _sha256_verify(version, digest.hexdigest())):
                     return _finish(report, rejected, gates, baseline)
-                baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
-                config.baseline = baseline_metrics
                 if report.test_set:
                     config.test_set_path = str(stack.enter_context(
                         _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
+                config.profiles = _resolved_profiles(version, stack)
+                baseline_source = _baseline_file(config, baseline, stack)
                 result = run_isolated(str(model_path), config).to_dict()
                 result["baseline_source"] = baseline_source
         except ApplicationError as exc:  # storage unreachable: the run can be retried later
@@ -203,35 +285,50 @@ def _sha256_verify(version: ModelVersion, sha256: str) -> dict | None:
                           steps=[integrity, *skipped]).to_dict()
 
 
+def _resolved_profiles(version: ModelVersion, stack: contextlib.ExitStack) -> list[dict]:
+    """The version's profiles, each test set named as "samples" copied here as "samples_path"."""
+    resolved = []
+    for profile in effective_profiles(version):
+        profile = dict(profile)
+        if name := profile.pop("samples", None):
+            sample_set = version.ai_model.test_sets.filter(name=name).first()
+            if sample_set is None:  # deleted since the declaration: the benchmark step says so
+                profile["samples_path"] = f"/nonexistent/test set {name!r} no longer exists"
+            else:
+                profile["samples_path"] = str(stack.enter_context(
+                    _local_copy(sample_set.storage_key, sample_set.size_bytes, ".npz")))
+        resolved.append(profile)
+    return resolved
+
+
+def _baseline_file(config: ValidationConfig, baseline: ValidationReport | None,
+                   stack: contextlib.ExitStack) -> str | None:
+    """The previous version's model file for the child to measure side by side; why not, when it cannot be."""
+    if baseline is None:
+        return None
+    previous = baseline.version
+    if previous.detected_format != "onnx":
+        return f"{previous.model_id} is a {previous.detected_format}: only single-file ONNX baselines are measured"
+    config.baseline_path = str(stack.enter_context(_local_copy(previous.storage_key, previous.size_bytes,
+                                                               ".baseline.onnx")))
+    config.baseline_model_id = previous.model_id
+    return f"{previous.model_id}, measured side by side in the same process"
+
+
 def _config(version: ModelVersion, gates: dict) -> ValidationConfig:
     return ValidationConfig(
         framework=version.ai_model.framework, detected_format=version.detected_format,
         format_details=version.format_details or {},
         expected_sha256=version.sha256, expected_size=version.size_bytes,
         declared_inputs=version.input_schema or [], declared_outputs=version.output_schema or [],
-        symbolic_dims={}, warmup_runs=settings.VALIDATION_WARMUP_RUNS,
+        warmup_runs=settings.VALIDATION_WARMUP_RUNS,
         benchmark_runs=settings.VALIDATION_BENCHMARK_RUNS, test_set_path=None,
-        accuracy_metric=version.ai_model.accuracy_metric, gates=gates, baseline=None,
+        accuracy_metric=version.ai_model.accuracy_metric, gates=gates,
+        output_tolerances=version.ai_model.output_tolerances or {},
         limits=ResourceLimits(cpu_seconds=settings.VALIDATION_CPU_SECONDS,
                               wall_seconds=settings.VALIDATION_WALL_SECONDS, memory_mb=settings.VALIDATION_MEMORY_MB),
         intra_op_threads=settings.VALIDATION_INTRA_OP_THREADS,
     )
-
-
-def _baseline_metrics(baseline: ValidationReport | None,
-                      stack: contextlib.ExitStack) -> tuple[dict | None, str | None]:
-    """The baseline's stored metrics when measured in this same environment, else the baseline measured now."""
-    if baseline is None:
-        return None, None
-    here = environment(intra_op_threads=settings.VALIDATION_INTRA_OP_THREADS)
-    if (baseline.result or {}).get("environment") == here:
-        return baseline.result.get("metrics"), "stored report (same environment)"
-    previous = baseline.version
-    path = stack.enter_context(_local_copy(previous.storage_key, previous.size_bytes, ".baseline"))
-    measured = run_isolated(str(path), _config(previous, {})).to_dict()
-    if measured["outcome"] != "passed":
-        return None, f"{previous.model_id} could not be re-measured here: {measured.get('summary', '')}"
-    return measured["metrics"], f"re-measured here ({previous.model_id}; the stored report ran elsewhere)"
 
 
 def _finish(report: ValidationReport, result: dict, gates: dict, baseline: ValidationReport | None):
@@ -283,6 +380,12 @@ def test_set_upload(*, ai_model, name: str, artifact, uploaded_by=None) -> TestS
         artifact.commit()
         with artifact.store.open(artifact.key, artifact.size) as handle:
             arrays = npz_arrays(handle)
+        latest = ai_model.versions.order_by("-uploaded_at", "-id").first()
+        problems = arrays_problems(arrays, *known_signature(latest)) if latest else []
+        if problems:
+            raise ApplicationError(f"The test set does not fit {latest.model_id}: {'; '.join(problems)}.",
+                                   code="INVALID_TEST_SET",
+                                   details=[{"field": "artifact", "message": problem} for problem in problems])
         test_set = TestSet(ai_model=ai_model, name=name, storage_key=artifact.key, sha256=artifact.sha256,
                            size_bytes=artifact.size, arrays=arrays, uploaded_by=uploaded_by)
         test_set.full_clean()

@@ -330,3 +330,72 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+# Models validated at input profiles (tests/models_app/validation/test_profiles.py, bench/validation.py).
+
+
+def spatial_onnx_bytes(*, channels: int = 8, metadata: dict[str, str] | None = None) -> bytes:
+    """A 3x3 convolution over x [batch, 3, height, width] pooled to [batch, channels]: latency grows with H x W."""
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("ReduceMean", ["relu"], ["features"], axes=[2, 3], keepdims=0)],
+        "spatial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", channels])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hotswap-tests")
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+RECURRENT_STATE = 16
+
+
+def recurrent_onnx_bytes() -> bytes:
+    """A voice-activity-like model: audio [batch, samples], state [2, batch, 16], sr int64 scalar.
+
+    stateN = tanh(0.5 state + mean(audio) * sr / 16000); prob = sigmoid(mean of stateN over its axes 0 and 2).
+    The audio is read 64 samples at a time (a Reshape), so a [1, 1] audio input fails like a real VAD's would.
+    """
+    nodes = [
+        helper.make_node("Reshape", ["audio", "frames_shape"], ["frames"]),
+        helper.make_node("ReduceMean", ["frames"], ["level3"], axes=[1, 2], keepdims=0),
+        helper.make_node("Unsqueeze", ["level3", "axis1"], ["level"]),
+        helper.make_node("Cast", ["sr"], ["sr_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr_float", "rate"], ["scale"]),
+        helper.make_node("Mul", ["level", "scale"], ["drive"]),
+        helper.make_node("Mul", ["state", "half"], ["decayed"]),
+        helper.make_node("Add", ["decayed", "drive"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["stateN"]),
+        helper.make_node("ReduceMean", ["stateN"], ["pooled"], axes=[0, 2], keepdims=0),
+        helper.make_node("Sigmoid", ["pooled"], ["prob"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0, -1, 64], np.int64), "frames_shape"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array(16000.0, np.float32), "rate"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    graph = helper.make_graph(
+        nodes, "recurrent",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", RECURRENT_STATE]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", RECURRENT_STATE])],
+        initializer=inits,
+    )
+    return _finish_model(graph)
+
+
+def recurrent_reference(audio: np.ndarray, state: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """recurrent_onnx_bytes's outputs computed in numpy, for one call."""
+    level = audio.reshape(audio.shape[0], -1).mean(axis=1, dtype=np.float64)[:, None]
+    state_n = np.tanh(0.5 * state + level * (sr / 16000.0))
+    return 1 / (1 + np.exp(-state_n.mean(axis=(0, 2)))), state_n

@@ -40,6 +40,11 @@ BUSINESS_RULE_400 = {
     "POST /api/v1/uploads": "ARTIFACT_TOO_LARGE, FRAMEWORK_MISMATCH, tensor schemas",
     "POST /api/v1/uploads/{session_id}/parts": "part numbers beyond the session's part_count",
     "POST /api/v1/uploads/{session_id}/complete": "UPLOAD_INCOMPLETE (no part was sent), INVALID_ARTIFACT",
+    # Input profiles are checked against the model itself: its inputs, ranks, fixed dims, dtypes, test sets.
+    "PUT /api/v1/models/{name}/input-profiles": "a profile that contradicts the model",
+    "PUT /api/v1/models/{name}/versions/{version}/input-profiles": "a profile that contradicts the model",
+    "POST /api/v1/models/{model_id}/validate": "input_profiles that contradict the model",
+    "PUT /api/v1/models/{name}/output-tolerances": "an output the model does not have",
     "POST /api/v1/enrollment-keys": "expires_at in the past",
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
     "POST /api/v1/devices/desired": "no filter at all",

@@ -11,6 +11,10 @@ VALIDATION_GATES = {
     "max_error_rate": env.float("GATE_MAX_ERROR_RATE", default=0.01),
     "max_latency_increase": env.float("GATE_MAX_LATENCY_INCREASE", default=0.20),
     "max_accuracy_drop": env.float("GATE_MAX_ACCURACY_DROP", default=0.10),
+    # Share of test samples whose outputs are within tolerance of the expected outputs (non-classifiers).
+    "min_output_match": env.float("GATE_MIN_OUTPUT_MATCH", default=0.90),
+    # Share of samples whose outputs agree with the previous version's; off unless a model asks for it.
+    "min_baseline_agreement": None,
 }
 VALIDATION_WARMUP_RUNS = env.int("VALIDATION_WARMUP_RUNS", default=10)
 VALIDATION_BENCHMARK_RUNS = env.int("VALIDATION_BENCHMARK_RUNS", default=100)

@@ -1,4 +1,8 @@
-"""Step 6: accuracy on a labelled .npz test set ("inputs" or one array per input name, plus "labels")."""
+"""Step 6: checks against a test set: top-k accuracy on labels, and expected outputs within a tolerance.
+
+The test set is an .npz of sample inputs (feeds.SampleSet) with `labels` and/or `expected.<output name>` arrays.
+The same comparison within tolerance gives the agreement of two versions' outputs on the same inputs.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models_app.validation.runtime import numpy_type
+from models_app.validation.feeds import SampleError, SampleSet
 
-# Samples per inference when the model's batch dimension is dynamic: big enough to be quick, small enough
-# that a large test set never needs the whole of it in one tensor.
-_BATCH = 256
+# Within tolerance: |got - expected| <= max_abs + max_rel * |expected| everywhere, and cosine >= min_cosine if set.
+DEFAULT_TOLERANCE = {"max_abs": 1e-4, "max_rel": 1e-3, "min_cosine": None}
 
 
 class TestSetError(ValueError):
@@ -46,57 +49,73 @@ def _labels(raw: np.ndarray) -> np.ndarray:
     raise TestSetError(f"labels must be integer class indices (or one-hot rows), not {raw.dtype}")
 
 
-def load_test_set(path: str, session: ort.InferenceSession) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    inputs = session.get_inputs()
-    # allow_pickle=False: a test set is data, and unpickling runs code.
-    with np.load(path, allow_pickle=False) as archive:
-        names = set(archive.files)
-        if "labels" not in names:
-            raise TestSetError(f"the test set has no 'labels' array (it has: {', '.join(sorted(names))})")
-        labels = _labels(archive["labels"])
-        if "inputs" in names and len(inputs) == 1:
-            arrays = {inputs[0].name: archive["inputs"]}
-        else:
-            missing = [node.name for node in inputs if node.name not in names]
-            if missing:
-                raise TestSetError("the test set needs an 'inputs' array (single-input models) or one array per "
-                                   f"input name; missing: {', '.join(missing)}")
-            arrays = {node.name: archive[node.name] for node in inputs}
-    feeds = {}
-    for node in inputs:
-        array = arrays[node.name]
-        if array.shape[:1] != labels.shape[:1]:
-            raise TestSetError(f"input {node.name!r} has {array.shape[0] if array.ndim else 0} samples but there "
-                               f"are {len(labels)} labels")
-        feeds[node.name] = array.astype(numpy_type(node), copy=False)
-    return feeds, labels
+def load(path: str, session: ort.InferenceSession) -> SampleSet:
+    try:
+        return SampleSet(path, session)
+    except SampleError as exc:
+        raise TestSetError(str(exc)) from exc
 
 
-def _batch_size(session: ort.InferenceSession, samples: int) -> int:
-    first_dims = [node.shape[0] if node.shape else None for node in session.get_inputs()]
-    fixed = {dim for dim in first_dims if isinstance(dim, int)}
-    if not fixed:
-        return _BATCH
-    if len(fixed) > 1 or samples % (size := fixed.pop()) != 0:
-        raise TestSetError(f"the model's batch dimension is fixed ({first_dims}) and does not divide the "
-                           f"{samples} samples of the test set")
-    return size
+def tolerance_for(tolerances: dict[str, dict[str, Any]], output: str) -> dict[str, Any]:
+    return {**DEFAULT_TOLERANCE, **tolerances.get("*", {}), **tolerances.get(output, {})}
 
 
-def evaluate(session: ort.InferenceSession, test_set_path: str, metric: str) -> dict[str, Any]:
-    feeds, labels = load_test_set(test_set_path, session)
-    samples = len(labels)
-    if not samples:
-        raise TestSetError("the test set is empty")
-    batch = _batch_size(session, samples)
-    output = session.get_outputs()[0].name
-    correct = 0
-    for start in range(0, samples, batch):
-        chunk = {name: array[start : start + batch] for name, array in feeds.items()}
-        rows = len(labels[start : start + batch])
-        scores = np.asarray(session.run([output], chunk)[0])
-        if scores.size % rows:
-            raise TestSetError(f"output {output!r} has shape {scores.shape} for a batch of {rows} samples")
-        correct += int(METRICS[metric](scores.reshape(rows, -1), labels[start : start + batch]).sum())
-    return {"accuracy": correct / samples, "accuracy_samples": samples, "correct": correct, "batch_size": batch,
-            "metric": metric, "output": output}
+def within(got: np.ndarray, expected: np.ndarray, tolerance: dict[str, Any]) -> bool:
+    """One sample's output against its expected value (same number of elements), within the tolerance."""
+    got, expected = np.asarray(got, np.float64).reshape(-1), np.asarray(expected, np.float64).reshape(-1)
+    if got.size != expected.size:
+        return False
+    if tolerance.get("min_cosine") is not None:
+        norms = np.linalg.norm(got) * np.linalg.norm(expected)
+        cosine = float(got @ expected / norms) if norms else float(np.array_equal(got, expected))
+        if cosine < tolerance["min_cosine"]:
+            return False
+    if tolerance.get("max_abs") is None and tolerance.get("max_rel") is None:
+        return True
+    limit = (tolerance.get("max_abs") or 0.0) + (tolerance.get("max_rel") or 0.0) * np.abs(expected)
+    return bool(np.all(np.abs(got - expected) <= limit))
+
+
+def _rows(array: np.ndarray, rows: int) -> list[np.ndarray]:
+    """A batch's output split per sample (a single sample's output as it is)."""
+    return [array] if rows == 1 else list(np.asarray(array).reshape(rows, -1))
+
+
+def evaluate(session: ort.InferenceSession, samples: SampleSet, metric: str,
+             tolerances: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy on the labels and the share of samples whose outputs are all within tolerance of the expected."""
+    names = [node.name for node in session.get_outputs()]
+    labels = _labels(samples.labels) if samples.labels is not None else None
+    correct = matched = 0
+    for feed, start, rows in samples.batches(session):
+        outputs = dict(zip(names, session.run(None, feed), strict=True))
+        if labels is not None:
+            scores = np.asarray(outputs[names[0]])
+            if scores.size % rows:
+                raise TestSetError(f"output {names[0]!r} has shape {scores.shape} for a batch of {rows} samples")
+            correct += int(METRICS[metric](scores.reshape(rows, -1), labels[start : start + rows]).sum())
+        if samples.expected:
+            per_output = [(_rows(outputs[name], rows), expected[start : start + rows], tolerance_for(tolerances, name))
+                          for name, expected in samples.expected.items()]
+            matched += sum(all(within(got[i], want[i], tol) for got, want, tol in per_output) for i in range(rows))
+    found: dict[str, Any] = {"samples": len(samples), "metric": metric, "output": names[0]}
+    if labels is not None:
+        found.update(accuracy=correct / len(samples), correct=correct)
+    if samples.expected:
+        found.update(output_match=matched / len(samples), matched=matched, checked_outputs=sorted(samples.expected),
+                     tolerances={name: tolerance_for(tolerances, name) for name in samples.expected})
+    return found
+
+
+def agreement(first: ort.InferenceSession, second: ort.InferenceSession, feeds: list[dict[str, np.ndarray]],
+              tolerances: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How often two sessions' outputs agree within tolerance on the same inputs (outputs they share by name)."""
+    shared = [node.name for node in first.get_outputs() if node.name in {n.name for n in second.get_outputs()}]
+    if not shared:
+        return {"agreement": None, "samples": 0, "outputs": []}
+    agreed = 0
+    for feed in feeds:
+        ours, theirs = first.run(shared, feed), second.run(shared, feed)
+        agreed += all(within(a, b, tolerance_for(tolerances, name)) for name, a, b in zip(shared, ours, theirs,
+                                                                                            strict=True))
+    return {"agreement": agreed / len(feeds), "samples": len(feeds), "outputs": shared}

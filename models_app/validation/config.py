@@ -20,6 +20,8 @@ DEFAULT_GATES: dict[str, float | None] = {
     "max_error_rate": 0.01,
     "max_latency_increase": 0.20,
     "max_accuracy_drop": 0.10,
+    "min_output_match": 0.90,
+    "min_baseline_agreement": None,
 }
 
 # Measured (onnxruntime 1.32, Python 3.11): the child validating a small model peaks at ~185 MB of address
@@ -57,13 +59,19 @@ class ValidationConfig:
     expected_size: int | None = None
     declared_inputs: list[dict[str, Any]] = field(default_factory=list)
     declared_outputs: list[dict[str, Any]] = field(default_factory=list)
-    symbolic_dims: dict[str, int] = field(default_factory=dict)
+    # Declared input profiles (profiles.py), a profile's "samples" resolved to a local .npz as "samples_path";
+    # none: one profile of guessed shapes (or the test set's inputs when one is given).
+    profiles: list[dict[str, Any]] = field(default_factory=list)
     warmup_runs: int = 10
     benchmark_runs: int = 100
     test_set_path: str | None = None
     accuracy_metric: str = "top1"
     gates: dict[str, float | None] = field(default_factory=dict)
-    baseline: dict[str, Any] | None = None
+    # The previous version's model file, measured side by side with this one in the same child.
+    baseline_path: str | None = None
+    baseline_model_id: str | None = None
+    # Per output name (or "*"): {"max_abs", "max_rel", "min_cosine"} for expected outputs and baseline agreement.
+    output_tolerances: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     intra_op_threads: int = 1
     # formats.py's DetectedFormat.details, recorded as-is for frameworks that cannot run here.
@@ -86,9 +94,6 @@ class ValidationConfig:
             raise ValueError(f"unknown accuracy metric {self.accuracy_metric!r}; known: {', '.join(ACCURACY_METRICS)}")
         if self.benchmark_runs < 1 or self.warmup_runs < 0 or self.intra_op_threads < 1:
             raise ValueError("benchmark_runs and intra_op_threads must be >= 1, warmup_runs >= 0")
-        for name, size in self.symbolic_dims.items():
-            if not (isinstance(size, int) and size >= 1):
-                raise ValueError(f"symbolic dimension {name!r} needs a positive integer, not {size!r}")
 
     @property
     def runnable(self) -> bool:

@@ -13,6 +13,8 @@ class Outcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     NOT_EXECUTED = "not_executed"
+    # Structure, load and inference checked, but at guessed shapes: latency figures decide nothing.
+    NEEDS_APPROVAL = "needs_approval"
     ERROR = "error"  # the validation machinery itself broke, not the model
 
 
@@ -30,6 +32,7 @@ STEP_NAMES = ("integrity", "format", "signature", "load", "benchmark", "accuracy
 METRIC_KEYS = (
     "load_ms", "memory_mb", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms",
     "throughput_ips", "inferences", "failed_inferences", "error_rate", "accuracy", "accuracy_samples",
+    "output_match", "output_match_samples",
 )  # fmt: skip
 
 
@@ -38,7 +41,8 @@ def empty_metrics() -> dict[str, Any]:
 
 
 def empty_deltas() -> dict[str, float | None]:
-    return {"latency_p99_increase": None, "accuracy_drop": None}
+    return {"latency_increase": None, "latency_p99_increase": None, "latency_p_value": None, "accuracy_drop": None,
+            "output_agreement": None}
 
 
 @dataclass
@@ -78,6 +82,8 @@ class PipelineResult:
     baseline_deltas: dict[str, float | None] = field(default_factory=empty_deltas)
     gates: list[GateResult] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    # Per input profile: its inputs (shape, dtype, source), what was guessed, its figures and its gates.
+    profiles: list[dict[str, Any]] = field(default_factory=list)
     # How the child process ended: exit code or signal, CPU seconds, peak RSS, wall seconds.
     isolation: dict[str, Any] = field(default_factory=dict)
 
@@ -109,5 +115,6 @@ class PipelineResult:
             baseline_deltas={**empty_deltas(), **data.get("baseline_deltas", {})},
             gates=[GateResult(**gate) for gate in data.get("gates", [])],
             environment=data.get("environment", {}),
+            profiles=data.get("profiles", []),
             isolation=data.get("isolation", {}),
         )

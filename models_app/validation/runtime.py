@@ -12,28 +12,10 @@ import onnxruntime as ort
 
 from models_app.validation import memory
 
-# onnxruntime's type strings for the tensors we can generate inputs for.
-ORT_TO_NUMPY = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
-}  # fmt: skip
 # Stop timing a model whose first inferences all fail: more attempts measure nothing new.
 _MAX_LEADING_FAILURES = 10
-_SEED = 0
-
-
-class UnsupportedInput(ValueError):
-    """An input whose type we cannot generate data for (sequences, maps, bfloat16, ...)."""
-
-
-def numpy_type(node: Any) -> type[np.generic]:
-    dtype = ORT_TO_NUMPY.get(node.type)
-    if dtype is None:
-        raise UnsupportedInput(f"input {node.name!r} has type {node.type}; inputs can only be generated "
-                               "for numeric, bool and string tensors")
-    return dtype
+# Side by side, candidate and baseline take turns in blocks of this many inferences (who goes first alternates).
+INTERLEAVE_BLOCK = 5
 
 
 def create_session(model_path: str, *, threads: int) -> ort.InferenceSession:
@@ -64,36 +46,6 @@ def load(model_path: str, *, threads: int) -> tuple[ort.InferenceSession, LoadSt
     load_ms = (time.perf_counter() - started) * 1000
     growth = max(0, memory.peak_rss_bytes() - before)
     return session, LoadStats(load_ms, growth / 2**20, peak_reset)
-
-
-def resolve_shape(shape: list[Any], symbolic_dims: dict[str, int]) -> tuple[int, ...]:
-    """Fixed dims as they are, symbolic dims from the configuration, anything else 1."""
-    resolved = []
-    for dim in shape:
-        if isinstance(dim, int) and dim >= 0:
-            resolved.append(dim)
-        elif isinstance(dim, str):
-            resolved.append(symbolic_dims.get(dim, 1))
-        else:
-            resolved.append(1)
-    return tuple(resolved)
-
-
-def make_feed(session: ort.InferenceSession, symbolic_dims: dict[str, int]) -> dict[str, np.ndarray]:
-    """Deterministic inputs that respect the session's signature."""
-    rng = np.random.default_rng(_SEED)
-    feed = {}
-    for node in session.get_inputs():
-        dtype = numpy_type(node)
-        shape = resolve_shape(node.shape, symbolic_dims)
-        if np.issubdtype(dtype, np.floating):
-            feed[node.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype is np.object_:
-            feed[node.name] = np.full(shape, "", dtype=object)
-        else:
-            # Zeros: integer inputs are often indices or counts, and 0 is valid for every one of them.
-            feed[node.name] = np.zeros(shape, dtype=dtype)
-    return feed
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -131,27 +83,66 @@ class WarmupFailed(Exception):
     """The model could not run even once; the wrapped exception says why."""
 
 
-def benchmark(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int, runs: int) -> BenchmarkStats:
-    run = session.run
-    for _ in range(warmup):
-        try:
-            run(None, feed)
-        except Exception as exc:
-            raise WarmupFailed(str(exc)) from exc
-    stats = BenchmarkStats()
-    clock = time.perf_counter_ns
-    started = clock()
-    for _ in range(runs):
-        stats.attempted += 1
-        begin = clock()
-        try:
-            run(None, feed)
-        except Exception as exc:
-            stats.failed += 1
-            stats.first_error = stats.first_error or exc
+class Runner:
+    """One session fed a cycle of feeds; with feedback, outputs are fed back into inputs between calls."""
+
+    def __init__(self, session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]],
+                 feedback: dict[str, str] | None = None):
+        self.session, self.feeds, self.index = session, feeds, 0
+        self.feedback = [(position, feedback[node.name]) for position, node in enumerate(session.get_outputs())
+                         if node.name in (feedback or {})]
+        self.state: dict[str, np.ndarray] = {}
+        self.stats = BenchmarkStats()
+
+    def call(self) -> None:
+        feed = self.feeds[self.index % len(self.feeds)]
+        self.index += 1
+        outputs = self.session.run(None, {**feed, **self.state} if self.state else feed)
+        for position, name in self.feedback:
+            self.state[name] = outputs[position]
+
+    def warm_up(self, runs: int) -> None:
+        for _ in range(runs):
+            try:
+                self.call()
+            except Exception as exc:
+                raise WarmupFailed(str(exc)) from exc
+
+    def timed(self, runs: int) -> None:
+        stats, clock = self.stats, time.perf_counter_ns
+        started = clock()
+        for _ in range(runs):
             if stats.failed >= _MAX_LEADING_FAILURES and not stats.latencies_ms:
                 break
-            continue
-        stats.latencies_ms.append((clock() - begin) / 1e6)
-    stats.elapsed_s = (clock() - started) / 1e9
-    return stats
+            stats.attempted += 1
+            begin = clock()
+            try:
+                self.call()
+            except Exception as exc:
+                stats.failed += 1
+                stats.first_error = stats.first_error or exc
+                continue
+            stats.latencies_ms.append((clock() - begin) / 1e6)
+        stats.elapsed_s += (clock() - started) / 1e9
+
+
+def benchmark(runner: Runner, *, warmup: int, runs: int, baseline: Runner | None = None) -> BenchmarkStats:
+    """Times the runner; with a baseline, both in turns of INTERLEAVE_BLOCK on the same inputs, in this process."""
+    runner.warm_up(warmup)
+    if baseline is None:
+        runner.timed(runs)
+        return runner.stats
+    try:
+        baseline.warm_up(warmup)
+    except WarmupFailed as exc:
+        baseline.stats.first_error = exc.__cause__ or exc
+        baseline = None
+    done = 0
+    while done < runs:
+        block = min(INTERLEAVE_BLOCK, runs - done)
+        turns = (runner, baseline) if (done // INTERLEAVE_BLOCK) % 2 == 0 else (baseline, runner)
+        for turn in turns:
+            if turn is not None:
+                turn.timed(block)
+        done += block
+    return runner.stats

@@ -7,15 +7,13 @@ from typing import Any
 
 import onnx
 
+from models_app.validation.profiles import normalise_dtype
 from models_app.validation.result import StepResult
 
 Dim = int | str
 UNKNOWN_DIM = "?"
 # ONNX element type names (lower-cased TensorProto.DataType) that differ from numpy's names.
 _ONNX_TO_NUMPY = {"float": "float32", "double": "float64"}
-# Spellings a declared schema may use for the same types.
-_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-            "boolean": "bool", "str": "string"}
 
 
 @dataclass(frozen=True)
@@ -61,13 +59,6 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
         else:
             dims.append(dim.dim_param or UNKNOWN_DIM)
     return TensorSpec(value.name, dtype, tuple(dims))
-
-
-def normalise_dtype(dtype: str) -> str:
-    name = dtype.strip().lower()
-    if name.startswith("tensor(") and name.endswith(")"):
-        name = name[7:-1]
-    return _ALIASES.get(name, name)
 
 
 def declared_specs(items: list[dict[str, Any]], kind: str) -> list[TensorSpec]:
@@ -119,10 +110,37 @@ def compare(kind: str, declared: list[TensorSpec], actual: list[TensorSpec]) -> 
     return differences
 
 
+def graph_hints(model: onnx.ModelProto) -> dict[str, dict[int, list]]:
+    """Input dimensions the graph itself fixes: {input: {axis (negative: from the end): [size, why]}}.
+
+    An input multiplied by a fixed weight (MatMul, Gemm) has the weight's inner size as its last dimension; an
+    input convolved with a fixed kernel (Conv) has the kernel's input channels (times the groups) on axis 1.
+    """
+    graph = model.graph
+    weights = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    inputs = {value.name for value in graph.input} - set(weights)
+    hints: dict[str, dict[int, list]] = {}
+    for node in graph.node:
+        if len(node.input) < 2 or node.input[0] not in inputs or node.input[1] not in weights:
+            continue
+        weight = weights[node.input[1]]
+        attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+        if node.op_type in ("MatMul", "Gemm") and len(weight) >= 2:
+            inner = weight[-1] if node.op_type == "Gemm" and attributes.get("transB") else weight[-2]
+            axis = 0 if node.op_type == "Gemm" and attributes.get("transA") else -1
+            hints.setdefault(node.input[0], {})[axis] = [inner, f"{node.op_type} with a fixed {weight} weight"]
+        elif node.op_type == "Conv" and len(weight) >= 3:
+            channels = weight[1] * int(attributes.get("group", 1))
+            hints.setdefault(node.input[0], {})[1] = [channels, f"Conv with a fixed {weight} kernel"]
+    return hints
+
+
 def check_signature(step: StepResult, model: onnx.ModelProto, *, declared_inputs: list[dict[str, Any]],
                     declared_outputs: list[dict[str, Any]]) -> None:
     inputs, outputs = model_signature(model)
-    step.data.update(inputs=[spec.to_dict() for spec in inputs], outputs=[spec.to_dict() for spec in outputs])
+    step.data.update(inputs=[spec.to_dict() for spec in inputs], outputs=[spec.to_dict() for spec in outputs],
+                     graph_hints={name: {str(axis): hint for axis, hint in axes.items()}
+                                  for name, axes in graph_hints(model).items()})
     summary = f"{len(inputs)} input(s): " + ", ".join(f"{s.name} {s.describe()}" for s in inputs) + \
         f"; {len(outputs)} output(s): " + ", ".join(f"{s.name} {s.describe()}" for s in outputs)
     try:

@@ -93,3 +93,48 @@ def test_it_shows_a_validation_report_as_tables_and_lets_an_admin_approve(consol
     assert b"Approve for distribution" in form.content
     version.refresh_from_db()
     assert version.status == "failed" and version.approval_reason == "Pilot fleet tolerates the latency."
+
+
+def test_a_profile_the_model_contradicts_is_refused_in_the_console_and_nothing_is_queued(console):
+    from models_app.models import ValidationReport
+    from models_app.validation_runs import validation_run
+
+    _upload(console, onnx_model_bytes())
+    version = ModelVersion.objects.get()
+    validation_run(report_id=version.validation_reports.get().pk)  # the model's inputs are now known
+
+    response = console.post("/admin/models_app/modelversion/", {
+        "action": "validate_with_profiles", "_selected_action": [version.pk],
+        "input_profiles": '[{"name": "big", "inputs": {"input": {"shape": [1, 4, 4]}}}]'}, follow=True)
+
+    # (the console capitalises the message's first letter)
+    assert "Console-model-1.0.0: input_profiles[0].inputs.input.shape: Rank 3 contradicts the model&#x27;s [1, 4]" \
+        in response.content.decode()
+    version.refresh_from_db()
+    assert version.input_profiles == [] and not version.validation_reports.filter(
+        status=ValidationReport.Status.PENDING).exists()
+
+
+def test_a_models_input_profiles_and_tolerances_are_checked_when_edited_in_the_console(console):
+    from models_app.models import AIModel
+    from models_app.validation_runs import validation_run
+
+    _upload(console, onnx_model_bytes())
+    validation_run(report_id=ModelVersion.objects.get().validation_reports.get().pk)
+    ai_model = AIModel.objects.get()
+    page = f"/admin/models_app/aimodel/{ai_model.pk}/change/"
+    form = {"description": "", "task": "other", "tags": "", "quality_gates": "{}", "accuracy_metric": "top1",
+            "versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0"}
+
+    unknown = console.post(page, {**form, "input_profiles": '[{"name": "a", "inputs": {"image": {"shape": [1]}}}]',
+                                  "output_tolerances": "{}"})
+    negative = console.post(page, {**form, "input_profiles": "[]", "output_tolerances": '{"*": {"max_abs": -1}}'})
+    saved = console.post(page, {**form, "input_profiles": '[{"name": "b2", "dims": {"batch": 2}}]',
+                                "output_tolerances": '{"*": {"max_abs": 0.01}}'})
+
+    assert "The model has no input &#x27;image&#x27; (inputs: input)." in unknown.content.decode()
+    assert "non-negative number or null" in negative.content.decode()
+    assert saved.status_code == 302
+    ai_model.refresh_from_db()
+    assert ai_model.input_profiles == [{"name": "b2", "dims": {"batch": 2}}]
+    assert ai_model.output_tolerances == {"*": {"max_abs": 0.01}}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from models_app.validation import ACCURACY_METRICS, DEFAULT_GATES, ValidationConfig
-from models_app.validation.gates import GATES, baseline_deltas, evaluate
+from models_app.validation.gates import GATES, evaluate, side_by_side
 
 
 def by_name(results):
@@ -15,7 +16,7 @@ def by_name(results):
 def test_it_passes_and_fails_each_kind_of_gate_with_the_numbers_spelled_out():
     metrics = {"latency_p99_ms": 153.2, "throughput_ips": 5.0, "memory_mb": 100.0, "accuracy": 0.95,
                "error_rate": 0.0}
-    deltas = {"latency_p99_increase": 0.5, "accuracy_drop": 0.02}
+    deltas = {"latency_increase": 0.5, "latency_p_value": 0.001, "accuracy_drop": 0.02}
 
     gates = by_name(evaluate(DEFAULT_GATES, metrics, deltas))
 
@@ -28,7 +29,8 @@ def test_it_passes_and_fails_each_kind_of_gate_with_the_numbers_spelled_out():
     assert gates["min_accuracy"].detail == "accuracy 95% meets the minimum of 90%"
     assert gates["max_error_rate"].passed is True
     assert gates["max_latency_increase"].detail == \
-        "p99 latency increase against the baseline 50% exceeds the maximum of 20% by 30%"
+        "median latency increase against the baseline (measured side by side) 50% exceeds the maximum of 20% " \
+        "(p = 0.001) by 30%"
     assert gates["max_accuracy_drop"].detail == "accuracy drop against the baseline 2 pp is within the maximum of 10 pp"
     assert (gates["max_latency_p99_ms"].threshold, gates["max_latency_p99_ms"].measured) == (100.0, 153.2)
 
@@ -51,25 +53,35 @@ def test_it_records_gates_without_a_measurement_as_not_applicable():
     assert by_name(gates)["max_latency_p99_ms"].measured is None
 
 
-def test_it_computes_relative_latency_and_absolute_accuracy_deltas():
-    deltas = baseline_deltas({"latency_p99_ms": 12.0, "accuracy": 0.88}, {"latency_p99_ms": 10.0, "accuracy": 0.93})
+def test_a_latency_increase_fails_its_gate_only_when_it_is_significant():
+    noisy = evaluate(DEFAULT_GATES, {}, {"latency_increase": 0.5, "latency_p_value": 0.3})
+    significant = evaluate(DEFAULT_GATES, {}, {"latency_increase": 0.5, "latency_p_value": 0.0001})
 
-    assert deltas["latency_p99_increase"] == pytest.approx(0.2)
-    assert deltas["accuracy_drop"] == pytest.approx(0.05)
+    assert by_name(noisy)["max_latency_increase"].passed is True
+    assert "not significantly (p = 0.3 >= 0.01)" in by_name(noisy)["max_latency_increase"].detail
+    assert by_name(significant)["max_latency_increase"].passed is False
 
 
-@pytest.mark.parametrize(
-    ("metrics", "baseline"),
-    [
-        ({"latency_p99_ms": 12.0}, None),
-        ({"latency_p99_ms": 12.0}, {}),
-        ({"latency_p99_ms": 12.0}, {"latency_p99_ms": 0.0}),
-        ({}, {"latency_p99_ms": 10.0, "accuracy": 0.9}),
-        ({"accuracy": 0.9}, {"accuracy": None}),
-    ],
-)
-def test_it_leaves_deltas_out_when_a_side_is_missing(metrics, baseline):
-    assert baseline_deltas(metrics, baseline) == {"latency_p99_increase": None, "accuracy_drop": None}
+def test_it_compares_two_interleaved_latency_samples():
+    rng = np.random.default_rng(0)
+    same = rng.gamma(20, 0.05, 200).tolist()
+    twice = (rng.gamma(20, 0.05, 200) * 2).tolist()
+
+    slower = side_by_side(twice, same)
+    equal = side_by_side(same[:100], same[100:])
+
+    assert slower["latency_increase"] == pytest.approx(1.0, abs=0.1) and slower["latency_p_value"] < 1e-6
+    assert abs(equal["latency_increase"]) < 0.1 and equal["latency_p_value"] > 0.01
+    assert side_by_side([1.0], same)["latency_increase"] is None
+
+
+def test_shape_dependent_gates_decide_nothing_at_guessed_shapes():
+    gates = by_name(evaluate(DEFAULT_GATES, {"latency_p99_ms": 500.0, "throughput_ips": 2.0, "memory_mb": 5000.0},
+                             {}, shapes_guessed=True))
+
+    assert gates["max_latency_p99_ms"].passed is None and gates["min_throughput_ips"].passed is None
+    assert gates["max_latency_p99_ms"].detail.startswith("not decisive: shapes guessed (p99 latency 500 ms")
+    assert gates["max_memory_mb"].passed is False  # not a matter of shapes
 
 
 def test_it_merges_gate_overrides_with_the_defaults():
@@ -87,7 +99,6 @@ def test_it_merges_gate_overrides_with_the_defaults():
         ({"framework": "caffe"}, "unknown framework"),
         ({"accuracy_metric": "f1"}, "unknown accuracy metric"),
         ({"benchmark_runs": 0}, "benchmark_runs"),
-        ({"symbolic_dims": {"batch": 0}}, "positive integer"),
         ({"limits": {"memory_mb": 100}}, "memory_mb must be at least"),
     ],
 )
