@@ -10,9 +10,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 # The device package (device/: agent, simulator, protocol) is its own distribution; the server imports its protocol.
-$(VENV)/.installed: $(VENV)/bin/python requirements.txt device/pyproject.toml
+# So is the `hotswap` command line (cli/), installed here too so `make run` users have it in .venv/bin.
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt device/pyproject.toml cli/pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e ./device
+	$(PY) -m pip install --quiet --no-deps -e ./cli
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
