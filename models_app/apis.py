@@ -133,6 +133,36 @@ class ModelVersionListApi(APIView):
                                   serializer_class=ModelVersionOutputSerializer)
 
 
+class VersionFieldsSerializer(serializers.Serializer):
+    """What an upload declares besides the bytes: both upload paths (the multipart POST, upload sessions) take it."""
+
+    name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={
+        "invalid": "Use 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit."})
+    version = serializers.RegexField(SEMVER_PATTERN, max_length=64, error_messages={
+        "invalid": "Use semantic versioning MAJOR.MINOR.PATCH[-prerelease], e.g. 1.4.0 or 2.0.0-rc.1."})
+    framework = serializers.ChoiceField(choices=Framework.choices)
+    sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", error_messages={
+        "invalid": "A SHA-256 checksum is 64 hexadecimal characters.",
+        "required": "The artifact's SHA-256 (64 hex characters) is required: the server compares it with the "
+                    "bytes it receives."},
+        help_text="SHA-256 of the artifact, as `sha256sum` prints it; required, compared with the received bytes.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
+    task = serializers.ChoiceField(choices=Task.choices, required=False, default="")
+    tags = TagListField(required=False, default=list)
+    input_schema = serializers.JSONField(required=False, default=list)
+    output_schema = serializers.JSONField(required=False, default=list)
+    target_device_type = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    min_memory_mb = serializers.IntegerField(required=False, min_value=1, max_value=10_000_000, allow_null=True,
+                                             default=None)
+    accelerator = serializers.ChoiceField(choices=Accelerator.choices, required=False, default="none")
+
+    def validate_input_schema(self, value):
+        return _schema(value)
+
+    def validate_output_schema(self, value):
+        return _schema(value)
+
+
 class ModelVersionUploadApi(APIView):
     """Uploads a new model version (multipart; the artifact streams to storage)."""
 
@@ -140,26 +170,9 @@ class ModelVersionUploadApi(APIView):
     parser_classes = [MultiPartParser]
     throttle_classes = [UploadThrottle]
 
-    class UploadInputSerializer(serializers.Serializer):
-        name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={
-            "invalid": "Use 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit."})
-        version = serializers.RegexField(SEMVER_PATTERN, max_length=64, error_messages={
-            "invalid": "Use semantic versioning MAJOR.MINOR.PATCH[-prerelease], e.g. 1.4.0 or 2.0.0-rc.1."})
-        framework = serializers.ChoiceField(choices=Framework.choices)
-        sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", error_messages={
-            "invalid": "A SHA-256 checksum is 64 hexadecimal characters.",
-            "required": "The artifact's SHA-256 (64 hex characters) is required: the server compares it with the "
-                        "bytes it receives."},
-            help_text="SHA-256 of the artifact, as `sha256sum` prints it; required, compared with the received bytes.")
-        description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
-        task = serializers.ChoiceField(choices=Task.choices, required=False, default="")
-        tags = TagListField(required=False, default=list)
+    class UploadInputSerializer(VersionFieldsSerializer):
         input_schema = JSONField(binary=True, required=False, default=list)
         output_schema = JSONField(binary=True, required=False, default=list)
-        target_device_type = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
-        min_memory_mb = serializers.IntegerField(required=False, min_value=1, max_value=10_000_000, allow_null=True,
-                                                 default=None)
-        accelerator = serializers.ChoiceField(choices=Accelerator.choices, required=False, default="none")
         artifact = serializers.FileField(required=False, allow_empty_file=True,
                                          help_text="The model file (streamed to storage).")
 
@@ -177,7 +190,8 @@ class ModelVersionUploadApi(APIView):
                     "(retries are harmless). Errors: 400 CHECKSUM_MISMATCH / EMPTY_ARTIFACT / INVALID_ARTIFACT / "
                     "FRAMEWORK_MISMATCH / VALIDATION_ERROR, 409 VERSION_EXISTS, 413 PAYLOAD_TOO_LARGE, "
                     "503 STORAGE_UNAVAILABLE. Nothing is left behind on any error. "
-                    "Rate limit: THROTTLE_UPLOAD per user.",
+                    "Rate limit: THROTTLE_UPLOAD new versions per user (rejected calls and retries are not counted). "
+                    "For large files use upload sessions (`/api/v1/uploads`): resumable, straight to storage.",
         request={"multipart/form-data": UploadInputSerializer},
         responses={202: ModelVersionOutputSerializer, 200: ModelVersionOutputSerializer,
                    409: OpenApiResponse(description="VERSION_EXISTS"),
@@ -206,6 +220,8 @@ class ModelVersionUploadApi(APIView):
             )
         finally:
             handler.discard_all()  # whatever the service did not keep
+        if created:
+            UploadThrottle.accepted(request, self)
         body = ModelVersionOutputSerializer(model_version).data
         return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
 

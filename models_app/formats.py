@@ -183,6 +183,15 @@ class _ProtoWalker:
     def _field_done(self) -> None:
         self._want, self._start = "tag", self.offset
 
+    def skippable(self) -> int:
+        """Bytes of a payload the walk will not look at: a reader of a stored copy may seek over them."""
+        return self._skip if self._capture is None else 0
+
+    def skip(self, count: int) -> None:
+        self.offset, self._skip = self.offset + count, self._skip - count
+        if not self._skip:
+            self._payload_done()
+
     def _at_boundary(self) -> bool:
         return self._want == "tag" and not self._shift and not self._skip
 
@@ -298,6 +307,29 @@ class FormatSniffer:
             self._head += chunk[: _HEAD_BYTES - len(self._head)]
         self._size += len(chunk)
         self._walker.feed(chunk)
+
+    def feed_stored(self, reader: BinaryIO, size: int) -> None:
+        """Feeds a stored copy instead of a stream, reading only what the walk needs (it seeks over payloads).
+
+        A multi-GB ONNX model is one graph field: a few hundred KB are read, not the object.
+        """
+        position = 0
+        while position < size:
+            skip = min(self._walker.skippable(), size - position) if len(self._head) >= _HEAD_BYTES else 0
+            if skip:
+                self._walker.skip(skip)
+                position += skip
+                self._size += skip
+                reader.seek(position)
+                continue
+            chunk = reader.read(min(_CHUNK, size - position))
+            if not chunk:
+                break
+            self.feed(chunk)
+            position += len(chunk)
+            if self._walker.stopped and len(self._head) >= _HEAD_BYTES:
+                break  # not a protobuf model: the head decides, and archives are opened by result()
+        self._size = size
 
     def result(self, open_reader: Callable[[], BinaryIO]) -> DetectedFormat:
         """The detected format; open_reader is only called for archives. Raises ArtifactFormatError."""

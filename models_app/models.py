@@ -1,4 +1,6 @@
-"""The model registry: AIModel, its ModelVersions and their artifacts."""
+"""The model registry: AIModel, its ModelVersions and their artifacts, and the upload sessions that bring them."""
+
+import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -174,6 +176,10 @@ class ModelVersion(models.Model):
     # Integrity scrub (models_app/scrub.py): when the stored bytes were last re-hashed, and what it found wrong.
     scrubbed_at = models.DateTimeField(null=True, blank=True, editable=False)
     scrub_error = models.TextField(blank=True, max_length=2000, editable=False)
+    # Whether HotSwap itself hashed these bytes to `sha256`. The multipart POST hashes them as they arrive; an
+    # upload session's parts go straight to S3, so its version starts unverified until the validation worker
+    # hashes the object (models_app/shipping.py never ships an unverified version).
+    sha256_verified = models.BooleanField(default=True, editable=False)
 
     class Meta:
         ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]
@@ -277,3 +283,62 @@ class MultipartAbort(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.upload_id[:12]}…)"
+
+
+class UploadSession(models.Model):
+    """A resumable upload: parts go straight to storage (S3 multipart, or part files); complete() makes the version.
+
+    The one state machine of a session lives in models_app/upload_sessions.py.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        COMPLETED = "completed"
+        ABORTED = "aborted"
+        EXPIRED = "expired"
+
+    class Storage(models.TextChoices):
+        S3 = "s3"
+        LOCAL = "local"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="upload_sessions")
+    name = models.CharField(max_length=64, validators=[name_validator])
+    version = models.CharField(max_length=64, validators=[semver_validator])
+    size = models.BigIntegerField(validators=[MinValueValidator(1)])
+    sha256 = models.CharField(max_length=64, validators=[sha256_validator])
+    filename = models.CharField(max_length=255, blank=True)
+    # What POST /api/v1/models takes besides the file (framework, description, tags, schemas, ...).
+    metadata = models.JSONField(default=dict, blank=True)
+    part_size = models.BigIntegerField()
+    storage = models.CharField(max_length=8, choices=Storage.choices)
+    storage_key = models.CharField(max_length=512, unique=True)
+    upload_id = models.CharField(max_length=1024, blank=True, help_text="S3's multipart UploadId (S3 only)")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # A re-run finds the open session to resume instead of starting a second one.
+            models.UniqueConstraint(fields=["owner", "name", "version", "sha256", "size"],
+                                    condition=Q(status="open"), name="uploadsession_one_open"),
+            models.CheckConstraint(condition=Q(status__in=["open", "completed", "aborted", "expired"]),
+                                   name="uploadsession_status_valid"),
+            models.CheckConstraint(condition=Q(size__gte=1), name="uploadsession_size_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}-{self.version} upload {self.id} ({self.status})"
+
+    @property
+    def part_count(self) -> int:
+        return -(-self.size // self.part_size)
+
+    def part_bytes(self, number: int) -> int:
+        """The exact size of part `number` (1-based): every part is part_size but the last."""
+        return min(self.part_size, self.size - (number - 1) * self.part_size)

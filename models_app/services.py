@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -12,7 +13,7 @@ from django.utils import timezone
 
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.observability import tracing
-from models_app.formats import ArtifactFormatError
+from models_app.formats import ArtifactFormatError, DetectedFormat, FormatSniffer
 from models_app.models import SEMVER_PATTERN, AIModel, Framework, ModelVersion
 from models_app.shipping import model_version_status_change
 from models_app.storage import artifact_store
@@ -78,7 +79,7 @@ def model_version_upload(
         "artifact.size": artifact.size, "artifact.sha256": artifact.sha256,
     }):
         try:
-            semver = _semver_parts(version)
+            _semver_parts(version)
             if artifact.size == 0:
                 raise _field_error("artifact", "The artifact is empty.", "EMPTY_ARTIFACT")
             if declared_sha256 and declared_sha256.lower() != artifact.sha256:
@@ -89,32 +90,23 @@ def model_version_upload(
                     details=[{"field": "sha256", "message": "Does not match the uploaded bytes."}],
                     extra={"received_sha256": artifact.sha256, "received_size": artifact.size},
                 )
-            existing = _existing_version(name, version, artifact)
+            existing = existing_version(name, version, artifact.sha256)
             if existing:
                 artifact.discard()
                 return existing, False
             artifact.commit()
-            detected = _detect_format(artifact, framework)
-            with transaction.atomic():
-                ai_model = _model_get_or_create(
-                    name=name, framework=framework, owner=uploaded_by, description=description, task=task, tags=tags
-                )
-                model_version = ModelVersion(
-                    ai_model=ai_model, version=version, model_id=f"{name}-{version}", **semver,
-                    storage_key=artifact.key, sha256=artifact.sha256, size_bytes=artifact.size,
-                    detected_format=detected.format, format_details=detected.details,
-                    original_filename=artifact.filename, input_schema=input_schema or [],
-                    output_schema=output_schema or [], target_device_type=target_device_type,
-                    min_memory_mb=min_memory_mb, accelerator=accelerator or "none", uploaded_by=uploaded_by,
-                    traceparent=tracing.traceparent(),
-                )
-                model_version.full_clean()
-                model_version.save()
-                validation_request(version=model_version, requested_by=uploaded_by)
+            detected = format_detect(artifact.sniffer, framework,
+                                     lambda: artifact.store.open(artifact.key, artifact.size))
+            model_version = model_version_record(
+                name=name, version=version, framework=framework, storage_key=artifact.key, sha256=artifact.sha256,
+                size=artifact.size, filename=artifact.filename, detected=detected, sha256_verified=True,
+                uploaded_by=uploaded_by, description=description, task=task, tags=tags, input_schema=input_schema,
+                output_schema=output_schema, target_device_type=target_device_type, min_memory_mb=min_memory_mb,
+                accelerator=accelerator)
         except IntegrityError:
             # Another upload of the same name+version committed first: same bytes → return it, else conflict.
             artifact.discard()
-            existing = _existing_version(name, version, artifact)
+            existing = existing_version(name, version, artifact.sha256)
             if existing:
                 return existing, False
             raise
@@ -126,11 +118,40 @@ def model_version_upload(
         return model_version, True
 
 
-def _existing_version(name: str, version: str, artifact: PendingArtifact) -> ModelVersion | None:
+def model_version_record(*, name: str, version: str, framework: str, storage_key: str, sha256: str, size: int,
+                         filename: str, detected: DetectedFormat, sha256_verified: bool, uploaded_by,
+                         description: str = "", task: str = "", tags: Sequence[str] = (),
+                         input_schema: list | None = None, output_schema: list | None = None,
+                         target_device_type: str = "", min_memory_mb: int | None = None,
+                         accelerator: str = "") -> ModelVersion:
+    """Writes the row of a version whose bytes are stored at `storage_key`, and queues its validation.
+
+    Both upload paths end here. Raises IntegrityError when the same name+version committed first.
+    """
+    with transaction.atomic():
+        ai_model = _model_get_or_create(
+            name=name, framework=framework, owner=uploaded_by, description=description, task=task, tags=tags
+        )
+        model_version = ModelVersion(
+            ai_model=ai_model, version=version, model_id=f"{name}-{version}", **_semver_parts(version),
+            storage_key=storage_key, sha256=sha256, size_bytes=size, sha256_verified=sha256_verified,
+            detected_format=detected.format, format_details=detected.details,
+            original_filename=filename[:255], input_schema=input_schema or [],
+            output_schema=output_schema or [], target_device_type=target_device_type,
+            min_memory_mb=min_memory_mb, accelerator=accelerator or "none", uploaded_by=uploaded_by,
+            traceparent=tracing.traceparent(),
+        )
+        model_version.full_clean()
+        model_version.save()
+        validation_request(version=model_version, requested_by=uploaded_by)
+    return model_version
+
+
+def existing_version(name: str, version: str, sha256: str) -> ModelVersion | None:
     existing = ModelVersion.objects.select_related("ai_model").filter(ai_model__name=name, version=version).first()
     if existing is None:
         return None
-    if existing.sha256 != artifact.sha256:
+    if existing.sha256 != sha256:
         raise ConflictError(
             f"{existing.model_id} already exists with different content (sha256 {existing.sha256}). "
             "Versions are immutable: upload under a new version.",
@@ -140,9 +161,9 @@ def _existing_version(name: str, version: str, artifact: PendingArtifact) -> Mod
     return existing
 
 
-def _detect_format(artifact: PendingArtifact, framework: str):
+def format_detect(sniffer: FormatSniffer, framework: str, open_reader: Callable[[], BinaryIO]) -> DetectedFormat:
     try:
-        detected = artifact.sniffer.result(lambda: artifact.store.open(artifact.key, artifact.size))
+        detected = sniffer.result(open_reader)
     except ArtifactFormatError as exc:
         raise _field_error("artifact", exc.message, "INVALID_ARTIFACT") from exc
     if detected.framework != framework:
@@ -164,11 +185,7 @@ def _model_get_or_create(*, name: str, framework: str, owner, description: str, 
         ai_model.full_clean()
         ai_model.save()
         return ai_model
-    if ai_model.framework != framework:
-        raise _field_error(
-            "framework", f"Model '{name}' is a {ai_model.framework} model; a version cannot change its framework.",
-            "FRAMEWORK_MISMATCH",
-        )
+    framework_check(ai_model, framework)
     changed = {k: v for k, v in {"description": description, "task": task, "tags": list(tags)}.items() if v}
     if changed:
         for field, value in changed.items():
@@ -176,6 +193,14 @@ def _model_get_or_create(*, name: str, framework: str, owner, description: str, 
         ai_model.full_clean()
         ai_model.save(update_fields=[*changed, "updated_at"])
     return ai_model
+
+
+def framework_check(ai_model: AIModel | None, framework: str) -> None:
+    if ai_model is not None and ai_model.framework != framework:
+        raise _field_error(
+            "framework", f"Model '{ai_model.name}' is a {ai_model.framework} model; a version cannot change its "
+            "framework.", "FRAMEWORK_MISMATCH",
+        )
 
 
 def model_version_deprecate(*, model_version: ModelVersion, actor: AbstractBaseUser | None) -> ModelVersion:

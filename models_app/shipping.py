@@ -47,6 +47,10 @@ def version_refusal(version: ModelVersion, *, rollback: bool = False, unvalidate
         found = version.scrub_error or "altered"
         return (f"{version.model_id}'s stored artifact no longer matches its SHA-256 ({found}); it is never "
                 "shipped. Delete it and upload it again.")
+    if not version.sha256_verified:
+        # Not even an operator's pin or an Admin's approval: nobody has yet proved the bytes are the declared ones.
+        return (f"{version.model_id}'s bytes have not been checked against its SHA-256 yet (the validation worker "
+                "hashes them first); it cannot ship until they are.")
     if version.status == V.DEPRECATED:
         return None if rollback else f"{version.model_id} is deprecated; only a rollback may return to it."
     if version.status == V.PASSED or version.approved_at is not None:
@@ -59,5 +63,6 @@ def version_refusal(version: ModelVersion, *, rollback: bool = False, unvalidate
 
 
 def shippable_versions_q() -> Q:
-    """version_refusal(v) is None, as a filter: passed or approved, neither deprecated nor corrupt."""
-    return (Q(status=V.PASSED) | Q(approved_at__isnull=False)) & ~Q(status__in=[V.DEPRECATED, V.CORRUPT])
+    """version_refusal(v) is None, as a filter: verified, passed or approved, neither deprecated nor corrupt."""
+    return ((Q(status=V.PASSED) | Q(approved_at__isnull=False)) & ~Q(status__in=[V.DEPRECATED, V.CORRUPT])
+            & Q(sha256_verified=True))

@@ -6,8 +6,10 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,6 +55,8 @@ class ArtifactWriter(Protocol):
 
 
 ARTIFACT_PREFIX = "artifacts"
+# Local storage only: the parts of an open upload session, one file per part, until it completes.
+PARTS_PREFIX = "upload-parts"
 
 
 def new_artifact_key(prefix: str = ARTIFACT_PREFIX) -> str:
@@ -408,13 +412,18 @@ class ArtifactStore:
         cutoff = now - older_than
         if not self.is_s3:
             return self._partial_files_remove(cutoff)
+        from models_app.models import UploadSession
+
+        # An open upload session's multipart upload waits for its client for hours: the session's expiry ends it.
+        sessions = set(UploadSession.objects.filter(status=UploadSession.Status.OPEN, storage=UploadSession.Storage.S3)
+                       .values_list("upload_id", flat=True))
         count = 0
         try:
             count += self._recorded_aborts_retry()
             paginator = self.client.get_paginator("list_multipart_uploads")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{ARTIFACT_PREFIX}/"):
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < cutoff:
+                    if upload["Initiated"] < cutoff and upload["UploadId"] not in sessions:
                         self._multipart_abort(upload["Key"], upload["UploadId"])
                         count += 1
         except (BotoCoreError, ClientError) as exc:
@@ -442,6 +451,104 @@ class ArtifactStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
                 raise  # already gone is what an abort wants
+
+    # Upload sessions: the client sends the parts itself (to S3 through presigned URLs, or to the API on local
+    # storage); these start, list, assemble and abort them. Nothing exists under `key` until multipart_complete.
+
+    def multipart_start(self, key: str) -> str:
+        """S3: a new multipart upload's id. Local storage keeps part files and needs none ("")."""
+        if not self.is_s3:
+            return ""
+        try:
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        except (BotoCoreError, ClientError) as exc:
+            raise _storage_error("starting the upload", exc) from exc
+
+    def part_upload_url(self, key: str, upload_id: str, *, number: int, size: int, expires_in: int) -> str:
+        """A presigned S3 UploadPart URL. Content-Length is signed (AWS refuses a body of another size; SeaweedFS
+        does not check), and completing checks every part's size in ListParts either way."""
+        return self.client.generate_presigned_url(
+            "upload_part", ExpiresIn=expires_in,
+            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
+                    "ContentLength": size})
+
+    def parts_stored(self, key: str, upload_id: str, part_bytes: Callable[[int], int]) -> dict[int, int]:
+        """{part number: size} of the parts stored so far (S3 ListParts, or the part files).
+
+        `part_bytes(n)` is the size part n must have: it picks among copies of a part sent more than once.
+        """
+        return {number: size for number, (size, _etag) in self._parts(key, upload_id, part_bytes).items()}
+
+    def _parts(self, key: str, upload_id: str, part_bytes: Callable[[int], int]) -> dict[int, tuple[int, str]]:
+        if not self.is_s3:
+            folder = self._parts_folder(key)
+            files = folder.iterdir() if folder.exists() else []
+            return {int(path.name): (path.stat().st_size, "") for path in files if path.name.isdigit()}
+        copies: dict[int, list[dict]] = {}
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
+                                                                          UploadId=upload_id):
+                for part in page.get("Parts", []):
+                    copies.setdefault(part["PartNumber"], []).append(part)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                raise ArtifactMissingError(key) from exc
+            raise _storage_error("listing the uploaded parts", exc) from exc
+        except BotoCoreError as exc:
+            raise _storage_error("listing the uploaded parts", exc) from exc
+        # AWS keeps the last copy of a part sent again; SeaweedFS lists every copy. Take one of the right size,
+        # the newest (a wrong pick among same-size copies still fails the validation worker's SHA-256 check).
+        return {number: (best["Size"], best["ETag"]) for number, found in copies.items()
+                if (best := max(found, key=lambda p: (p["Size"] == part_bytes(number), p["LastModified"])))}
+
+    def _parts_folder(self, key: str) -> Path:
+        return Path(self.storage.location) / PARTS_PREFIX / key
+
+    def part_writer(self, key: str, number: int) -> FileWriter:
+        """Local storage: a writer for one part file; a re-sent part replaces the earlier one on commit."""
+        return FileWriter(Path(self.storage.location), f"{PARTS_PREFIX}/{key}/{number:05d}")
+
+    def multipart_complete(self, key: str, upload_id: str, part_count: int, part_bytes: Callable[[int], int]) -> None:
+        """Joins parts 1..part_count into the object at `key` (S3 CompleteMultipartUpload, or concatenation)."""
+        if not self.is_s3:
+            folder = self._parts_folder(key)
+            writer = FileWriter(Path(self.storage.location), key)
+            try:
+                for number in range(1, part_count + 1):
+                    with open(folder / f"{number:05d}", "rb") as part:
+                        while chunk := part.read(4 * 1024 * 1024):
+                            writer.write(chunk)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        etags = self._parts(key, upload_id, part_bytes)
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n][1]} for n in range(1, part_count + 1)]})
+        except (BotoCoreError, ClientError) as exc:
+            raise _storage_error("completing the upload", exc) from exc
+
+    def multipart_discard(self, key: str, upload_id: str) -> None:
+        """Removes every part of an unfinished upload; an abort S3 refuses now is recorded and retried later."""
+        if not self.is_s3:
+            shutil.rmtree(self._parts_folder(key), ignore_errors=True)
+            return
+        try:
+            self._multipart_abort(key, upload_id)
+        except (BotoCoreError, ClientError) as exc:
+            multipart_abort_later(bucket=self.bucket, key=key, upload_id=upload_id, error=exc)
+
+    def size(self, key: str) -> int:
+        if not self.is_s3:
+            return self.storage.size(key)
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except (BotoCoreError, ClientError) as exc:
+            raise _storage_error("checking the artifact", exc) from exc
 
     def _partial_files_remove(self, cutoff) -> int:
         count = 0

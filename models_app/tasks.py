@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from celery import shared_task
 from django.conf import settings
 
-from models_app import scrub
+from models_app import scrub, upload_sessions
 from models_app.storage import artifact_store
 from models_app.validation_runs import validation_run
 
@@ -31,3 +31,9 @@ def artifacts_scrub(budget_bytes: int | None = None, now: str | None = None) -> 
     result = scrub.artifacts_scrub(budget_bytes=budget_bytes, now=datetime.fromisoformat(now) if now else None)
     return {"checked": result.checked, "bytes_read": result.bytes_read, "corrupt": result.corrupt,
             "storage_failed": result.storage_failed}
+
+
+@shared_task
+def upload_sessions_expire() -> int:
+    """Beat: expires upload sessions past their expiry and aborts their parts (nothing of them stays stored)."""
+    return upload_sessions.upload_sessions_expire()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -23,8 +24,11 @@ from models_app.storage import artifact_store
 from models_app.testsets import npz_arrays
 from models_app.validation import ResourceLimits, ValidationConfig, run_isolated
 from models_app.validation.environment import environment
+from models_app.validation.result import STEP_NAMES, Outcome, PipelineResult, StepResult, StepStatus
 
 logger = logging.getLogger(__name__)
+
+_COPY_CHUNK = 4 * 1024 * 1024
 
 GATE_NAMES = set(settings.VALIDATION_GATES)
 # Report outcome → version status. A newer request supersedes older ones; only the latest decides.
@@ -100,17 +104,28 @@ def _claim(report_id: int) -> bool:
 
 
 @contextlib.contextmanager
-def _local_copy(key: str, size: int, suffix: str) -> Iterator[Path]:
-    """The stored object as a local file (the child needs a path); streamed, removed afterwards."""
+def _local_copy(key: str, size: int, suffix: str, digest=None) -> Iterator[Path]:
+    """The stored object as a local file (the child needs a path); streamed, removed afterwards.
+
+    `digest` (a hashlib object) is fed every byte as this process reads them.
+    """
     store = artifact_store()
     if not store.is_s3:
-        yield Path(store.storage.path(key))
+        path = Path(store.storage.path(key))
+        if digest is not None:
+            with open(path, "rb") as source:
+                while chunk := source.read(_COPY_CHUNK):
+                    digest.update(chunk)
+        yield path
         return
     directory = Path(tempfile.mkdtemp(prefix="hotswap-validate-"))
     try:
         path = directory / f"artifact{suffix}"
         with store.open(key, size) as source, open(path, "wb") as target:
-            shutil.copyfileobj(source, target, 4 * 1024 * 1024)
+            while chunk := source.read(_COPY_CHUNK):
+                target.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
         yield path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -148,7 +163,13 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
             with contextlib.ExitStack() as stack:
                 baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
                 config.baseline = baseline_metrics
-                model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model"))
+                # An upload session's bytes never passed through HotSwap: hash them here, in the worker, not in
+                # the child that parses the (untrusted) model.
+                digest = None if version.sha256_verified else hashlib.sha256()
+                model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model",
+                                                             digest))
+                if digest is not None and (rejected := _sha256_verify(version, digest.hexdigest())):
+                    return _finish(report, rejected, gates, baseline)
                 if report.test_set:
                     config.test_set_path = str(stack.enter_context(
                         _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
@@ -158,6 +179,27 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
             result = {"outcome": "error", "summary": exc.message, "steps": [], "metrics": {}, "gates": []}
         tracing.annotate(**{"validation.outcome": result["outcome"]})
         return _finish(report, result, gates, baseline)
+
+
+def _sha256_verify(version: ModelVersion, sha256: str) -> dict | None:
+    """Marks the version verified when its bytes hash to the declared SHA-256; otherwise deletes the object, marks
+    the version corrupt (never shipped, never approved) and gives the report that says why."""
+    if sha256 == version.sha256:
+        ModelVersion.objects.filter(pk=version.pk).update(sha256_verified=True)
+        return None
+    reason = (f"the uploaded bytes hash to sha256 {sha256}, not the declared {version.sha256}: a part was corrupted "
+              "or replaced on the way; the stored object was deleted. Upload the artifact again.")
+    try:
+        artifact_store().delete(version.storage_key)
+    except ApplicationError:
+        logger.error("could not delete the mismatched artifact %s", version.storage_key)
+    model_version_status_change(version_id=version.pk, to=ModelVersion.Status.CORRUPT, scrub_error=reason[:2000])
+    integrity = StepResult("integrity", StepStatus.FAILED, 0.0, reason,
+                           {"sha256": sha256, "expected_sha256": version.sha256, "size": version.size_bytes})
+    skipped = [StepResult(name, StepStatus.NOT_EXECUTED, 0.0, "not run: the artifact failed its integrity check")
+               for name in STEP_NAMES if name != "integrity"]
+    return PipelineResult(outcome=Outcome.FAILED, summary=f"failed: integrity: {reason}",
+                          steps=[integrity, *skipped]).to_dict()
 
 
 def _config(version: ModelVersion, gates: dict) -> ValidationConfig:

@@ -1,6 +1,10 @@
 """Every API endpoint against every role and anonymous: allowed → 2xx, denied → 403, anonymous → 401."""
 
+import tempfile
+
 import pytest
+from django.conf import settings
+from django.test import override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
@@ -18,7 +22,7 @@ from rollouts.models import Distribution, Stage
 from rollouts.services import distribution_create
 from tests.artifacts import onnx_model_bytes
 from tests.devices.conftest import make_version  # noqa: F401 - fixture
-from tests.models_app.conftest import upload, upload_test_set
+from tests.models_app.conftest import send, start, upload, upload_test_set
 
 pytestmark = pytest.mark.django_db
 
@@ -40,6 +44,12 @@ MATRIX = [
     ("POST", "/api/v1/models/{model_id}/approve", {ADMIN}),
     ("GET", "/api/v1/models/{name}/test-sets", EVERYONE),
     ("POST", "/api/v1/models/{name}/test-sets", {ADMIN, DEV}),
+    ("POST", "/api/v1/uploads", {ADMIN, DEV}),
+    ("GET", "/api/v1/uploads/{upload_id}", {ADMIN, DEV}),
+    ("DELETE", "/api/v1/uploads/{upload_id}", {ADMIN, DEV}),
+    ("POST", "/api/v1/uploads/{upload_id}/parts", {ADMIN, DEV}),
+    ("PUT", "/api/v1/uploads/{upload_id}/parts/{part}", {ADMIN, DEV}),
+    ("POST", "/api/v1/uploads/{upload_id}/complete", {ADMIN, DEV}),
     ("GET", "/api/v1/auth/me", EVERYONE),
     ("GET", "/api/v1/tokens", {ADMIN}),
     ("POST", "/api/v1/tokens", {ADMIN}),
@@ -103,10 +113,34 @@ def fixtures(make_user, make_version):  # noqa: F811
     enrollment_key, _raw = enrollment_key_create(name="matrix", created_by=owner)
     return {"model_id": version.model_id, "name": "matrix", "version": "1.0.0", "token_id": token.pk,
             "device_id": device.device_id, "credential_id": credential.pk, "key_id": enrollment_key.pk,
+            "upload_id": "{upload_id}", "part": 1,  # sessions are the caller's own: made per request
             **_rollout_fixtures(make_version)}
 
 
+def _session_request(client: APIClient, method: str, path: str):
+    """Upload sessions belong to their caller: start one as this client, then make the request on it."""
+    content = onnx_model_bytes(hidden=6)
+    started = start(client, content, name="matrix-session")
+    if started.status_code >= 300 or path == "/api/v1/uploads":
+        return started
+    session = started.json()
+    path = path.replace("{upload_id}", session["id"])
+    if path.endswith("/parts"):
+        return client.post(path, {"numbers": [1]}, format="json")
+    if path.endswith("/parts/1"):
+        return client.put(path, data=content, content_type="application/octet-stream")
+    if path.endswith("/complete"):
+        send(client, session, content, [1])
+    return getattr(client, method.lower())(path)
+
+
 def _request(client: APIClient, method: str, path: str):
+    if path.endswith("/parts/1"):  # parts go through the API only on local storage
+        with tempfile.TemporaryDirectory() as root, override_settings(STORAGES={**settings.STORAGES, "artifacts": {
+                "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": root}}}):
+            return _session_request(client, method, path)
+    if path.startswith("/api/v1/uploads"):
+        return _session_request(client, method, path)
     if method == "POST" and path == "/api/v1/models":
         return upload(client, onnx_model_bytes(hidden=5), name="matrix-upload")
     if method == "POST" and path.endswith("/test-sets"):
@@ -165,7 +199,8 @@ def _api_routes(resolver=None, prefix: str = "") -> set[str]:
 
 
 def test_the_matrix_covers_every_api_route():
-    placeholders = {"{model_id}": "<str:model_id>", "{name}": "<str:name>", "{version}": "<str:version>",
+    placeholders = {"{upload_id}": "<uuid:session_id>", "{part}": "<int:number>",
+                    "{model_id}": "<str:model_id>", "{name}": "<str:name>", "{version}": "<str:version>",
                     "{token_id}": "<int:token_id>", "{device_id}": "<str:device_id>",
                     "{credential_id}": "<int:credential_id>", "{key_id}": "<int:key_id>",
                     "{distribution_id}": "<int:distribution_id>", "{rollout_model}": "<str:name>",

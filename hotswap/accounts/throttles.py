@@ -25,7 +25,28 @@ class RoleScopedThrottle(SimpleRateThrottle):
 
 
 class UploadThrottle(RoleScopedThrottle):
+    """A per-user quota of accepted uploads: new versions created in the window, not calls.
+
+    The check refuses a call only once the quota is used up and records nothing itself; the view calls
+    accepted() when a new version was created. Rejected uploads, idempotent retries of an existing version,
+    starting or resuming an upload session and its part requests cost nothing.
+    """
+
     scope = "upload"
+
+    def throttle_success(self) -> bool:
+        return True
+
+    @classmethod
+    def accepted(cls, request, view) -> None:
+        """Counts one new version against the caller's quota."""
+        throttle = cls()
+        if throttle.rate is None:
+            return
+        key = throttle.get_cache_key(request, view)
+        now = throttle.timer()
+        history = [at for at in throttle.cache.get(key, []) if at > now - throttle.duration]
+        throttle.cache.set(key, [now, *history], throttle.duration)
 
 
 class DistributionCreateThrottle(RoleScopedThrottle):

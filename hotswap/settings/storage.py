@@ -5,7 +5,8 @@ from botocore.config import Config
 from hotswap.settings.env import VAR_DIR, env
 
 S3_BUCKET = env.str("S3_BUCKET", default="")
-ARTIFACT_MAX_BYTES = env.int("ARTIFACT_MAX_BYTES", default=2 * 1024**3)
+# The largest artifact accepted, by either upload path (quantised language models reach several GB).
+ARTIFACT_MAX_BYTES = env.int("ARTIFACT_MAX_BYTES", default=20 * 1024**3)
 ARTIFACT_URL_EXPIRY_SECONDS = env.int("ARTIFACT_URL_EXPIRY_SECONDS", default=900)
 # S3 multipart: part size and how many parts go up at once while the request streams in.
 # Memory per upload is about (concurrency + 2) parts, whatever the artifact's size: 5 MiB (S3's
@@ -20,6 +21,13 @@ S3_MAX_ATTEMPTS = env.int("S3_MAX_ATTEMPTS", default=3)
 # Multipart uploads still open after this long were left by a crashed or cut-off upload and are aborted
 # (models_app.tasks.artifact_abandoned_uploads_cleanup, every 10 minutes: gone within the hour).
 ARTIFACT_UPLOAD_STALE_MINUTES = env.int("ARTIFACT_UPLOAD_STALE_MINUTES", default=40)
+# Upload sessions (POST /api/v1/uploads): the client sends parts straight to S3 (or, on local storage, to the
+# API) and can resume within the session's lifetime. Parts are this size (raised for files that would need
+# more than S3's 10,000 parts; S3 needs at least 5 MiB); part URLs stay valid this long; an open session
+# expires this long after it started and a beat task then aborts it and its parts.
+UPLOAD_PART_BYTES = env.int("UPLOAD_PART_BYTES", default=64 * 1024**2)
+UPLOAD_PART_URL_EXPIRY_SECONDS = env.int("UPLOAD_PART_URL_EXPIRY_SECONDS", default=3600)
+UPLOAD_SESSION_HOURS = env.float("UPLOAD_SESSION_HOURS", default=24)
 # Integrity scrub (models_app/scrub.py, every 10 minutes): re-hashes stored artifacts, oldest-scrubbed first,
 # at most this many bytes per run (~7 s of S3 reads at 300 MB/s), each again after the interval.
 ARTIFACT_SCRUB_BYTES_PER_RUN = env.int("ARTIFACT_SCRUB_BYTES_PER_RUN", default=2 * 1024**3)

@@ -36,6 +36,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "models_app.tasks.artifact_abandoned_uploads_cleanup",
         "schedule": timedelta(minutes=10),
     },
+    # Aborts upload sessions past their expiry and their parts: nothing of an abandoned session stays stored.
+    "expire-upload-sessions": {"task": "models_app.tasks.upload_sessions_expire", "schedule": timedelta(minutes=10)},
     # Re-hashes stored artifacts within a byte budget; an altered one is marked corrupt and never shipped.
     "scrub-artifacts": {"task": "models_app.tasks.artifacts_scrub", "schedule": timedelta(minutes=10)},
     # Check-ins buffer heartbeats in Redis; this bounds how stale last_seen is in PostgreSQL.

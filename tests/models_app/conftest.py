@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+import requests
 
 from hotswap.accounts.roles import Role
 from models_app.storage import artifact_store
@@ -53,6 +54,32 @@ def upload(client, content: bytes, *, filename: str = "model.onnx", **fields):
     data = {k: v for k, v in data.items() if v is not None}
     data["artifact"] = SimpleUploadedFile(filename, content, content_type="application/octet-stream")
     return client.post("/api/v1/models", data, format="multipart")
+
+
+def start(client, content: bytes, **fields):
+    """Starts (or resumes) an upload session for `content` (POST /api/v1/uploads)."""
+    body = {"name": "llm", "version": "1.0.0", "framework": "onnx", "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(), "filename": "llm.onnx", **fields}
+    return client.post("/api/v1/uploads", body, format="json")
+
+
+def part_of(content: bytes, session: dict, number: int) -> bytes:
+    """The bytes of part `number` of `content` in that session."""
+    offset = (number - 1) * session["part_size"]
+    return content[offset: offset + session["part_size"]]
+
+
+def send(client, session: dict, content: bytes, numbers, *, body=part_of) -> None:
+    """PUTs parts the way the contract says: to S3 with no credentials at all, or to the API with the caller's."""
+    answer = client.post(f"/api/v1/uploads/{session['id']}/parts", {"numbers": list(numbers)}, format="json")
+    assert answer.status_code == 200, answer.json()
+    for target in answer.json()["parts"]:
+        data = body(content, session, target["number"])
+        if target["auth"]:
+            response = client.put(target["url"], data=data, content_type="application/octet-stream")
+            assert response.status_code == 200, response.json()
+        else:
+            assert requests.put(target["url"], data=data, timeout=30).status_code == 200
 
 
 def sha256(content: bytes) -> str:
