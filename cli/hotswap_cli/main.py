@@ -160,7 +160,7 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict:
 @click.option("--sha256", default=None, help="The file's SHA-256 if known (else computed here).")
 @click.option("--wait", is_flag=True, help="Wait for the validation; exit 3 if it fails, 4 if it needs approval.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds (exit 8).")
-@click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True,
+@click.option("--parallel", type=click.IntRange(1, 32), default=8, show_default=True,
               help="Parts sent at once (upload sessions).")
 @click.option("--limit-rate", type=click.IntRange(1), default=None, help="At most this many bytes per second.")
 def models_upload(api: Api, output: Output, file: Path, name: str, version: str, framework: str | None,

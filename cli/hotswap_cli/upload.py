@@ -41,12 +41,13 @@ class UploadOutcome:
     part_count: int = 0
     parts_sent: int = 0
     parts_already_there: int = 0
+    bytes_already_there: int = 0
     bytes_sent: int = 0
 
     def as_dict(self) -> dict:
         return {"method": self.method, "session": self.session_id, "part_count": self.part_count,
                 "parts_sent": self.parts_sent, "parts_already_there": self.parts_already_there,
-                "bytes_sent": self.bytes_sent}
+                "bytes_already_there": self.bytes_already_there, "bytes_sent": self.bytes_sent}
 
 
 class PartFailed(Exception):
@@ -82,7 +83,7 @@ class RateLimit:
 class Uploader:
     """One artifact to one server; `run()` uploads it and answers an UploadOutcome, raising ApiError on refusal."""
 
-    def __init__(self, api: Api, path: Path, fields: dict, *, output: Output, parallel: int = 4,
+    def __init__(self, api: Api, path: Path, fields: dict, *, output: Output, parallel: int = 8,
                  limit_rate: int | None = None, sha256: str | None = None):
         self.api, self.path, self.fields, self.output = api, path, fields, output
         self.size = path.stat().st_size
@@ -109,7 +110,8 @@ class Uploader:
     def _session(self, session: dict) -> UploadOutcome:
         count, done = session["part_count"], set(session.get("parts_done") or [])
         outcome = UploadOutcome(version={}, method="session", session_id=session["id"], part_count=count,
-                                parts_already_there=len(done))
+                                parts_already_there=len(done),
+                                bytes_already_there=sum(self._part_size(session, n) for n in done))
         if session.get("status") == "completed" and session.get("model_version"):
             outcome.version = session["model_version"]
             return outcome

@@ -4,11 +4,13 @@ rollout orchestrator), started once for this file. Each case runs the CLI as CI 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import pty
 import re
 import select
+import signal
 import stat
 import struct
 import subprocess
@@ -37,6 +39,7 @@ WORKER_ENV = {"ROLLOUT_TICK_SECONDS": "1", "VALIDATION_BENCHMARK_RUNS": "20",
               # Timing gates would judge the machine's load, not the CLI.
               "GATE_MAX_LATENCY_P99_MS": "5000", "GATE_MIN_THROUGHPUT_IPS": "1"}
 DEVICES = ("cli-cam-1", "cli-cam-2", "cli-cam-3")
+PART = 5 * 1024 * 1024  # the server's upload part size here (S3's smallest), so a few MiB make several parts
 
 
 @dataclass
@@ -81,7 +84,8 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
             for device_id in DEVICES:
                 DesiredState.objects.create(device=Device.objects.create(
                     device_id=device_id, name=device_id, device_type="edge-camera", region="cli-west"))
-            with gunicorn_server() as (base, _server), celery_worker(beat=True, env=WORKER_ENV):
+            with gunicorn_server(env={"UPLOAD_PART_BYTES": str(PART)}) as (base, _server), \
+                    celery_worker(beat=True, env=WORKER_ENV):
                 token = requests.post(f"{base}/api/v1/auth/token", timeout=30,
                                       json={"username": "cli-admin", "password": PASSWORD}).json()["access"]
                 yield Stack(base=base, token=token, home=tmp_path_factory.mktemp("cli-home"))
@@ -110,6 +114,7 @@ def test_upload_with_wait_exits_0_once_validation_passed_and_says_so_in_json(upl
     assert out["version"]["model_id"] == "cli-net-1.0.0"
     assert out["version"]["status"] == "passed" and out["validation"]["status"] == "passed"
     assert out["version"]["size_bytes"] == model_file.stat().st_size
+    assert out["upload"]["method"] == "session"  # the test server stores in S3 (SeaweedFS)
     assert out["upload"]["bytes_sent"] == model_file.stat().st_size
     assert uploaded["stderr"] == ""  # --json: no progress, nothing but the document
 
@@ -198,7 +203,7 @@ def test_an_operators_pause_is_watched_through_until_the_timeout(stack, uploaded
     paused = stack.json("distributions", "pause", distribution_id, "--reason", "lunch")
     assert paused["status"] == "paused"
 
-    waited = stack.run("distributions", "watch", distribution_id, "--interval", "0.5", "--timeout", "2", check=8)
+    waited = stack.run("distributions", "watch", distribution_id, "--interval", "0.5", "--timeout", "1", check=8)
     assert "TIMED_OUT" in waited.stderr and "paused" in waited.stderr
 
     status = stack.json("distributions", "status", distribution_id)
@@ -236,11 +241,11 @@ def run_in_pty(stack: Stack, *args: str, columns: int = 120, timeout: float = 90
 
 @pytest.fixture(scope="module")
 def uploaded_on_a_terminal(stack) -> tuple[int, str]:
-    """cli-big 1.0.0 (3 MiB, sent at 1 MiB/s) uploaded with --wait on a pseudo-terminal."""
+    """cli-big 1.0.0 (2 MiB, sent at 2 MiB/s) uploaded with --wait on a pseudo-terminal."""
     big = stack.home / "big.onnx"
-    big.write_bytes(onnx_model_bytes(big_initializer_bytes=3 * 1024 * 1024))
+    big.write_bytes(onnx_model_bytes(big_initializer_bytes=2 * 1024 * 1024))
     return run_in_pty(stack, "models", "upload", str(big), "--name", "cli-big", "--version", "1.0.0", "--wait",
-                      "--limit-rate", str(1024 * 1024))
+                      "--limit-rate", str(2 * 1024 * 1024))
 
 
 def test_a_terminal_sees_a_progress_bar_with_bytes_rate_and_eta_then_the_validation(uploaded_on_a_terminal):
@@ -261,6 +266,41 @@ def test_validate_with_wait_exits_3_when_a_gate_fails_and_shows_which(stack, upl
 
     assert re.search(r"✗\s+max_latency_p99_ms", done.stdout), done.stdout
     assert "failed" in done.stdout
+
+
+def test_an_interrupted_upload_run_again_sends_only_the_missing_parts(stack):
+    artifact = stack.home / "resumed.onnx"
+    artifact.write_bytes(onnx_model_bytes(big_initializer_bytes=6 * PART - 1024))
+    size = artifact.stat().st_size
+    args = ["models", "upload", str(artifact), "--name", "cli-resumed", "--version", "1.0.0", "--parallel", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "hotswap_cli", *args, "--limit-rate", str(8 * 1024 * 1024)],
+                             cwd=stack.home, env=cli_env(stack), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    # What the CLI asked for: the server answers its open session with the parts stored so far.
+    body = {"name": "cli-resumed", "version": "1.0.0", "framework": "onnx", "size": size,
+            "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(), "filename": artifact.name}
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    session, deadline = {"parts_done": []}, time.monotonic() + 60
+    while len(session["parts_done"]) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        session = requests.post(f"{stack.base}/api/v1/uploads", json=body, headers=headers, timeout=30).json()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert first.returncode == -signal.SIGKILL, "the upload ended before it could be interrupted"
+    stored = requests.get(f"{stack.base}/api/v1/uploads/{session['id']}", headers=headers, timeout=30).json()
+    assert stored["status"] == "open" and stored["part_count"] == 6 and 2 <= len(stored["parts_done"]) < 6
+
+    second = stack.run(*args, "--json", check=0)
+
+    out = json.loads(second.stdout)["upload"]
+    # A part whose last byte left just before the kill may still land: the second run finds at least the rest.
+    assert out["session"] == session["id"] and 6 > out["parts_already_there"] >= len(stored["parts_done"])
+    assert out["parts_sent"] == 6 - out["parts_already_there"]
+    assert out["bytes_already_there"] == PART * out["parts_already_there"]
+    assert out["bytes_sent"] == size - out["bytes_already_there"]
+    assert "resuming upload" not in second.stderr  # --json: nothing but the document
+    version = stack.json("models", "show", "cli-resumed-1.0.0")
+    assert version["size_bytes"] == size and version["sha256"] == body["sha256"]
 
 
 def test_it_imports_nothing_from_django_or_the_server_and_runs_without_the_servers_code(tmp_path):
