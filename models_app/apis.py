@@ -64,7 +64,7 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = [
             "model_id", "name", "version", "framework", "task", "description", "tags", "status",
-            "sha256", "size_bytes", "detected_format", "format_details", "original_filename",
+            "sha256", "sha256_verified", "size_bytes", "detected_format", "format_details", "original_filename",
             "input_schema", "output_schema", "device_requirements", "uploaded_by", "uploaded_at", "deprecated_at",
             "approved_by", "approved_at", "approval_reason", "distributable",
         ]
@@ -171,16 +171,11 @@ class ModelVersionUploadApi(APIView):
     throttle_classes = [UploadThrottle]
 
     class UploadInputSerializer(VersionFieldsSerializer):
+        # Form fields are text: the tensor schemas come as JSON strings.
         input_schema = JSONField(binary=True, required=False, default=list)
         output_schema = JSONField(binary=True, required=False, default=list)
         artifact = serializers.FileField(required=False, allow_empty_file=True,
                                          help_text="The model file (streamed to storage).")
-
-        def validate_input_schema(self, value):
-            return _schema(value)
-
-        def validate_output_schema(self, value):
-            return _schema(value)
 
     @extend_schema(
         summary="Upload a model version",

@@ -215,6 +215,8 @@ class UploadSessionCompleteApi(APIView):
                                "of accepted uploads (THROTTLE_UPLOAD) is used up (the session stays open).",
                    request=None,
                    responses={201: UploadSessionOutputSerializer, 200: UploadSessionOutputSerializer,
+                              400: OpenApiResponse(description="UPLOAD_INCOMPLETE / INVALID_ARTIFACT / "
+                                                               "FRAMEWORK_MISMATCH"),
                               404: NOT_FOUND, 409: ENDED, 410: EXPIRED,
                               503: OpenApiResponse(description="STORAGE_UNAVAILABLE")})
     def post(self, request: Request, session_id) -> Response:

@@ -89,10 +89,11 @@ def upload_session_start(*, owner, name: str, version: str, size: int, sha256: s
     key = new_artifact_key()
     upload_id = store.multipart_start(key)
     try:
-        session = UploadSession.objects.create(
-            owner=owner, name=name, version=version, size=size, sha256=sha256, filename=filename[:255],
-            metadata=metadata, part_size=part_size_for(size), storage=_kind(store), storage_key=key,
-            upload_id=upload_id, expires_at=timezone.now() + timedelta(hours=settings.UPLOAD_SESSION_HOURS))
+        with transaction.atomic():
+            session = UploadSession.objects.create(
+                owner=owner, name=name, version=version, size=size, sha256=sha256, filename=filename[:255],
+                metadata=metadata, part_size=part_size_for(size), storage=_kind(store), storage_key=key,
+                upload_id=upload_id, expires_at=timezone.now() + timedelta(hours=settings.UPLOAD_SESSION_HOURS))
     except IntegrityError:
         # The same client's parallel start won the race: resume that one, leave nothing of this one.
         store.multipart_discard(key, upload_id)

@@ -28,7 +28,8 @@ from tests.rollouts.conftest import make_fleet  # noqa: F401 - fixture
 MAX_EXAMPLES = int(os.environ.get("HOTSWAP_SCHEMATHESIS_EXAMPLES", "5"))
 
 # Schema-valid requests that a business rule refuses with a documented 400, because JSON Schema cannot say it:
-# an artifact or test set must be a real model / .npz; an expiry must be in the future; a token's user must
+# an artifact or test set must be a real model / .npz; an upload session's part numbers must be within its
+# part_count, and its parts sent before it completes; an expiry must be in the future; a token's user must
 # exist; a desired-state change needs at least one filter; a device_id in an update must be the URL's; a
 # distribution's strategy_config and success_criteria are checked per strategy, and it needs target devices
 # that can run the version; a rollback needs a later version and devices running it.
@@ -36,6 +37,9 @@ MAX_EXAMPLES = int(os.environ.get("HOTSWAP_SCHEMATHESIS_EXAMPLES", "5"))
 BUSINESS_RULE_400 = {
     "POST /api/v1/models": "INVALID_ARTIFACT, EMPTY_ARTIFACT, CHECKSUM_MISMATCH, tensor schemas",
     "POST /api/v1/models/{name}/test-sets": "INVALID_TEST_SET",
+    "POST /api/v1/uploads": "ARTIFACT_TOO_LARGE, FRAMEWORK_MISMATCH, tensor schemas",
+    "POST /api/v1/uploads/{session_id}/parts": "part numbers beyond the session's part_count",
+    "POST /api/v1/uploads/{session_id}/complete": "UPLOAD_INCOMPLETE (no part was sent), INVALID_ARTIFACT",
     "POST /api/v1/enrollment-keys": "expires_at in the past",
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
     "POST /api/v1/devices/desired": "no filter at all",

@@ -476,3 +476,41 @@ def test_it_only_ever_raises_artifact_format_error_on_corrupt_content(build):
         data[rng.integers(len(data))] = rng.integers(256)
         with contextlib.suppress(ArtifactFormatError):
             detect_format(lambda data=data: io.BytesIO(data), [bytes(data)])
+
+
+# A stored copy (an upload session's object): the sniffer reads only what its walk needs.
+
+
+class _CountingReader(io.BytesIO):
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("build", [lambda: artifacts.onnx_model_bytes(big_initializer_bytes=40 * MiB),
+                                   artifacts.tflite_bytes, artifacts.savedmodel_zip_bytes])
+def test_a_stored_copy_gives_what_the_stream_gives(build):
+    data = build()
+    streamed, stored = FormatSniffer(), FormatSniffer()
+    streamed.feed(data)
+    reader = _CountingReader(data)
+
+    stored.feed_stored(reader, len(data))
+
+    assert stored.result(lambda: io.BytesIO(data)) == streamed.result(lambda: io.BytesIO(data))
+    assert reader.bytes_read <= 2 * MiB  # the 40 MiB graph is seeked over, not read
+
+
+def test_a_stored_onnx_model_cut_short_is_refused_as_truncated():
+    data = artifacts.onnx_model_bytes(big_initializer_bytes=4 * MiB)
+    sniffer = FormatSniffer()
+
+    sniffer.feed_stored(io.BytesIO(data[:-1000]), len(data) - 1000)
+
+    with pytest.raises(ArtifactFormatError, match="truncated"):
+        sniffer.result(lambda: io.BytesIO(data))

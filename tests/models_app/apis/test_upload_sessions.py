@@ -4,20 +4,23 @@ SHA-256 check, expiry, two users at once, and each kind of bad input answered in
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 
+from devices.services.registry import device_register
 from hotswap.lib.localservices import free_port
 from models_app.models import ModelVersion, UploadSession
 from models_app.shipping import version_refusal
 from models_app.storage import artifact_store
-from models_app.tasks import upload_sessions_expire
+from models_app.tasks import artifact_abandoned_uploads_cleanup, upload_sessions_expire
 from models_app.upload_sessions import upload_session_abort
 from models_app.validation_runs import validation_run
 from tests.artifacts import onnx_model_bytes
-from tests.models_app.conftest import part_of, send, start
+from tests.models_app.conftest import part_of, send, start, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +66,7 @@ def error(response) -> tuple[int, str]:
 
 
 def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_the_bytes(developer, model_file,
-                                                                                          new_keys):
+                                                                                          new_keys, client_for):
     first = start(developer, model_file)
     assert first.status_code == 201
     session = first.json()
@@ -81,9 +84,13 @@ def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_
     body = done.json()
     assert (body["status"], body["parts_done"]) == ("completed", [1, 2, 3])
     assert (body["model_version"]["model_id"], body["model_version"]["status"]) == ("llm-1.0.0", "uploaded")
+    assert body["model_version"]["sha256_verified"] is False
     version = ModelVersion.objects.get(model_id="llm-1.0.0")
     assert stored_bytes(version.storage_key) == model_file
-    assert "not been checked against its SHA-256" in version_refusal(version, unvalidated_ok=True)
+    device_register(device_id="edge-1")
+    pin = client_for("Operator").put("/api/v1/devices/edge-1/desired", {"version": "llm-1.0.0"}, format="json")
+    assert error(pin) == (400, "VERSION_NOT_DEPLOYABLE")  # an operator may pin an unvalidated version, not this
+    assert "not been checked against its SHA-256" in pin.json()["error"]["message"]
 
     report = validation_run(report_id=version.validation_reports.get().pk)
 
@@ -155,9 +162,13 @@ def test_two_users_upload_at_once_each_in_a_session_of_their_own(client_for, mod
     a = start(alice, model_file).json()
     b = start(bob, model_file).json()  # the same file: not alice's session to resume
     assert a["id"] != b["id"]
-    for numbers in ([1], [2], [3]):
-        send(alice, a, model_file, numbers)
-        send(bob, b, model_file, numbers)
+    puts = [(target, part_of(model_file, session, target["number"]))
+            for client, session in ((alice, a), (bob, b))
+            for target in client.post(f"/api/v1/uploads/{session['id']}/parts", {"numbers": [1, 2, 3]},
+                                      format="json").json()["parts"]]
+    with ThreadPoolExecutor(max_workers=6) as pool:  # all six parts at once, straight to S3
+        answers = list(pool.map(lambda put: requests.put(put[0]["url"], data=put[1], timeout=30), puts))
+    assert [answer.status_code for answer in answers] == [200] * 6
 
     assert error(get(bob, a)) == (404, "UPLOAD_NOT_FOUND")
     assert error(complete(bob, a)) == (404, "UPLOAD_NOT_FOUND")
@@ -253,8 +264,10 @@ def test_an_existing_version_with_other_bytes_is_a_conflict_and_the_same_bytes_a
     assert (rerun.json()["status"], rerun.json()["model_version"]["model_id"]) == ("completed", "llm-1.0.0")
 
 
-def test_s3_failing_answers_503_in_the_error_shape_and_the_session_stays(developer, model_file, settings):
+def test_s3_failing_answers_503_in_the_error_shape_and_the_session_resumes_after(developer, model_file, settings):
     session = start(developer, model_file).json()
+    send(developer, session, model_file, [1])
+    working = settings.STORAGES
     artifacts = copy.deepcopy(settings.STORAGES["artifacts"])
     artifacts["OPTIONS"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
     settings.STORAGES = {**settings.STORAGES, "artifacts": artifacts}
@@ -262,7 +275,11 @@ def test_s3_failing_answers_503_in_the_error_shape_and_the_session_stays(develop
 
     assert error(get(developer, session)) == (503, "STORAGE_UNAVAILABLE")
     assert error(complete(developer, session)) == (503, "STORAGE_UNAVAILABLE")
-    assert UploadSession.objects.get(pk=session["id"]).status == "open"
+    assert error(start(developer, model_file, version="2.0.0")) == (503, "STORAGE_UNAVAILABLE")
+
+    settings.STORAGES = working
+    assert get(developer, session).json()["parts_done"] == [1]
+    assert UploadSession.objects.filter(status="open").count() == 1
 
 
 @pytest.fixture
@@ -294,6 +311,19 @@ def test_local_storage_takes_parts_through_the_api_and_resumes(developer, model_
     assert (report.status, version.sha256_verified) == ("passed", True)
 
 
+def test_expired_local_sessions_leave_no_part_file(developer, model_file, local_storage):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1, 2])
+    assert [path for path in local_storage.rglob("*") if path.is_file()]
+    UploadSession.objects.filter(pk=session["id"]).update(expires_at=timezone.now())
+
+    assert upload_sessions_expire() == 1
+
+    assert not [path for path in local_storage.rglob("*") if path.is_file()]
+    assert error(developer.put(f"/api/v1/uploads/{session['id']}/parts/3", data=part_of(model_file, session, 3),
+                               content_type="application/octet-stream")) == (410, "UPLOAD_EXPIRED")
+
+
 def test_s3_sessions_take_no_part_through_the_api(developer, model_file):
     session = start(developer, model_file).json()
 
@@ -301,3 +331,35 @@ def test_s3_sessions_take_no_part_through_the_api(developer, model_file):
                              content_type="application/octet-stream")
 
     assert error(response) == (409, "UPLOAD_PART_ELSEWHERE")
+
+
+def test_the_upload_quota_counts_accepted_versions_not_calls(developer, settings, model_file, onnx_bytes):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "upload": "2/hour"}
+    assert upload(developer, onnx_bytes, name="small").status_code == 202  # 1 of 2
+    assert upload(developer, onnx_bytes, name="small").status_code == 200  # an idempotent retry: free
+    for _ in range(3):  # rejected calls: free
+        assert upload(developer, onnx_bytes, name="small", version="2.0.0", sha256="0" * 64).status_code == 400
+    second = start(developer, model_file).json()
+    third = start(developer, model_file, version="2.0.0").json()
+    assert start(developer, model_file).status_code == 200  # resuming: free
+    for numbers in ([1], [2], [3], [1, 2, 3]):  # part requests: free
+        send(developer, second, model_file, numbers)
+    send(developer, third, model_file, [1, 2, 3])
+
+    assert complete(developer, second).status_code == 201  # 2 of 2
+    refused = complete(developer, third)
+
+    assert error(refused) == (429, "RATE_LIMITED") and int(refused["Retry-After"]) > 0
+    assert get(developer, third).json()["status"] == "open"  # completes once the quota allows
+    assert error(start(developer, model_file, version="3.0.0")) == (429, "RATE_LIMITED")
+    assert error(upload(developer, onnx_bytes, name="small", version="3.0.0")) == (429, "RATE_LIMITED")
+
+
+def test_the_stale_upload_cleanup_leaves_open_sessions_to_their_expiry(developer, model_file, new_keys):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1])
+
+    artifact_abandoned_uploads_cleanup(older_than_minutes=0)
+
+    assert get(developer, session).json()["parts_done"] == [1]
+    assert len(new_keys()) == 1
