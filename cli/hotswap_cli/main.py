@@ -163,9 +163,11 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict:
 @click.option("--parallel", type=click.IntRange(1, 32), default=8, show_default=True,
               help="Parts sent at once (upload sessions).")
 @click.option("--limit-rate", type=click.IntRange(1), default=None, help="At most this many bytes per second.")
+@click.option("--multipart", is_flag=True, help="Send the file through the API in one multipart POST /api/v1/models "
+                                                "(a runner that cannot reach the object store; no resume).")
 def models_upload(api: Api, output: Output, file: Path, name: str, version: str, framework: str | None,
                   description: str | None, task: str | None, tags: tuple[str, ...], sha256: str | None, wait: bool,
-                  timeout: float | None, parallel: int, limit_rate: int | None) -> int:
+                  timeout: float | None, parallel: int, limit_rate: int | None, multipart: bool) -> int:
     framework = framework or FRAMEWORKS.get(file.suffix.lower())
     if not framework:
         raise click.UsageError(f"--framework is needed: {file.suffix or 'no extension'} says nothing about it.")
@@ -173,7 +175,7 @@ def models_upload(api: Api, output: Output, file: Path, name: str, version: str,
               "tags": list(tags) or None}
     fields = {k: v for k, v in fields.items() if v is not None}
     outcome = Uploader(api, file, fields, output=output, parallel=parallel, limit_rate=limit_rate,
-                       sha256=sha256).run()
+                       sha256=sha256, multipart=multipart).run()
     version_data = outcome.version
     already = (f"; {outcome.parts_already_there} of {outcome.part_count} parts were already stored"
                if outcome.parts_already_there else "")

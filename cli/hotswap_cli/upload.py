@@ -84,11 +84,11 @@ class Uploader:
     """One artifact to one server; `run()` uploads it and answers an UploadOutcome, raising ApiError on refusal."""
 
     def __init__(self, api: Api, path: Path, fields: dict, *, output: Output, parallel: int = 8,
-                 limit_rate: int | None = None, sha256: str | None = None):
+                 limit_rate: int | None = None, sha256: str | None = None, multipart: bool = False):
         self.api, self.path, self.fields, self.output = api, path, fields, output
         self.size = path.stat().st_size
         self.parallel, self.rate = max(parallel, 1), RateLimit(limit_rate)
-        self.sha256 = sha256
+        self.sha256, self.multipart = sha256, multipart
         self._stop = threading.Event()
         self._sent = 0
         self._sent_lock = threading.Lock()
@@ -96,6 +96,8 @@ class Uploader:
     def run(self) -> UploadOutcome:
         self.api.get("/auth/me")  # renews an expired JWT now, not halfway through a body that cannot be replayed
         self.sha256 = self.sha256 or file_sha256(self.path, self.output)
+        if self.multipart:
+            return self._multipart()
         body = {**self.fields, "size": self.size, "sha256": self.sha256, "filename": self.path.name}
         try:
             session = self.api.request("POST", "/uploads", json=body)

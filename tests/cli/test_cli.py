@@ -303,6 +303,28 @@ def test_an_interrupted_upload_run_again_sends_only_the_missing_parts(stack):
     assert version["size_bytes"] == size and version["sha256"] == body["sha256"]
 
 
+def test_local_storage_takes_the_parts_through_the_api_and_multipart_still_works(stack, tmp_path):
+    """The storage of `make run`: parts are PUT to the API with the caller's token. --multipart: one POST."""
+    artifact = tmp_path / "local.onnx"
+    artifact.write_bytes(onnx_model_bytes(big_initializer_bytes=2 * PART))
+    with gunicorn_server(env={"S3_BUCKET": "", "HOTSWAP_VAR_DIR": str(tmp_path / "var"),
+                              "UPLOAD_PART_BYTES": str(PART)}) as (base, _server):
+        local = cli_env(stack, {"HOTSWAP_URL": base})
+        sent = stack.json("models", "upload", str(artifact), "--name", "cli-local", "--version", "1.0.0", env=local)
+        posted = stack.run("models", "upload", str(artifact), "--name", "cli-local", "--version", "1.0.1",
+                           "--multipart", env=local, check=0)
+
+    assert sent["upload"]["method"] == "session" and sent["upload"]["part_count"] == 3
+    assert sent["upload"]["bytes_sent"] == artifact.stat().st_size
+    assert sent["version"]["model_id"] == "cli-local-1.0.0" and sent["version"]["size_bytes"] == sent["upload"][
+        "bytes_sent"]
+    stored = list((tmp_path / "var" / "artifacts").rglob("*"))
+    assert sum(p.stat().st_size for p in stored if p.is_file()) == 2 * artifact.stat().st_size
+    # In a CI log (no terminal): a line every 10 %, then what was uploaded.
+    assert "upload local.onnx: 100 %" in posted.stderr
+    assert "uploaded cli-local-1.0.1: " in posted.stderr and "(multipart)" in posted.stderr
+
+
 def test_it_imports_nothing_from_django_or_the_server_and_runs_without_the_servers_code(tmp_path):
     code = ("import sys, hotswap_cli.main, hotswap_cli.upload, hotswap_cli.watch; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'hotswap', 'models_app', "
