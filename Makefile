@@ -70,7 +70,7 @@ wrk: install
 ## bench: every benchmark below (tests/bench runs each with --smoke: tiny sizes, a few seconds, figures not judged)
 bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution bench-metrics
 
-## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
+## bench-upload: the hotswap CLI's direct upload (a session) of 2 GB vs boto3 multipart, the web worker's RSS, a resume after a kill
 bench-upload: install-dev
 	$(PY) bench/upload.py $(BENCH_ARGS)
 

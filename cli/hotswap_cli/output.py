@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,8 +24,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
-
-MB = 1024 * 1024
 
 
 class Output:
@@ -116,5 +115,5 @@ class Transfer:
                 rate = (self.completed - self._start_bytes) / elapsed
                 left = (self.total - self.completed) / rate if rate > 0 else 0
                 self.output.note(f"{self.description}: {self.completed * 100 // self.total:3d} % "
-                                 f"({self.completed / MB:.1f} of {self.total / MB:.1f} MiB, {rate / MB:.1f} MiB/s, "
-                                 f"ETA {int(left)} s)")
+                                 f"({filesize.decimal(self.completed)} of {filesize.decimal(self.total)}, "
+                                 f"{filesize.decimal(int(rate))}/s, ETA {int(left)} s)")

@@ -6,6 +6,7 @@ the outcome's exit code (exitcodes.py).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ VERSION_OUTCOMES = {"passed": exitcodes.OK, "failed": exitcodes.VALIDATION_FAILE
                     "corrupt": exitcodes.VALIDATION_FAILED, "needs_approval": exitcodes.NEEDS_APPROVAL}
 REPORT_OUTCOMES = {"passed": exitcodes.OK, "failed": exitcodes.VALIDATION_FAILED,
                    "error": exitcodes.VALIDATION_FAILED, "not_executed": exitcodes.NEEDS_APPROVAL}
+COUNTDOWN = re.compile(r"\(\d+:\d\d:\d\d left\)")  # a soak's time left, in what a distribution waits for
+LOG_EVERY_SECONDS = 60
 DISTRIBUTION_OUTCOMES = {"completed": exitcodes.OK, "rolled_back": exitcodes.ROLLED_BACK,
                          "aborted": exitcodes.ABORTED}
 
@@ -43,16 +46,19 @@ class Follower:
     def run(self, fetch: Callable[[], Any], outcome: Callable[[Any], int | None], render: Callable[[Any], Any],
             line: Callable[[Any], str]) -> tuple[Any, int]:
         state = fetch()
-        last_line = None
+        last_key, last_printed = None, 0.0
         with Live(render(state), console=self.output.err, transient=False, auto_refresh=True,
                   refresh_per_second=4) if self.output.live else _NoLive() as live:
             while True:
                 code = outcome(state)
                 if self.output.live:
                     live.update(render(state))
-                elif (text := line(state)) != last_line:
-                    self.output.note(text)
-                    last_line = text
+                else:  # a CI log: a line when something changed (a countdown alone: once a minute)
+                    text = line(state)
+                    key = COUNTDOWN.sub("", text)
+                    if key != last_key or time.monotonic() - last_printed >= LOG_EVERY_SECONDS:
+                        self.output.note(text)
+                        last_key, last_printed = key, time.monotonic()
                 if code is not None:
                     return state, code
                 if self.deadline and time.monotonic() > self.deadline:
