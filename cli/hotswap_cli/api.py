@@ -14,6 +14,7 @@ from hotswap_cli.config import Profile, profile_save
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # A 429 names its wait (Retry-After); the CLI waits up to this long in all before giving up.
 RATE_LIMIT_PATIENCE_SECONDS = 120
+TRANSPORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -78,11 +79,19 @@ class Api:
         """The raw response, after waiting out 429s (their Retry-After) for up to RATE_LIMIT_PATIENCE_SECONDS."""
         deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
         headers = {"Authorization": self.profile.authorization, **kwargs.pop("headers", {})}
+        failures = 0
         while True:
             try:
                 response = self.http.request(method, path, headers=headers, **kwargs)
             except httpx.HTTPError as exc:
-                raise unreachable(self.profile.url, exc) from exc
+                failures += 1
+                # A kept-alive connection the server closed as it was reused (no answer: the request was not
+                # handled), or any failure of a read: worth another attempt. A streamed body cannot be resent.
+                stale = isinstance(exc, httpx.RemoteProtocolError) and "content" not in kwargs
+                if failures >= TRANSPORT_ATTEMPTS or not (stale or method == "GET"):
+                    raise unreachable(self.profile.url, exc) from exc
+                time.sleep(0.5 * failures)
+                continue
             wait = _retry_after(response)
             if response.status_code != 429 or wait is None or time.monotonic() + wait > deadline:
                 return response

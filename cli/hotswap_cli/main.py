@@ -61,6 +61,8 @@ def api_command(group: click.Group, name: str, **settings):
             except ApiError as exc:
                 output.error(exc.body or {"error": {"code": exc.code, "message": exc.message, "details": []}})
                 sys.exit(exitcodes.ERROR)
+            except OSError as exc:  # the file given, or the profile's directory
+                _fail(output, "LOCAL_ERROR", str(exc), exitcodes.ERROR)
             except TimedOut as exc:
                 _fail(output, "TIMED_OUT", f"--timeout passed; last seen: {exc}", exitcodes.TIMED_OUT)
             except KeyboardInterrupt:

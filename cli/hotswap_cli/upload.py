@@ -50,10 +50,6 @@ class UploadOutcome:
                 "bytes_already_there": self.bytes_already_there, "bytes_sent": self.bytes_sent}
 
 
-class PartFailed(Exception):
-    """A part that could not be stored after every attempt."""
-
-
 def file_sha256(path: Path, output: Output) -> str:
     digest = hashlib.sha256()
     with output.transfer("checksum", total=path.stat().st_size) as progress, path.open("rb") as handle:
@@ -188,8 +184,9 @@ class Uploader:
                 if response.status_code not in RETRYABLE:
                     if part.get("auth"):  # the API's own part endpoint answers in the API's error shape
                         raise ApiError.from_response(response)
-                    raise PartFailed(f"part {number}: the store answered {response.status_code}: "
-                                     f"{response.text[:300]}")
+                    message = f"part {number}: the store answered {response.status_code}: {response.text[:300]}"
+                    raise ApiError(code="PART_REFUSED", message=message, status=response.status_code, body={
+                        "error": {"code": "PART_REFUSED", "message": message, "details": []}})
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
             progress.advance(-sent[0])  # this part starts over
         raise ApiError(code="PART_FAILED", message=f"part {number} failed {PART_ATTEMPTS} times (last: {error}); "

@@ -28,6 +28,7 @@ REPORT_OUTCOMES = {"passed": exitcodes.OK, "failed": exitcodes.VALIDATION_FAILED
                    "error": exitcodes.VALIDATION_FAILED, "not_executed": exitcodes.NEEDS_APPROVAL}
 COUNTDOWN = re.compile(r"\(\d+:\d\d:\d\d left\)")  # a soak's time left, in what a distribution waits for
 LOG_EVERY_SECONDS = 60
+OUTAGE_PATIENCE_SECONDS = 120
 DISTRIBUTION_OUTCOMES = {"completed": exitcodes.OK, "rolled_back": exitcodes.ROLLED_BACK,
                          "aborted": exitcodes.ABORTED}
 
@@ -42,6 +43,7 @@ class Follower:
     def __init__(self, output: Output, *, interval: float, timeout: float | None):
         self.output, self.interval = output, interval
         self.deadline = time.monotonic() + timeout if timeout else None
+        self.outage_since: float | None = None
 
     def run(self, fetch: Callable[[], Any], outcome: Callable[[Any], int | None], render: Callable[[Any], Any],
             line: Callable[[Any], str]) -> tuple[Any, int]:
@@ -64,7 +66,21 @@ class Follower:
                 if self.deadline and time.monotonic() > self.deadline:
                     raise TimedOut(line(state))
                 time.sleep(self.interval)
-                state = fetch()
+                state = self._fetch_again(fetch, state)
+
+    def _fetch_again(self, fetch: Callable[[], Any], state: Any) -> Any:
+        """The next state; a server unreachable or failing (5xx) for less than OUTAGE_PATIENCE_SECONDS keeps the
+        last one (a restart or a blip must not fail a CI job that follows a rollout for an hour)."""
+        try:
+            state = fetch()
+            self.outage_since = None
+        except ApiError as exc:
+            if exc.code != "UNREACHABLE" and exc.status < 500:
+                raise
+            self.outage_since = self.outage_since or time.monotonic()
+            if time.monotonic() - self.outage_since > OUTAGE_PATIENCE_SECONDS:
+                raise
+        return state
 
 
 class _NoLive:

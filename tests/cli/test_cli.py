@@ -119,6 +119,15 @@ def test_upload_with_wait_exits_0_once_validation_passed_and_says_so_in_json(upl
     assert uploaded["stderr"] == ""  # --json: no progress, nothing but the document
 
 
+def test_upload_with_wait_exits_3_when_the_bytes_are_not_the_declared_ones(stack, model_file):
+    # The session takes the client's word for the SHA-256; the validation worker hashes what was stored.
+    done = stack.run("models", "upload", str(model_file), "--name", "cli-tampered", "--version", "1.0.0",
+                     "--sha256", "ab" * 32, "--wait", "--timeout", "60", check=3)
+
+    assert "validation of cli-tampered-1.0.0: version corrupt" in done.stderr, done.stderr
+    assert "status: corrupt" in done.stdout and "distributable: False" in done.stdout
+
+
 def test_models_list_show_and_report(stack, uploaded):
     listed = stack.json("models", "list", "--name", "cli-net")
     assert [v["model_id"] for v in listed["results"]] == ["cli-net-1.0.0"]
