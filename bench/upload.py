@@ -1,7 +1,7 @@
 """Upload bench: the hotswap CLI's direct path (an upload session: parts PUT straight to S3) against a raw boto3
 multipart upload of the same bytes to the same S3 server; the web worker's RSS meanwhile; and a resumed upload.
 
-Run with `make bench-upload` (or `.venv/bin/python bench/upload.py --size-mb 1907 --repeat 3`). It starts its
+Run with `make bench-upload` (or `.venv/bin/python bench/upload.py --size-mb 1907 --repeat 2`). It starts its
 own SeaweedFS and gunicorn, uses the machine's PostgreSQL/Redis when they answer (else the embedded ones), runs
 the real CLI (`python -m hotswap_cli`, cli/) as a separate process, and removes everything it made when it ends.
 MB here means 2**20 bytes; the default artifact is 2 GB (1907 MB).
@@ -233,8 +233,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1907, help="artifact size in MB (2^20 bytes); default 1907 "
                                                                   "(2 GB)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each upload; the median is reported")
-    parser.add_argument("--part-mb", type=int, default=64, help="the server's upload part size (UPLOAD_PART_BYTES)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each upload; the median is reported")
+    parser.add_argument("--part-mb", type=int, default=None,
+                        help="the server's upload part size in MB (UPLOAD_PART_BYTES; default: the server's own)")
     parser.add_argument("--resume-rate-mb", type=int, default=None,
                         help="--limit-rate of the run killed halfway, in MB/s (default: none)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
@@ -243,7 +244,7 @@ def main() -> int:
     size_target = args.size_mb * MB
 
     env = {"THROTTLE_UPLOAD": "1000/hour", "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
-           "UPLOAD_PART_BYTES": str(args.part_mb * MB)}
+           **({"UPLOAD_PART_BYTES": str(args.part_mb * MB)} if args.part_mb else {})}
     with bench_stack(prefix="run-", database=BENCH_DB, redis_db=REDIS_DB, bucket=BUCKET, keep=args.keep,
                      env=env, smoke=args.smoke) as stack:
         artifact = stack.scratch / "bench-model.onnx"

@@ -57,26 +57,33 @@ class Api:
     def __init__(self, profile: Profile):
         self.profile = profile
         self._renewing = threading.Lock()  # parts are sent from several threads; a refresh token works once
-        self.http = httpx.Client(base_url=f"{profile.url}/api/v1", timeout=TIMEOUT)
+        # gunicorn closes a kept-alive connection after 2 s idle (its default): reusing one only within 1 s avoids
+        # writing into a connection it is closing.
+        self.http = httpx.Client(base_url=f"{profile.url}/api/v1", timeout=TIMEOUT,
+                                 limits=httpx.Limits(keepalive_expiry=1.0))
 
     def close(self) -> None:
         self.http.close()
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                renewed: bool = False, **kwargs) -> Any:
+                renewed: bool = False, idempotent: bool = False, **kwargs) -> Any:
+        """The answer's JSON; ApiError otherwise. `idempotent`: a POST that may be sent again after a transport
+        failure (GETs always may)."""
         token = self.profile.token
-        response = self.send(method, path, json=json, params=params, **kwargs)
+        response = self.send(method, path, json=json, params=params, idempotent=idempotent, **kwargs)
         if response.status_code == 401 and self.profile.refresh and not renewed:
             with self._renewing:
                 if self.profile.token == token:  # else another thread renewed it meanwhile
                     self._renew()
-            return self.request(method, path, json=json, params=params, renewed=True, **kwargs)
+            return self.request(method, path, json=json, params=params, renewed=True, idempotent=idempotent,
+                                **kwargs)
         if response.status_code >= 400:
             raise ApiError.from_response(response)
         return response.json() if response.content else None
 
-    def send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """The raw response, after waiting out 429s (their Retry-After) for up to RATE_LIMIT_PATIENCE_SECONDS."""
+    def send(self, method: str, path: str, *, idempotent: bool = False, **kwargs) -> httpx.Response:
+        """The raw response, after waiting out 429s (their Retry-After) for up to RATE_LIMIT_PATIENCE_SECONDS and
+        retrying transport failures of requests that may be sent twice."""
         deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
         headers = {"Authorization": self.profile.authorization, **kwargs.pop("headers", {})}
         failures = 0
@@ -88,7 +95,7 @@ class Api:
                 # A kept-alive connection the server closed as it was reused (no answer: the request was not
                 # handled), or any failure of a read: worth another attempt. A streamed body cannot be resent.
                 stale = isinstance(exc, httpx.RemoteProtocolError) and "content" not in kwargs
-                if failures >= TRANSPORT_ATTEMPTS or not (stale or method == "GET"):
+                if failures >= TRANSPORT_ATTEMPTS or not (stale or idempotent or method == "GET"):
                     raise unreachable(self.profile.url, exc) from exc
                 time.sleep(0.5 * failures)
                 continue

@@ -9,7 +9,9 @@ ROLLED_BACK = 5  # the distribution was rolled back (automatically by the health
 HALTED = 6  # the orchestrator paused the distribution (failed installs or a failing verdict): an operator decides
 ABORTED = 7  # the distribution was aborted
 TIMED_OUT = 8  # --timeout passed before the outcome was known
+INTERRUPTED = 130  # Ctrl-C (the shell's convention: 128 + SIGINT)
 
 HELP = """Exit codes: 0 success; 1 the API refused the request or could not be reached; 2 bad command line;
 3 validation failed; 4 the version needs an Admin's approval; 5 the distribution was rolled back;
-6 the distribution was halted (paused by the orchestrator); 7 the distribution was aborted; 8 --timeout passed."""
+6 the distribution was halted (paused by the orchestrator); 7 the distribution was aborted; 8 --timeout passed;
+130 interrupted (an upload run again resumes)."""

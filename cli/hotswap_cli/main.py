@@ -66,8 +66,8 @@ def api_command(group: click.Group, name: str, **settings):
             except TimedOut as exc:
                 _fail(output, "TIMED_OUT", f"--timeout passed; last seen: {exc}", exitcodes.TIMED_OUT)
             except KeyboardInterrupt:
-                output.note("interrupted")
-                sys.exit(130)
+                output.note("interrupted: run the same command again to resume an upload")
+                sys.exit(exitcodes.INTERRUPTED)
             sys.exit(code or exitcodes.OK)
 
         return command

@@ -96,7 +96,7 @@ class Uploader:
             return self._multipart()
         body = {**self.fields, "size": self.size, "sha256": self.sha256, "filename": self.path.name}
         try:
-            session = self.api.request("POST", "/uploads", json=body)
+            session = self.api.request("POST", "/uploads", json=body, idempotent=True)  # answers the open one
         except ApiError as exc:
             if exc.status not in (404, 405):
                 raise
@@ -122,9 +122,12 @@ class Uploader:
                 self._send_parts(session, missing, progress)
             outcome.parts_sent += len(missing)
             try:
-                completed = self.api.request("POST", f"/uploads/{session['id']}/complete", json={})
+                completed = self.api.request("POST", f"/uploads/{session['id']}/complete", json={}, idempotent=True)
                 break
             except ApiError as exc:
+                if exc.code == "UPLOAD_COMPLETED":  # an attempt whose answer was lost completed it
+                    completed = self.api.get(f"/uploads/{session['id']}")
+                    break
                 if exc.code != "UPLOAD_INCOMPLETE" or _round:
                     raise
                 session = self.api.get(f"/uploads/{session['id']}")
@@ -165,7 +168,8 @@ class Uploader:
                 return
             if attempt:
                 time.sleep(min(2 ** attempt, 20))
-            target = self.api.request("POST", f"/uploads/{session['id']}/parts", json={"numbers": [number]})
+            target = self.api.request("POST", f"/uploads/{session['id']}/parts", json={"numbers": [number]},
+                                      idempotent=True)
             part = target["parts"][0]
             headers = {"Content-Length": str(size)}
             if part.get("auth"):

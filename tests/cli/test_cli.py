@@ -1,5 +1,7 @@
 """The `hotswap` command line against a live server: gunicorn and a Celery worker with beat (validation and the
-rollout orchestrator), started once for this file. Each case runs the CLI as CI does, as a separate process."""
+rollout orchestrator), started once for this file. The CLI runs in this process through click's runner (its real
+command line and HTTP calls), or as a separate process where that is the point: as CI runs it, killed halfway,
+on a pseudo-terminal, without the server's code."""
 
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
 from devices.models import DesiredState, Device
 from hotswap.accounts.roles import Role
+from hotswap_cli.main import cli
 from tests.artifacts import onnx_model_bytes
 from tests.live import ROOT, celery_worker, gunicorn_server
 
@@ -48,12 +52,20 @@ class Stack:
     token: str
     home: Path
 
-    def run(self, *args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 90,
-            check: int | None = None) -> subprocess.CompletedProcess:
-        """`hotswap ARGS` as a separate process configured by HOTSWAP_URL / HOTSWAP_TOKEN (unless `env` says
-        otherwise); `check`: the exit code it must end with."""
-        done = subprocess.run([sys.executable, "-m", "hotswap_cli", *args], cwd=self.home, input=stdin,
-                              env=cli_env(self, env), capture_output=True, text=True, timeout=timeout)
+    def run(self, *args: str, env: dict | None = None, stdin: str | None = None, check: int | None = None,
+            process: bool = False) -> subprocess.CompletedProcess:
+        """`hotswap ARGS` configured by HOTSWAP_URL / HOTSWAP_TOKEN (unless `env` says otherwise), in this process
+        (click's runner: the same command line and HTTP calls, without a Python start each time) or, `process`,
+        as a separate one as CI runs it; `check`: the exit code it must end with."""
+        if process:
+            done = subprocess.run([sys.executable, "-m", "hotswap_cli", *args], cwd=self.home, input=stdin,
+                                  env=cli_env(self, env), capture_output=True, text=True, timeout=120)
+        else:
+            overrides = {k: None for k in os.environ if k.startswith("HOTSWAP_") and not k.startswith("HOTSWAP_TEST")}
+            overrides.update({"HOTSWAP_CONFIG": str(self.home / "config.json"), "HOTSWAP_URL": self.base,
+                              "HOTSWAP_TOKEN": self.token, "COLUMNS": "120", **(env or {})})
+            result = CliRunner().invoke(cli, list(args), input=stdin, env=overrides, catch_exceptions=False)
+            done = subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
         if check is not None:
             assert done.returncode == check, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
         assert "Traceback" not in done.stderr, done.stderr
@@ -104,7 +116,7 @@ def model_file(stack) -> Path:
 def uploaded(stack, model_file) -> dict:
     """cli-net 1.0.0 uploaded with --wait --json: the CLI's JSON and its exit code."""
     done = stack.run("models", "upload", str(model_file), "--name", "cli-net", "--version", "1.0.0", "--wait",
-                     "--json")
+                     "--json", process=True)
     return {"exit": done.returncode, "out": json.loads(done.stdout), "stderr": done.stderr}
 
 
@@ -140,7 +152,8 @@ def test_models_list_show_and_report(stack, uploaded):
 
 
 def test_errors_show_the_apis_code_and_message_never_a_traceback(stack, model_file):
-    bad = stack.run("models", "upload", str(model_file), "--name", "cli-net", "--version", "1.0", check=1)
+    bad = stack.run("models", "upload", str(model_file), "--name", "cli-net", "--version", "1.0", check=1,
+                    process=True)
     assert "error: VALIDATION_ERROR" in bad.stderr and "version:" in bad.stderr
 
     missing = stack.json("models", "show", "nope-1.0.0", check=1)
@@ -318,7 +331,7 @@ def test_local_storage_takes_the_parts_through_the_api_and_multipart_still_works
     artifact.write_bytes(onnx_model_bytes(big_initializer_bytes=2 * PART))
     with gunicorn_server(env={"S3_BUCKET": "", "HOTSWAP_VAR_DIR": str(tmp_path / "var"),
                               "UPLOAD_PART_BYTES": str(PART)}) as (base, _server):
-        local = cli_env(stack, {"HOTSWAP_URL": base})
+        local = {"HOTSWAP_URL": base}
         sent = stack.json("models", "upload", str(artifact), "--name", "cli-local", "--version", "1.0.0", env=local)
         posted = stack.run("models", "upload", str(artifact), "--name", "cli-local", "--version", "1.0.1",
                            "--multipart", env=local, check=0)
