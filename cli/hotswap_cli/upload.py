@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from hotswap_cli.output import Output, Transfer
 
 CHUNK = 1024 * 1024
 PART_ATTEMPTS = 5
+TARGET_BATCH = 1000  # part URLs asked for in one call (the API's most)
 PART_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 # Answers of a part PUT worth another attempt: a presigned URL that expired (403, a new one is asked for),
 # a timeout, too many requests, and the store's own failures.
@@ -141,12 +143,28 @@ class Uploader:
         part_size, count = session["part_size"], session["part_count"]
         return session["size"] - part_size * (count - 1) if number == count else part_size
 
+    def _part_targets(self, session: dict, numbers: list[int]) -> dict[int, dict]:
+        """Where to send each part, asked for ahead in batches: no API round trip between two parts."""
+        targets = {}
+        for start in range(0, len(numbers), TARGET_BATCH):
+            answer = self.api.request("POST", f"/uploads/{session['id']}/parts",
+                                      json={"numbers": numbers[start:start + TARGET_BATCH]}, idempotent=True)
+            expires = datetime.fromisoformat(answer["expires_at"]).timestamp()
+            targets.update({part["number"]: {**part, "expires": expires} for part in answer["parts"]})
+        return targets
+
+    def _fresh_target(self, session: dict, number: int) -> dict:
+        answer = self.api.request("POST", f"/uploads/{session['id']}/parts", json={"numbers": [number]},
+                                  idempotent=True)
+        return {**answer["parts"][0], "expires": datetime.fromisoformat(answer["expires_at"]).timestamp()}
+
     def _send_parts(self, session: dict, numbers: list[int], progress: Transfer) -> None:
         if not numbers:
             return
+        targets = self._part_targets(session, numbers)
         with httpx.Client(timeout=PART_TIMEOUT, limits=httpx.Limits(max_connections=self.parallel + 1)) as http, \
                 ThreadPoolExecutor(self.parallel, thread_name_prefix="part") as pool:
-            futures = [pool.submit(self._send_part, http, session, number, progress) for number in numbers]
+            futures = [pool.submit(self._send_part, http, session, targets[number], progress) for number in numbers]
             try:
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             except BaseException:  # Ctrl-C: stop the parts in flight; a re-run resumes from what was stored
@@ -159,8 +177,8 @@ class Uploader:
                 future.result()  # the first failure, if any
         self._stop.clear()
 
-    def _send_part(self, http: httpx.Client, session: dict, number: int, progress: Transfer) -> None:
-        size = self._part_size(session, number)
+    def _send_part(self, http: httpx.Client, session: dict, part: dict, progress: Transfer) -> None:
+        number, size = part["number"], self._part_size(session, part["number"])
         offset = session["part_size"] * (number - 1)
         error = ""
         for attempt in range(PART_ATTEMPTS):
@@ -168,9 +186,8 @@ class Uploader:
                 return
             if attempt:
                 time.sleep(min(2 ** attempt, 20))
-            target = self.api.request("POST", f"/uploads/{session['id']}/parts", json={"numbers": [number]},
-                                      idempotent=True)
-            part = target["parts"][0]
+            if attempt or part["expires"] - time.time() < 60:  # a URL that may have expired or been refused
+                part = self._fresh_target(session, number)
             headers = {"Content-Length": str(size)}
             if part.get("auth"):
                 headers["Authorization"] = self.api.profile.authorization
