@@ -158,6 +158,14 @@ def existing_version(name: str, version: str, sha256: str) -> ModelVersion | Non
             code="VERSION_EXISTS",
             extra={"model_id": existing.model_id, "existing_sha256": existing.sha256},
         )
+    if existing.status == ModelVersion.Status.CORRUPT:
+        # The same declared bytes, but what was stored did not hash to them: answering "already there" would
+        # hand a re-run the rejected version instead of a working one.
+        raise ConflictError(
+            f"{existing.model_id} exists but its stored bytes did not match its SHA-256 ({existing.scrub_error}). "
+            f"An Admin deletes it (DELETE /api/v1/models/{existing.model_id}) before it can be uploaded again; or "
+            "upload under a new version.",
+            code="VERSION_CORRUPT", extra={"model_id": existing.model_id})
     return existing
 
 

@@ -66,8 +66,9 @@ class UploadSessionStartApi(APIView):
                     "size (a re-run resumes: send only the parts missing from `parts_done`), or with a completed "
                     "one when that version already exists with this SHA-256. The SHA-256 is verified by the "
                     "validation worker. Errors: 400 ARTIFACT_TOO_LARGE / FRAMEWORK_MISMATCH / VALIDATION_ERROR, "
-                    "409 VERSION_EXISTS, 503 STORAGE_UNAVAILABLE. Rate limit: refused once THROTTLE_UPLOAD new "
-                    "versions were accepted for you in the window; starting a session counts nothing.",
+                    "409 VERSION_EXISTS / VERSION_CORRUPT, 503 STORAGE_UNAVAILABLE. Rate limit: refused once "
+                    "THROTTLE_UPLOAD new versions were accepted for you in the window; starting a session counts "
+                    "nothing.",
         request=InputSerializer,
         responses={201: UploadSessionOutputSerializer, 200: UploadSessionOutputSerializer,
                    409: OpenApiResponse(description="VERSION_EXISTS"),

@@ -139,10 +139,19 @@ def _expired(session: UploadSession) -> bool:
     return session.status == S.OPEN and session.expires_at <= timezone.now()
 
 
+def _storage_discard(session: UploadSession, store: ArtifactStore) -> None:
+    """Deletes whatever a session that made no version of its own stored: its parts, and an assembled object."""
+    store.multipart_discard(session.storage_key, session.upload_id)
+    try:
+        store.delete(session.storage_key)  # nothing there is the usual case, and deleting nothing is fine
+    except ApplicationError:
+        logger.error("could not delete %s of ended upload session %s", session.storage_key, session.pk)
+
+
 def _expire(session: UploadSession) -> bool:
     if not _session_end(session, to=S.EXPIRED):
         return False
-    artifact_store().multipart_discard(session.storage_key, session.upload_id)
+    _storage_discard(session, artifact_store())
     logger.info("upload session expired", extra={"session": str(session.pk)})
     return True
 
@@ -256,13 +265,18 @@ def upload_session_complete(*, session: UploadSession) -> tuple[SessionView, boo
     with transaction.atomic():
         session = UploadSession.objects.select_for_update().get(pk=session.pk)
         _require_open(session)  # a concurrent complete or abort got there first
-        _parts_check(session, _parts_stored(session))
+        stored = _parts_stored(session)
+        # No parts but the object: an earlier complete assembled it and died before recording the version.
+        assembled = not stored and store.exists(session.storage_key)
+        if not assembled:
+            _parts_check(session, stored)
         existing = services.existing_version(session.name, session.version, session.sha256)
         if existing is not None:
-            store.multipart_discard(session.storage_key, session.upload_id)
+            _storage_discard(session, store)
             _session_end(session, to=S.COMPLETED, model_version=existing)
             return upload_session_view(session), False
-        store.multipart_complete(session.storage_key, session.upload_id, session.part_count, session.part_bytes)
+        if not assembled:
+            store.multipart_complete(session.storage_key, session.upload_id, session.part_count, session.part_bytes)
         failure: BaseException | None = None
         try:
             with tracing.span("model.upload", attributes={
@@ -315,18 +329,15 @@ def _version_record(session: UploadSession, store: ArtifactStore, framework: str
 
 
 def _assembled_discard(session: UploadSession, store: ArtifactStore) -> None:
-    """The assembled object was refused: delete it and end the session (its multipart upload is already gone)."""
-    try:
-        store.delete(session.storage_key)
-    except ApplicationError:
-        logger.error("could not delete refused upload %s; the scrub will not find it", session.storage_key)
+    """The assembled object was refused: delete it and end the session."""
+    _storage_discard(session, store)
     _session_end(session, to=S.ABORTED)
 
 
 def upload_session_abort(*, session: UploadSession) -> None:
     """Ends an open session and deletes its parts; a session that already ended is left as it is (idempotent)."""
     if _session_end(session, to=S.ABORTED):
-        artifact_store().multipart_discard(session.storage_key, session.upload_id)
+        _storage_discard(session, artifact_store())
         logger.info("upload session aborted", extra={"session": str(session.pk)})
 
 

@@ -161,15 +161,15 @@ def validation_run(*, report_id: int) -> ValidationReport | None:
         config = _config(version, gates)
         try:
             with contextlib.ExitStack() as stack:
-                baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
-                config.baseline = baseline_metrics
                 # An upload session's bytes never passed through HotSwap: hash them here, in the worker, not in
-                # the child that parses the (untrusted) model.
+                # the child that parses the (untrusted) model, and before anything else is spent on them.
                 digest = None if version.sha256_verified else hashlib.sha256()
                 model_path = stack.enter_context(_local_copy(version.storage_key, version.size_bytes, ".model",
                                                              digest))
                 if digest is not None and (rejected := _sha256_verify(version, digest.hexdigest())):
                     return _finish(report, rejected, gates, baseline)
+                baseline_metrics, baseline_source = _baseline_metrics(baseline, stack)
+                config.baseline = baseline_metrics
                 if report.test_set:
                     config.test_set_path = str(stack.enter_context(
                         _local_copy(report.test_set.storage_key, report.test_set.size_bytes, ".npz")))
@@ -188,7 +188,8 @@ def _sha256_verify(version: ModelVersion, sha256: str) -> dict | None:
         ModelVersion.objects.filter(pk=version.pk).update(sha256_verified=True)
         return None
     reason = (f"the uploaded bytes hash to sha256 {sha256}, not the declared {version.sha256}: a part was corrupted "
-              "or replaced on the way; the stored object was deleted. Upload the artifact again.")
+              "or replaced on the way; the stored object was deleted. Upload it again under a new version (or once an "
+              "Admin deleted this one).")
     try:
         artifact_store().delete(version.storage_key)
     except ApplicationError:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from devices.services.registry import device_register
 from hotswap.lib.localservices import free_port
-from models_app.models import ModelVersion, UploadSession
+from models_app.models import ModelVersion, MultipartAbort, UploadSession
 from models_app.shipping import version_refusal
 from models_app.storage import artifact_store
 from models_app.tasks import artifact_abandoned_uploads_cleanup, upload_sessions_expire
@@ -36,6 +36,8 @@ def model_file() -> bytes:
 @pytest.fixture(autouse=True)
 def _five_mib_parts(settings):
     settings.UPLOAD_PART_BYTES = 5 * MB
+    # What is checked here is the worker's hash, not the benchmark: keep the validations short.
+    settings.VALIDATION_WARMUP_RUNS, settings.VALIDATION_BENCHMARK_RUNS = 1, 10
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ def test_a_rerun_resumes_sending_only_the_missing_parts_and_the_worker_verifies_
 
 
 def test_a_part_replaced_on_the_way_is_caught_by_the_workers_hash_and_the_object_deleted(developer, model_file,
-                                                                                       new_keys):
+                                                                                       new_keys, client_for):
     session = start(developer, model_file).json()
 
     def tampered(content, session, number):
@@ -123,9 +125,12 @@ def test_a_part_replaced_on_the_way_is_caught_by_the_workers_hash_and_the_object
     assert f"not the declared {session['sha256']}" in integrity["detail"] and "deleted" in report.summary
     assert new_keys() == set()  # no object, no multipart upload
     assert "no longer matches its SHA-256" in version_refusal(version, unvalidated_ok=True)
-    approval = developer.post("/api/v1/models/llm-1.0.0/approve", {"reason": "ship it anyway, please"},
-                              format="json")
-    assert approval.status_code in (403, 409)  # never approvable into shipping
+    approval = client_for("Admin").post("/api/v1/models/llm-1.0.0/approve", {"reason": "ship it anyway, please"},
+                                        format="json")
+    assert error(approval) == (409, "APPROVAL_NOT_NEEDED")  # a corrupt version is never approved into shipping
+    rerun = start(developer, model_file)  # the same file again: not "already uploaded"
+    assert error(rerun) == (409, "VERSION_CORRUPT")
+    assert "DELETE /api/v1/models/llm-1.0.0" in rerun.json()["error"]["message"]
 
 
 def test_the_beat_task_aborts_expired_sessions_and_their_parts(developer, model_file, new_keys):
@@ -136,6 +141,7 @@ def test_the_beat_task_aborts_expired_sessions_and_their_parts(developer, model_
 
     assert upload_sessions_expire() == 1
 
+    assert not MultipartAbort.objects.exists()
     assert get(developer, session).json()["status"] == "expired"
     assert get(developer, fresh).json()["status"] == "open"
     assert new_keys() == {f"multipart:{UploadSession.objects.get(pk=fresh['id']).storage_key}"}
@@ -206,6 +212,20 @@ def test_completing_with_parts_missing_or_the_wrong_size_lists_each_part(develop
     assert again.json()["error"]["model_id"] == "llm-1.0.0"
 
 
+def test_a_complete_that_died_after_s3_assembled_the_object_is_finished_by_the_next(developer, model_file, new_keys):
+    session = start(developer, model_file).json()
+    send(developer, session, model_file, [1, 2, 3])
+    row = UploadSession.objects.get(pk=session["id"])
+    # What a complete did before its process was killed: S3 assembled the object, no version was recorded.
+    artifact_store().multipart_complete(row.storage_key, row.upload_id, row.part_count, row.part_bytes)
+
+    done = complete(developer, session)
+
+    assert done.status_code == 201, done.json()
+    assert done.json()["model_version"]["model_id"] == "llm-1.0.0"
+    assert new_keys() == {row.storage_key}
+
+
 def test_bytes_that_are_no_model_end_the_session_with_nothing_stored(developer, new_keys):
     junk = b"\x07not a model" * (600 * 1024)
     session = start(developer, junk).json()
@@ -216,6 +236,7 @@ def test_bytes_that_are_no_model_end_the_session_with_nothing_stored(developer, 
     assert error(response) == (400, "INVALID_ARTIFACT")
     assert get(developer, session).json()["status"] == "aborted"
     assert new_keys() == set() and not ModelVersion.objects.exists()
+    assert not MultipartAbort.objects.exists()  # nothing left for the cleanup task either
 
 
 def test_abort_deletes_the_parts_and_ends_the_session(developer, model_file, new_keys):
