@@ -219,6 +219,13 @@ def test_watch_exits_6_when_the_orchestrator_halts_it_and_7_once_aborted(stack, 
     stack.run("distributions", "abort", distribution_id, "--reason", "cli test", check=0)
     assert stack.json("distributions", "watch", distribution_id, check=7)["status"] == "aborted"
 
+    # On a terminal: the distribution's status, then each stage with a progress bar of its devices.
+    code, drawn = run_in_pty(stack, "distributions", "watch", distribution_id)
+    plain = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", drawn)
+    assert code == 7, drawn
+    assert re.search(rf"distribution {distribution_id} aborted\s+0/1 devices active", plain), plain
+    assert re.search(r"All devices\s+cancelled\s+━+\s+0/1 active, 0 installing, 1 failed", plain), plain
+
 
 def test_an_operators_pause_is_watched_through_until_the_timeout(stack, uploaded):
     distribution_id = create(stack, "cli-cam-2", "--install-timeout", "600", check=0).stdout.strip()
