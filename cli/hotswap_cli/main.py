@@ -392,8 +392,8 @@ _action("rollback", "Send every device the distribution touched back to its prev
 
 def _version_render(output: Output, version: dict) -> None:
     output.fields((key, version.get(key)) for key in (
-        "model_id", "status", "framework", "detected_format", "sha256", "size_bytes", "original_filename",
-        "uploaded_by", "uploaded_at", "distributable", "tags", "description"))
+        "model_id", "status", "framework", "detected_format", "sha256", "sha256_verified", "size_bytes",
+        "original_filename", "uploaded_by", "uploaded_at", "distributable", "tags", "description"))
 
 
 def _page(output: Output, page: dict, columns: list[str], row) -> None:
