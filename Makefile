@@ -10,9 +10,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 # The device package (device/: agent, simulator, protocol) is its own distribution; the server imports its protocol.
-$(VENV)/.installed: $(VENV)/bin/python requirements.txt device/pyproject.toml
+# So is the `hotswap` command line (cli/), installed here too so `make run` users have it in .venv/bin.
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt device/pyproject.toml cli/pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e ./device
+	$(PY) -m pip install --quiet --no-deps -e ./cli
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -68,7 +70,7 @@ wrk: install
 ## bench: every benchmark below (tests/bench runs each with --smoke: tiny sizes, a few seconds, figures not judged)
 bench: bench-upload bench-checkin bench-telemetry bench-validation bench-rollback bench-distribution bench-metrics
 
-## bench-upload: upload throughput through the API vs direct boto3 multipart, and the web process's peak RSS
+## bench-upload: the hotswap CLI's direct upload (a session) of 2 GB vs boto3 multipart, the web worker's RSS, a resume after a kill
 bench-upload: install-dev
 	$(PY) bench/upload.py $(BENCH_ARGS)
 

@@ -19,7 +19,7 @@ from tests.live import ROOT
 
 # A line of each script's report, figures included (the report comes last, after every measuring step).
 REPORTS = {
-    "upload": r"API POST /api/v1/models +[\d.]+ MB/s",
+    "upload": r"hotswap CLI \(upload session, direct\) +[\d.]+ MB/s",
     "checkin": r"\(a\) check-in, 304 path +[\d,]+ +[\d.]+ ms +[\d.]+ ms",
     "telemetry": r"version aggregate, last 5 min +[\d.]+ ms",
     "validation": r"whole run_isolated validation of a \d+ MiB model .*: [\d.]+ s wall",
