@@ -122,6 +122,16 @@ class ModelSlot(models.Model):
     A rollback is only a change of desired state back to an earlier version with `rollback=True`.
     """
 
+    class State(models.TextChoices):
+        """Where a slot stands, derived from its desired and running state (ModelSlot.state)."""
+
+        IN_SYNC = "in_sync", "In sync"  # runs the desired version
+        INSTALLING = "installing", "Installing"  # the device has not reported the desired version running yet
+        REFUSED = "refused", "Refused"  # the device refused (or failed) the current desired state: refused_reason
+        REMOVING = "removing", "Removing"  # to be removed, still reported running
+        REMOVED = "removed", "Removed"  # removed: nothing runs
+        UNMANAGED = "unmanaged", "Not managed"  # nothing desired: the device runs what it has
+
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="slots")
     ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.CASCADE, related_name="slots")
 
@@ -167,9 +177,20 @@ class ModelSlot(models.Model):
         wanted = "remove" if self.remove else (self.version_id or "keep")
         return f"{self.device_id}/{self.ai_model_id} -> {wanted} (#{self.sequence})"
 
+    @property
+    def state(self) -> str:
+        if self.sequence and self.refused_sequence == self.sequence:
+            return self.State.REFUSED
+        runs = self.running_version_id is not None or bool(self.reported_version)
+        if self.remove:
+            return self.State.REMOVING if runs else self.State.REMOVED
+        if self.version_id is None:
+            return self.State.UNMANAGED
+        return self.State.IN_SYNC if self.running_version_id == self.version_id else self.State.INSTALLING
+
 
 class InstallReport(models.Model):
-    """A device's account of one install attempt (installed, active, failed, refused, rolled back)."""
+    """A device's account of one install attempt (installed, active, failed, refused, rolled back) or removal."""
 
     class Status(models.TextChoices):
         DOWNLOADING = "downloading"
@@ -178,6 +199,7 @@ class InstallReport(models.Model):
         FAILED = "failed"
         REFUSED = "refused"
         ROLLED_BACK = "rolled_back"
+        REMOVED = "removed"  # the model was unloaded and deleted (a removal's answer)
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="install_reports")
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,

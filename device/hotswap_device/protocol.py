@@ -38,3 +38,14 @@ INSTALL_STATUSES = ("downloading", "installed", "active", "failed", "refused", "
 def canonical_bytes(manifest: dict[str, Any]) -> bytes:
     """The exact bytes the server signs and a device verifies (Ed25519; PROTOCOL.md §3)."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- Check-in v2 field names and codes (added with the server's v2 check-in; device-side additions go above) ---
+# Top-level fields of a check-in body, and of each entry of its `models` list.
+CHECKIN_FIELDS = ("protocol", "models", "health", "installs", "metrics", "traceparent")
+RUNNING_MODEL_FIELDS = ("model", "version", "sha256")
+# What a manifest of the answer's `desired` list asks of one model slot.
+ACTION_INSTALL = "install"
+ACTION_REMOVE = "remove"
+# The error code of a body in another protocol version's shape (v1's `running`, no `protocol`, another number).
+PROTOCOL_VERSION_UNSUPPORTED = "PROTOCOL_VERSION_UNSUPPORTED"

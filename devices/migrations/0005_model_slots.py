@@ -7,9 +7,10 @@ from django.db import migrations, models
 
 COPY_SLOTS_SQL = """
     INSERT INTO devices_modelslot (device_id, ai_model_id, version_id, remove, rollback, sequence, source, reason,
-                                   set_by_id, set_at, traceparent, reported_version, reported_sha256, reported_at)
+                                   set_by_id, set_at, traceparent, reported_version, reported_sha256, reported_at,
+                                   refused_reason)
     SELECT s.device_id, v.ai_model_id, s.version_id, false, s.rollback, s.sequence, s.source, s.reason,
-           s.set_by_id, s.set_at, s.traceparent, '', '', NULL
+           s.set_by_id, s.set_at, s.traceparent, '', '', NULL, ''
     FROM devices_desiredstate s JOIN models_app_modelversion v ON v.id = s.version_id;
 
     INSERT INTO devices_modelslot AS slot (device_id, ai_model_id, running_version_id, reported_version,
@@ -21,6 +22,17 @@ COPY_SLOTS_SQL = """
     ON CONFLICT (device_id, ai_model_id) DO UPDATE
         SET running_version_id = EXCLUDED.running_version_id, reported_version = EXCLUDED.reported_version,
             reported_sha256 = EXCLUDED.reported_sha256, reported_at = EXCLUDED.reported_at;
+
+    -- A device running a version of a registry model that the registry does not have: its slot keeps the
+    -- reported version, with no running_version.
+    INSERT INTO devices_modelslot AS slot (device_id, ai_model_id, reported_version, reported_sha256, reported_at,
+                                           remove, rollback, sequence, source, reason, traceparent, refused_reason)
+    SELECT d.id, m.id, d.reported_version, d.reported_sha256, d.last_seen, false, false, 0, '', '', '', ''
+    FROM devices_device d JOIN models_app_aimodel m ON m.name = d.reported_model
+    WHERE d.current_version_id IS NULL AND d.reported_version <> ''
+    ON CONFLICT (device_id, ai_model_id) DO UPDATE
+        SET reported_version = EXCLUDED.reported_version, reported_sha256 = EXCLUDED.reported_sha256,
+            reported_at = EXCLUDED.reported_at;
 """
 
 
@@ -142,5 +154,10 @@ class Migration(migrations.Migration):
         ),
         migrations.DeleteModel(
             name='DesiredState',
+        ),
+        migrations.AlterField(
+            model_name='installreport',
+            name='status',
+            field=models.CharField(choices=[('downloading', 'Downloading'), ('installed', 'Installed'), ('active', 'Active'), ('failed', 'Failed'), ('refused', 'Refused'), ('rolled_back', 'Rolled Back'), ('removed', 'Removed')], max_length=16),
         ),
     ]

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from devices.models import DesiredState, Device
+from devices.models import Device, ModelSlot
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import new_traceparent
 from models_app.models import ModelVersion
@@ -66,10 +66,16 @@ def desired_state_set(
             result.skipped.append({"device_id": device.device_id, "reason": f"{device.device_id} {skip}"})
         else:
             eligible.append(device.pk)
-    DesiredState.objects.bulk_create([DesiredState(device_id=pk) for pk in eligible], ignore_conflicts=True)
-    already = Q(version=version, rollback=rollback) if version else Q(version__isnull=True)
+    # Stop-gap port to model slots on the server branch (i14-server): devices/services/desired_state.py is
+    # rewritten on i14-rollouts; take that version when merging.
+    if version is None:
+        raise ApplicationError("Name a version: a slot's desired state is per model.", code="VALIDATION_ERROR")
+    ModelSlot.objects.bulk_create([ModelSlot(device_id=pk, ai_model_id=version.ai_model_id) for pk in eligible],
+                                  ignore_conflicts=True)
+    already = Q(version=version, rollback=rollback, remove=False)
     result.changed = (
-        DesiredState.objects.filter(device_id__in=eligible).exclude(already).update(
+        ModelSlot.objects.filter(device_id__in=eligible, ai_model_id=version.ai_model_id).exclude(already).update(
+            remove=False, refused_sequence=None, refused_reason="",
             version=version, rollback=rollback, sequence=F("sequence") + 1, set_at=timezone.now(),
             set_by=actor, reason=reason[:500], source=source[:64], traceparent=traceparent or new_traceparent(),
         )
