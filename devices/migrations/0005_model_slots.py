@@ -116,18 +116,6 @@ class Migration(migrations.Migration):
         # when both are the same model). A device whose desired model differs from the one it ran keeps both
         # slots: the old single-slot agent replaced one with the other; a v2 device runs them side by side.
         migrations.RunSQL(COPY_SLOTS_SQL, migrations.RunSQL.noop),
-        migrations.RemoveField(
-            model_name='desiredstate',
-            name='device',
-        ),
-        migrations.RemoveField(
-            model_name='desiredstate',
-            name='set_by',
-        ),
-        migrations.RemoveField(
-            model_name='desiredstate',
-            name='version',
-        ),
         migrations.RemoveIndex(
             model_name='device',
             name='device_reported_model_idx',
