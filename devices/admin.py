@@ -1,4 +1,4 @@
-"""Console pages for the fleet: devices (decommission, credentials, desired version), enrollment keys, reports."""
+"""Console pages for the fleet: devices (model slots; decommission, credentials, desired version), keys, reports."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from django.http import HttpRequest
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow
+from devices import selectors
+from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow, ModelSlot
 from devices.services.credentials import device_credential_issue, device_credential_revoke
 from devices.services.enrollment import enrollment_key_create, enrollment_key_revoke
 from devices.services.registry import (
@@ -28,8 +29,8 @@ from models_app.models import ModelVersion
 
 DEVICE_ADD_FIELDS = ("device_id", *UPDATABLE_FIELDS)
 DEVICE_REPORTED_FIELDS = (
-    "status", "last_seen", "running", "current_version", "reported_sha256", "cpu_percent", "memory_percent",
-    "disk_percent", "desired", "registered_at", "registered_by", "enrollment_key",
+    "status", "last_seen", "model_slots", "cpu_percent", "memory_percent", "disk_percent", "registered_at",
+    "registered_by", "enrollment_key",
 )
 
 
@@ -99,6 +100,47 @@ DESIRED_VERSION_PAGE = """{% extends "admin/base_site.html" %}
 PREVIEW = 20
 
 
+# The device page's slots: one row per model, desired against running, with the device's last word on each.
+SLOTS_TABLE = """<table class="model-slots"><thead><tr><th>model</th><th>desired</th><th>running</th><th>state</th>
+<th>last install report</th><th>last metric window</th></tr></thead><tbody>{}</tbody></table>"""
+SLOT_ROW = ('<tr data-model="{}"><td>{}</td><td>{}</td><td>{}</td><td class="slot-state">{}</td><td>{}</td>'
+            "<td>{}</td></tr>")
+
+
+def _desired(slot: ModelSlot) -> str:
+    if slot.remove:
+        return format_html("{}: remove <small>#{}</small>", slot.ai_model.name, slot.sequence)
+    if slot.version_id is None:
+        return "—"
+    return format_html("{}{} <small>#{}</small>", slot.version.model_id, " (rollback)" if slot.rollback else "",
+                       slot.sequence)
+
+
+def _slot_row(slot: ModelSlot) -> tuple:
+    state = ModelSlot.State(slot.state).label
+    if slot.state == ModelSlot.State.REFUSED:
+        state = format_html("{}: {}", state, slot.refused_reason or "no reason given")
+    desired = _desired(slot)
+    if slot.source and desired != "—":
+        desired = format_html("{}<br><small>by {}</small>", desired, slot.source)
+    install, window = slot.last_install, slot.last_window
+    return (
+        slot.ai_model.name, slot.ai_model.name, desired,
+        slot.reported_version or "—", state,
+        format_html("{} {} <small>#{} at {}</small>{}", install.status, install.model_version,
+                    install.sequence if install.sequence is not None else "–",
+                    f"{timezone.localtime(install.reported_at):%Y-%m-%d %H:%M:%S}",
+                    format_html("<br><small>{}</small>", install.error) if install.error else "")
+        if install else "—",
+        format_html("{} {}–{}: {} inferences, {} errors, p99 {} ms{}", window.model_version,
+                    f"{timezone.localtime(window.window_start):%H:%M}",
+                    f"{timezone.localtime(window.window_end):%H:%M}", window.inference_count, window.error_count,
+                    f"{window.latency_p99_ms:g}",
+                    f", accuracy {window.accuracy:.1%}" if window.accuracy is not None else "")
+        if window else "—",
+    )
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     """The fleet: status, what each device runs and should run; decommission, credentials, desired version."""
@@ -106,27 +148,29 @@ class DeviceAdmin(admin.ModelAdmin):
     list_display = ["device_id", "name", "device_type", "region", "status", "running", "desired", "last_seen"]
     list_filter = ["status", "region", "device_type"]
     search_fields = ["device_id", "name", "tags"]
-    list_select_related = ["current_version", "desired_state__version"]
     show_full_result_count = False  # a second COUNT over 100,000 rows buys nothing
     inlines = [DeviceCredentialInline]
     actions = ["decommission_selected", "issue_credential", "set_desired_version"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
-        return super().get_queryset(request).select_related("current_version", "desired_state__version")
+        return selectors.devices_with_slots(super().get_queryset(request))
 
     @admin.display(description="running")
     def running(self, obj: Device) -> str:
-        if not obj.reported_model:
-            return "—"
-        return f"{obj.reported_model}-{obj.reported_version}"
+        running = [f"{slot.ai_model.name}-{slot.reported_version}" for slot in obj.slots.all() if slot.reported_version]
+        return ", ".join(running) or "—"
 
-    @admin.display(description="desired version")
+    @admin.display(description="desired")
     def desired(self, obj: Device) -> str:
-        desired = getattr(obj, "desired_state", None)
-        if desired is None or desired.version is None:
-            return "—"
-        return format_html("{}{} <small>#{}</small>", desired.version.model_id,
-                           " (rollback)" if desired.rollback else "", desired.sequence)
+        return format_html_join(", ", "{}", ((_desired(slot),) for slot in obj.slots.all()
+                                            if slot.remove or slot.version_id)) or "—"
+
+    @admin.display(description="model slots")
+    def model_slots(self, obj: Device) -> str:
+        slots = selectors.device_slots(device=obj)
+        if not slots:
+            return "No models yet: the device reports what it runs at its next check-in."
+        return format_html(SLOTS_TABLE, format_html_join("", SLOT_ROW, (_slot_row(slot) for slot in slots)))
 
     def get_form(self, request: HttpRequest, obj: Device | None = None, change: bool = False, **kwargs):
         if obj is None:

@@ -92,15 +92,19 @@ class DeviceFilter(django_filters.FilterSet):
         return queryset.filter(Q(device_id__istartswith=value) | Q(name__istartswith=value))
 
 
-def _with_slots(queryset: QuerySet[Device]) -> QuerySet[Device]:
-    # One more query per page (or device), whatever the number of slots.
-    slots = ModelSlot.objects.select_related("ai_model", "version", "running_version").order_by("ai_model__name")
-    return queryset.prefetch_related(Prefetch("slots", queryset=slots))
+def slots_with_models(slots: QuerySet[ModelSlot]) -> QuerySet[ModelSlot]:
+    """Slots by model name, with their model and versions in the same query."""
+    return slots.select_related("ai_model", "version", "running_version").order_by("ai_model__name")
+
+
+def devices_with_slots(queryset: QuerySet[Device]) -> QuerySet[Device]:
+    """The devices with their slots: one more query per page, whatever the number of slots."""
+    return queryset.prefetch_related(Prefetch("slots", queryset=slots_with_models(ModelSlot.objects.all())))
 
 
 def device_list(*, filters: dict | None = None, ordering: str = "") -> QuerySet[Device]:
     """The fleet, filtered and ordered; every slot (what each model runs and should run) in one more query."""
-    filterset = DeviceFilter(filters or {}, queryset=_with_slots(Device.objects.all()))
+    filterset = DeviceFilter(filters or {}, queryset=devices_with_slots(Device.objects.all()))
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
     return _order(filterset.qs, ordering)
@@ -117,7 +121,7 @@ def _order(queryset: QuerySet[Device], ordering: str) -> QuerySet[Device]:
 
 
 def device_get(*, device_id: str) -> Device:
-    device = _with_slots(Device.objects.filter(device_id=device_id)).first()
+    device = Device.objects.filter(device_id=device_id).first()
     if device is None:
         raise NotFoundError(f"Device '{device_id}' does not exist.", code="DEVICE_NOT_FOUND")
     return device
@@ -128,7 +132,7 @@ def device_slots(*, device: Device) -> list[ModelSlot]:
 
     Two more queries whatever the number of slots: the newest report and window per model name.
     """
-    slots = list(device.slots.all())  # prefetched by device_get
+    slots = list(slots_with_models(ModelSlot.objects.filter(device=device)))
     names = [slot.ai_model.name for slot in slots]
     installs = _newest_per_model(InstallReport.objects.filter(device=device).select_related("version"), names,
                                  "-reported_at")
@@ -181,7 +185,7 @@ def device_metrics(*, device: Device, since: datetime | None = None, now: dateti
     windows = MetricWindow.objects.filter(device=device, window_end__gte=since).order_by("-window_end")
     return {
         "device": device,
-        "slots": list(device.slots.all()),
+        "slots": list(slots_with_models(device.slots.all())),
         "installs": list(installs[:RECENT_INSTALLS]),  # install_device_time_idx
         "metrics_since": since,
         "metrics": list(windows[:MAX_METRIC_WINDOWS]),  # metric_device_time_idx
