@@ -45,11 +45,13 @@ def buffered_checkins() -> int:
 def test_a_check_in_with_windows_reads_once_writes_nothing_and_the_flush_stores_them(client,
                                                                                    django_assert_num_queries):
     device, credential = device_with_credential()
-    etag = checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=4)]})["ETag"]  # the versions are known
+    # The versions are known after this.
+    etag = checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=4)]})["ETag"]
     assert metric_windows_flush() == 1
 
     with django_assert_num_queries(1):
-        response = checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=5), metric_window(count=6)]},
+        response = checkin(client, credential, {"models": [running()],
+                                                "metrics": [metric_window(count=5), metric_window(count=6)]},
                            etag=etag)
 
     assert response.status_code == 304
@@ -94,7 +96,8 @@ def test_a_flush_that_died_halfway_is_finished_by_the_next_without_storing_a_chu
         metric_windows_flush()
     assert stored_counts() == [1, 2, 3, 4]
     monkeypatch.setattr(telemetry, "_flush_chunk", real_flush_chunk)
-    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=6)]})  # arrives meanwhile: a fresh buffer
+    # Arrives meanwhile: a fresh buffer.
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=6)]})
 
     assert metric_windows_flush() == 2  # the died batch's last chunk, and the new check-in
 
