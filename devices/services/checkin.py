@@ -45,10 +45,6 @@ from models_app.models import ModelVersion
 from models_app.shipping import status_ships
 from models_app.storage import artifact_store
 
-# Every time a device sends must lie within [now - MAX_REPORT_AGE, now + CLOCK_SKEW] (hotswap_device.protocol):
-# a report older than raw windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00)
-# would be stored as a BC timestamp that PostgreSQL accepts but Python cannot read back (a 500 for every page
-# listing it).
 # How long a version found missing is believed missing (per process): a device naming one gets 400s
 # without a query per item, and a version uploaded meanwhile is found within this.
 UNKNOWN_VERSION_SECONDS = 10.0
@@ -308,6 +304,9 @@ def _count(value: Any, field: str, problems: _Problems) -> int | None:
 
 
 def _time(value: Any, field: str, problems: _Problems, now: datetime) -> datetime | None:
+    # Every time a device sends lies within [now - MAX_REPORT_AGE, now + CLOCK_SKEW]: a report older than raw
+    # windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00) would be stored as a
+    # BC timestamp that PostgreSQL accepts but Python cannot read back (a 500 for every page listing it).
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:

@@ -163,3 +163,20 @@ def test_nothing_a_device_sends_changes_another_devices_slots(client, offered):
         (f.name, getattr(theirs, f.attname)) for f in ModelSlot._meta.concrete_fields]
     assert not MetricWindow.objects.filter(device=other).exists()
     assert ModelSlot.objects.get(pk=slot.pk).running_version == new  # the sender's own slot did change
+
+
+def test_an_idle_three_model_device_costs_one_read_and_gets_one_304(client, django_assert_num_queries):
+    device, credential = device_with_credential()
+    models = []
+    for name, hidden in (("detector", 8), ("recogniser", 9), ("orientation", 10)):
+        version, _ = registry_version(name, "1.0.0", hidden=hidden)
+        slot_set(device, version)
+        models.append(running(name, "1.0.0", version.sha256))
+    answer = checkin(client, credential, {"models": models})
+    assert len(answer.json()["desired"]) == 3
+
+    with django_assert_num_queries(1):
+        idle = checkin(client, credential, {"models": models, "metrics": [metric_window("detector")]},
+                       etag=answer["ETag"])
+
+    assert idle.status_code == 304
