@@ -172,8 +172,8 @@ def test_an_idle_three_model_device_costs_one_read_and_gets_one_304(client, djan
         version, _ = registry_version(name, "1.0.0", hidden=hidden)
         slot_set(device, version)
         models.append(running(name, "1.0.0", version.sha256))
-    answer = checkin(client, credential, {"models": models})
-    assert len(answer.json()["desired"]) == 3
+    answer = checkin(client, credential, {"models": models, "metrics": [metric_window("detector")]})
+    assert len(answer.json()["desired"]) == 3  # and the versions its windows name are known from now on
 
     with django_assert_num_queries(1):
         idle = checkin(client, credential, {"models": models, "metrics": [metric_window("detector")]},
