@@ -326,12 +326,12 @@ def test_it_still_answers_from_the_database_when_redis_is_down(make_version, set
 
 def test_it_shows_how_many_check_ins_wait_in_the_metric_window_buffer(client, scrape, make_version):
     from devices.services.telemetry import metric_windows_flush
-    from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window
+    from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, running
 
     make_version()  # what the windows report on
     _device, credential = device_with_credential()
     for _ in range(3):
-        checkin(client, credential, {"metrics": [metric_window()]})
+        checkin(client, credential, {"models": [running()], "metrics": [metric_window()]})
 
     values, _text = scrape()
     assert (values["hotswap_metric_windows_buffered", frozenset()],
