@@ -5,6 +5,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
+from devices.models import ModelSlot
 from devices.services.credentials import device_credential_issue
 from devices.services.enrollment import enrollment_key_create
 from devices.services.registry import device_register
@@ -82,8 +83,7 @@ def _rollout_fixtures(make) -> dict:
     old, new = make(name="matrix-rollout", version="1.0.0"), make(name="matrix-rollout", version="1.1.0")
     device_register(device_id="matrix-rollout-device")
     later = device_register(device_id="matrix-rollout-later")
-    later.current_version = new
-    later.save(update_fields=["current_version"])
+    ModelSlot.objects.create(device=later, ai_model=new.ai_model, running_version=new, reported_version=new.version)
     distribution = distribution_create(version=new, strategy="direct", target={"device_ids": ["matrix-rollout-device"]})
     Distribution.objects.filter(pk=distribution.pk).update(status=Distribution.Status.RUNNING)
     Stage.objects.filter(distribution=distribution).update(status=Stage.Status.AWAITING_APPROVAL)
