@@ -517,7 +517,7 @@ _REPORTS_SQL = """
             running_version_id = CASE WHEN n.status = 'removed' THEN NULL ELSE s.running_version_id END,
             reported_version = CASE WHEN n.status = 'removed' THEN '' ELSE s.reported_version END,
             reported_sha256 = CASE WHEN n.status = 'removed' THEN '' ELSE s.reported_sha256 END,
-            reported_at = CASE WHEN n.status = 'removed' THEN n.at ELSE s.reported_at END
+            reported_at = CASE WHEN n.status = 'removed' THEN least(n.at, now()) ELSE s.reported_at END
         FROM slot_news n JOIN models_app_aimodel m ON m.name = n.model
         WHERE s.device_id = %(device)s AND s.ai_model_id = m.id
           AND CASE WHEN n.status = 'removed' THEN s.reported_at IS NULL OR s.reported_at <= n.at
