@@ -210,3 +210,17 @@ def test_the_set_aside_heartbeats_are_capped(set_aside_empty, monkeypatch):
 
     kept = set_aside_empty.lrange(heartbeats.set_aside_key("heartbeats"), 0, -1)
     assert len(kept) == 3
+
+
+def test_a_heartbeat_a_version_1_server_buffered_before_the_upgrade_is_flushed_into_its_slot():
+    device, _ = device_with_credential()
+    version, _ = registry_version()
+    seen = timezone.now()
+    old_entry = {"at": seen.isoformat(), "running": running(sha256=version.sha256), "health": None}
+    heartbeats.redis_client().hset(heartbeats._buffer_key(), device.pk, json.dumps(old_entry))
+
+    assert heartbeats.heartbeats_flush() == 1
+
+    assert device.slots.get().running_version == version
+    device.refresh_from_db()
+    assert device.last_seen == seen
