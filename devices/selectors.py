@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from devices.credentials import DEVICE_KIND, secret_matches, split_secret
-from devices.models import DesiredState, Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow
+from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow
 from hotswap.exceptions import NotFoundError
 from models_app.models import ModelVersion
 
@@ -77,7 +77,7 @@ class DeviceFilter(django_filters.FilterSet):
 
 def device_list(*, filters: dict | None = None, ordering: str = "") -> QuerySet[Device]:
     """The fleet, filtered and ordered; the versions it runs and should run come in the same query."""
-    queryset = Device.objects.select_related("current_version", "desired_state__version")
+    queryset = Device.objects.all()
     filterset = DeviceFilter(filters or {}, queryset=queryset)
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
@@ -95,7 +95,7 @@ def _order(queryset: QuerySet[Device], ordering: str) -> QuerySet[Device]:
 
 
 def device_get(*, device_id: str) -> Device:
-    device = (Device.objects.select_related("current_version", "desired_state__version")
+    device = (Device.objects.all()
               .filter(device_id=device_id).first())
     if device is None:
         raise NotFoundError(f"Device '{device_id}' does not exist.", code="DEVICE_NOT_FOUND")
@@ -130,10 +130,7 @@ def device_for_credential(*, raw_credential: str) -> Device | None:
 def device_metrics(*, device: Device, since: datetime | None = None, now: datetime | None = None) -> dict:
     """Health, what it runs, what it should run, its last install reports and its recent metric windows."""
     since = since or (now or timezone.now()) - DEFAULT_METRICS_SPAN
-    try:
-        desired: DesiredState | None = device.desired_state
-    except DesiredState.DoesNotExist:
-        desired = None
+    desired = None  # shim until i14-server: desired state is per slot
     installs = InstallReport.objects.filter(device=device).select_related("version").order_by("-reported_at")
     windows = MetricWindow.objects.filter(device=device, window_end__gte=since).order_by("-window_end")
     return {
