@@ -36,7 +36,7 @@ _SPLIT = re.compile(r"[\s,]+")
 def distributable_versions():
     """Versions the service accepts for a new distribution: passed, or approved by an Admin, not deprecated."""
     return (ModelVersion.objects.filter(shippable_versions_q()).select_related("ai_model")
-            .order_by("ai_model__name", "-major", "-minor", "-patch", "-is_release"))
+            .order_by("ai_model__name", "-precedence"))
 
 
 def _criterion(key: str, label: str, text: str, unit: str = "") -> forms.Field:
