@@ -8,12 +8,9 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from rollouts import assignment_states as states
 from rollouts import planning
 from rollouts.models import Distribution, Stage
-
-# Assignment states grouped the way operators read progress.
-_FAILED = ("failed", "timed_out")
-_INSTALLING = ("offered", "downloading", "installed")
 
 
 def distribution_list(*, filters: dict | None = None) -> QuerySet[Distribution]:
@@ -24,21 +21,20 @@ def distribution_list(*, filters: dict | None = None) -> QuerySet[Distribution]:
     if strategy := filters.get("strategy"):
         queryset = queryset.filter(strategy=strategy)
     if model := filters.get("model"):
-        queryset = queryset.filter(version__ai_model__name=model)
+        queryset = queryset.filter(ai_model__name=model)
     return queryset
 
 
 def _stage_progress(stage: Stage, counts: dict[str, int]) -> dict:
-    targeted = sum(n for state, n in counts.items() if state not in ("superseded", "cancelled"))
-    active = counts.get("active", 0)
-    failed = sum(counts.get(state, 0) for state in _FAILED)
+    targeted = sum(n for state, n in counts.items() if state not in states.NOT_COUNTED)
+    active = counts.get(states.A.ACTIVE, 0)
+    failed = sum(counts.get(state, 0) for state in states.FAILED)
     finished = active + failed
     return {
         "targeted": targeted,
         "pending": counts.get("pending", 0),
-        "offered": sum(counts.get(state, 0) for state in ("offered", "downloading", "installed", "active", *_FAILED,
-                                                            "rolled_back")),
-        "installing": sum(counts.get(state, 0) for state in _INSTALLING),
+        "offered": sum(counts.get(state, 0) for state in states.OFFERED_ONCE),
+        "installing": sum(counts.get(state, 0) for state in states.IN_FLIGHT),
         "installed": counts.get("installed", 0) + active,
         "active": active,
         "failed": failed,

@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from devices.models import DesiredState, MetricWindow
+from devices.models import MetricWindow, ModelSlot
 from rollouts.health import health_judge
 from rollouts.models import Assignment
 from rollouts.orchestrator import distribution_advance
@@ -119,7 +119,7 @@ def test_the_orchestrator_rolls_back_on_the_judges_failing_verdict(canary):
     distribution.refresh_from_db()
     assert distribution.status == "rolled_back"
     assert "p99 latency" in distribution.status_reason
-    reverted = DesiredState.objects.filter(source=f"rollback:{distribution.pk}")
+    reverted = ModelSlot.objects.filter(source=f"rollback:{distribution.pk}")
     assert reverted.count() == 10
     assert set(reverted.values_list("version__version", "rollback")) == {("1.0.0", True)}
     stage = distribution.stages.get(index=0)
@@ -214,7 +214,7 @@ def test_the_manual_policy_pauses_on_a_regression_and_waits(make_fleet, make_ver
     distribution.refresh_from_db()
     assert distribution.status == "paused"
     assert "p99 latency +" in distribution.status_reason
-    assert DesiredState.objects.filter(version=new).count() == 10  # nothing rolled back by itself
+    assert ModelSlot.objects.filter(version=new).count() == 10  # nothing rolled back by itself
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=20))
     distribution.refresh_from_db()
     assert distribution.status == "paused"
