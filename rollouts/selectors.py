@@ -58,7 +58,14 @@ def distribution_waiting_for(distribution: Distribution, stage: Stage | None, pr
     if stage.status == Stage.Status.INSTALLING:
         return f"installs on {progress['pending'] + progress['installing']} device(s) of {stage.name}"
     if stage.status == Stage.Status.SOAKING:
+        from rollouts.health import telemetry_due
+
         left = max((stage.soak_ends_at - now).total_seconds(), 0) if stage.soak_ends_at else 0
+        due = telemetry_due(stage)
+        if not left and due is not None and now < due:
+            wait = timedelta(seconds=int((due - now).total_seconds()))
+            return (f"the first metric windows of {stage.name} (up to {wait} more: one window and one poll after "
+                    "the installs) and the judge's verdict")
         return f"the soak of {stage.name} ({timedelta(seconds=int(left))} left) and the judge's verdict"
     if stage.status == Stage.Status.AWAITING_APPROVAL:
         if stage.kind == Stage.Kind.AB_TEST:
