@@ -39,18 +39,21 @@ def _windows(assignments, version_of, *, start, latency=20.0, spread=2.0, errors
     MetricWindow.objects.bulk_create(rows)
 
 
-@pytest.fixture
-def canary(make_fleet, make_version):
-    """A 25 % canary of 1.1.0 over 40 devices on 1.0.0, installed at `now`: (distribution, now)."""
-    old = make_version(version="1.0.0")
-    make_fleet({"eu": 20, "us": 20}, running=old)
+def _installed_canary(new, *, soak: str = "PT10M"):
+    """A 25 % canary of `new` over the fleet, its stage installed at `now` + 1 s: (distribution, now)."""
     now = timezone.now()
-    distribution = distribution_create(version=make_version(version="1.1.0"), strategy="canary",
-                                       config={"percent": 25, "soak": "PT10M"}, now=now)
+    distribution = distribution_create(version=new, strategy="canary", config={"percent": 25, "soak": soak}, now=now)
     distribution_advance(distribution_id=distribution.pk, now=now)
     report_installs(offered(distribution, 0))
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
     return distribution, now
+
+
+@pytest.fixture
+def canary(make_fleet, make_version):
+    """A 25 % canary of 1.1.0 over 40 devices on 1.0.0, installed at `now`: (distribution, now)."""
+    make_fleet({"eu": 20, "us": 20}, running=make_version(version="1.0.0"))
+    return _installed_canary(make_version(version="1.1.0"))
 
 
 def _feed(distribution, now, *, new=None, base=None):
@@ -224,12 +227,7 @@ def test_another_models_telemetry_on_the_same_devices_never_enters_the_verdict(m
     """Every device runs resnet and magika; resnet's canary is judged on resnet's windows alone."""
     resnet, magika = make_version("resnet", "1.0.0"), make_version("magika", "1.0.0")
     make_fleet({"eu": 20, "us": 20}, running=[resnet, magika])
-    now = timezone.now()
-    distribution = distribution_create(version=make_version("resnet", "1.1.0"), strategy="canary",
-                                       config={"percent": 25, "soak": "PT10M"}, now=now)
-    distribution_advance(distribution_id=distribution.pk, now=now)
-    report_installs(offered(distribution, 0))
-    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
+    distribution, now = _installed_canary(make_version("resnet", "1.1.0"))
     _feed(distribution, now)  # resnet: new and baseline alike
     everyone = list(Assignment.objects.filter(distribution=distribution))
     # magika is terrible on the canary's devices and excellent elsewhere, in the same window.
@@ -254,14 +252,8 @@ def test_another_models_telemetry_on_the_same_devices_never_enters_the_verdict(m
 
 @override_settings(ROLLOUT_TELEMETRY_WINDOW_SECONDS=60, DEVICE_POLL_INTERVAL_SECONDS=60, METRIC_FLUSH_SECONDS=2)
 def test_a_short_soak_waits_for_the_first_windows_instead_of_pausing_empty(make_fleet, make_version):
-    old = make_version(version="1.0.0")
-    make_fleet({"eu": 20, "us": 20}, running=old)
-    now = timezone.now()
-    distribution = distribution_create(version=make_version(version="1.1.0"), strategy="canary",
-                                       config={"percent": 25, "soak": "PT30S"}, now=now)
-    distribution_advance(distribution_id=distribution.pk, now=now)
-    report_installs(offered(distribution, 0))
-    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))  # installs done: soak
+    make_fleet({"eu": 20, "us": 20}, running=make_version(version="1.0.0"))
+    distribution, now = _installed_canary(make_version(version="1.1.0"), soak="PT30S")  # installs done at +1 s
     from rollouts.selectors import distribution_status
 
     # The soak is over at +31 s but no window could have arrived before +1 s + 60 s + 60 s + 2 s.
