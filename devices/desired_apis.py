@@ -132,19 +132,19 @@ class _FilteredChange(APIView):
     InputSerializer: type[serializers.Serializer]
     apply = staticmethod(_set)
 
-    def post(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return self.apply(request, serializer.validated_data, _filtered(serializer.validated_data))
 
 
-@extend_schema(summary="Set the version a device should run of one model", description=SET_DESCRIPTION,
-               request=DesiredInputSerializer, responses={200: DesiredResultSerializer, **_ERRORS})
 class DeviceDesiredSetApi(_DeviceChange):
     """Sets the version one device should run of that version's model."""
 
     InputSerializer = DesiredInputSerializer
 
+    @extend_schema(summary="Set the version a device should run of one model", description=SET_DESCRIPTION,
+                   request=DesiredInputSerializer, responses={200: DesiredResultSerializer, **_ERRORS})
     def put(self, request: Request, device_id: str) -> Response:
         return self.handle(request, device_id)
 
@@ -153,23 +153,27 @@ class DevicesDesiredSetInput(FilterSerializer, DesiredInputSerializer):
     pass
 
 
-@extend_schema(summary="Set the version every device matching a filter should run of one model",
-               description=SET_DESCRIPTION, request=DevicesDesiredSetInput,
-               responses={200: DesiredResultSerializer, **_ERRORS})
 class DevicesDesiredSetApi(_FilteredChange):
     """Sets the version every device matching a filter should run of that version's model."""
 
     InputSerializer = DevicesDesiredSetInput
 
+    @extend_schema(summary="Set the version every device matching a filter should run of one model",
+                   description=SET_DESCRIPTION, request=DevicesDesiredSetInput,
+                   responses={200: DesiredResultSerializer, **_ERRORS})
+    def post(self, request: Request) -> Response:
+        return self.handle(request)
 
-@extend_schema(summary="Remove a model from a device", description=REMOVE_DESCRIPTION,
-               request=RemoveInputSerializer, responses={200: DesiredResultSerializer, **_ERRORS})
+
 class DeviceModelRemoveApi(_DeviceChange):
     """Asks one device to unload and delete a model."""
 
     InputSerializer = RemoveInputSerializer
     apply = staticmethod(_remove)
 
+    @extend_schema(summary="Remove a model from a device", description=REMOVE_DESCRIPTION,
+                   operation_id="device_model_remove", request=RemoveInputSerializer,
+                   responses={200: DesiredResultSerializer, **_ERRORS})
     def post(self, request: Request, device_id: str) -> Response:
         return self.handle(request, device_id)
 
@@ -178,10 +182,14 @@ class DevicesModelRemoveInput(FilterSerializer, RemoveInputSerializer):
     pass
 
 
-@extend_schema(summary="Remove a model from every device matching a filter", description=REMOVE_DESCRIPTION,
-               request=DevicesModelRemoveInput, responses={200: DesiredResultSerializer, **_ERRORS})
 class DevicesModelRemoveApi(_FilteredChange):
     """Asks every device matching a filter to unload and delete a model."""
 
     InputSerializer = DevicesModelRemoveInput
     apply = staticmethod(_remove)
+
+    @extend_schema(summary="Remove a model from every device matching a filter", description=REMOVE_DESCRIPTION,
+                   operation_id="devices_model_remove", request=DevicesModelRemoveInput,
+                   responses={200: DesiredResultSerializer, **_ERRORS})
+    def post(self, request: Request) -> Response:
+        return self.handle(request)
