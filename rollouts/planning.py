@@ -337,7 +337,7 @@ def assignments_follow_reports(*, stage: Stage, now, outcomes: list[InstallOutco
     returning = (f" RETURNING {_OUTCOME_COLUMNS}, 'report', r.status, r.error, r.traceparent, r.duration_ms, "
                  "r.received_at" if outcomes is not None else "")
     params = {"stage": stage.pk, "now": now, "in_flight": list(states.IN_FLIGHT), "final": list(states.FINAL_REPORTS),
-              "active": states.A.ACTIVE, **mapping_params}
+              "reported": list(states.REPORT_STATES), "active": states.A.ACTIVE, **mapping_params}
     with connection.cursor() as cursor:
         cursor.execute(f"""
             UPDATE rollouts_assignment a
@@ -348,7 +348,7 @@ def assignments_follow_reports(*, stage: Stage, now, outcomes: list[InstallOutco
                                                   ir.received_at
                 FROM rollouts_assignment a2
                 JOIN devices_installreport ir ON ir.device_id = a2.device_id AND ir.version_id = a2.version_id
-                WHERE a2.stage_id = %(stage)s AND a2.state = ANY(%(in_flight)s)
+                WHERE a2.stage_id = %(stage)s AND a2.state = ANY(%(in_flight)s) AND ir.status = ANY(%(reported)s)
                   AND (ir.sequence >= a2.sequence OR (ir.sequence IS NULL AND ir.received_at >= a2.offered_at))
                 ORDER BY ir.device_id, ir.id DESC
             ) r
