@@ -155,7 +155,7 @@ class DistributionAdmin(admin.ModelAdmin):
 
     list_display = ["__str__", "versions", "strategy", "status_label", "progress", "current_stage", "device_count",
                     "scheduled_at", "created_by"]
-    list_filter = ["status", "strategy"]
+    list_filter = ["status", "strategy", "ai_model"]
     search_fields = ["name", "version__model_id", "version_b__model_id"]
     list_select_related = ["version", "version_b", "created_by"]
     show_full_result_count = False
