@@ -15,7 +15,7 @@ from rollouts.models import Distribution, Stage
 
 def distribution_list(*, filters: dict | None = None) -> QuerySet[Distribution]:
     filters = filters or {}
-    queryset = Distribution.objects.select_related("version__ai_model", "version_b", "created_by")
+    queryset = Distribution.objects.select_related("ai_model", "version__ai_model", "version_b", "created_by")
     if status := filters.get("status"):
         queryset = queryset.filter(status=status)
     if strategy := filters.get("strategy"):

@@ -16,24 +16,36 @@ _fleet_numbers = itertools.count(1)
 
 
 BASE = "resnet-0.1.0"
+_DEFAULT = object()
+# What a fleet runs when make_fleet is not told: nothing, except in the rollout tests (the fixture below).
+_fleet_defaults = {"running": None}
+
+
+@pytest.fixture(autouse=True)
+def _rollout_fleets_run_resnet():
+    """In rollout tests a fleet runs resnet-0.1.0 unless told otherwise, so that a distribution of resnet
+    without a target reaches it (an upgrade). Other apps importing make_fleet get fleets that run nothing."""
+    _fleet_defaults["running"] = BASE
+    yield
+    _fleet_defaults["running"] = None
 
 
 @pytest.fixture
 def make_fleet(db, make_device, make_version):  # noqa: F811
     """make_fleet({"eu": 30, "us": 10}, device_type="edge-camera", running=version) -> [Device].
 
-    `running`: a version (or a list of versions of different models) each device's slots run; by default
-    resnet-0.1.0, so that a distribution of resnet without a target reaches the fleet (an upgrade).
-    None: the devices run no model.
+    `running`: a version (or a list of versions of different models) each device's slots run; None: no model.
     """
 
-    def make(regions: dict[str, int], *, device_type: str = "edge-camera", running=BASE, **fields) -> list[Device]:
+    def make(regions: dict[str, int], *, device_type: str = "edge-camera", running=_DEFAULT, **fields) -> list[Device]:
         devices = []
         batch = next(_fleet_numbers)
         for region, count in regions.items():
             for n in range(count):
                 devices.append(make_device(device_id=f"f{batch}-{region}-{n:04d}", region=region,
                                            device_type=device_type, memory_mb=4096, **fields))
+        if running is _DEFAULT:
+            running = _fleet_defaults["running"]
         if running == BASE:
             running = ModelVersion.objects.filter(model_id=BASE).first() or make_version("resnet", "0.1.0")
         for version in running if isinstance(running, list) else [running] if running is not None else []:
