@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import connection
 
-from devices.services.desired_state import desired_offer
+from devices.services.desired_state import desired_offer, slot_has_model_sql, slot_occupies_sql
 from hotswap.exceptions import ApplicationError
 from hotswap_device.protocol import MAX_MODELS
 from models_app.models import ModelVersion
@@ -75,11 +75,13 @@ def target_explicit(target: dict) -> bool:
     return bool(target)
 
 
-# A device has a model when its slot runs it or is to run it (not while it is being removed).
-_HAS_MODEL = ("SELECT 1 FROM devices_modelslot m WHERE m.device_id = d.id AND m.ai_model_id = %s AND NOT m.remove "
-              "AND (m.version_id IS NOT NULL OR m.running_version_id IS NOT NULL)")
-_MODELS_HELD = ("SELECT count(*) FROM devices_modelslot m WHERE m.device_id = d.id AND NOT m.remove "
-                "AND (m.version_id IS NOT NULL OR m.running_version_id IS NOT NULL)")
+# The device's slot of the model says it has the model; it occupies a place; how many places are taken.
+_HAS_MODEL = ("SELECT 1 FROM devices_modelslot m "  # noqa: S608 - fixed fragments
+              f"WHERE m.device_id = d.id AND m.ai_model_id = %s AND {slot_has_model_sql('m')}")
+_OCCUPIES = ("SELECT 1 FROM devices_modelslot m "  # noqa: S608 - fixed fragments
+             f"WHERE m.device_id = d.id AND m.ai_model_id = %s AND {slot_occupies_sql('m')}")
+_MODELS_HELD = ("SELECT count(*) FROM devices_modelslot m "  # noqa: S608 - fixed fragments
+                f"WHERE m.device_id = d.id AND {slot_occupies_sql('m')}")
 _SLOT_VERSION_IN = ("d.id IN (SELECT s.device_id FROM devices_modelslot s WHERE s.{column} IN "
                     "(SELECT id FROM models_app_modelversion WHERE model_id = ANY(%s)))")
 
@@ -93,7 +95,7 @@ def target_sql(target: dict, versions: list[ModelVersion]) -> TargetSQL:
     ai_model_id = versions[0].ai_model_id
     clauses, params = ["d.status <> 'decommissioned'"], []
     if target_explicit(target):
-        clauses.append(f"(EXISTS ({_HAS_MODEL}) OR ({_MODELS_HELD}) < %s)")
+        clauses.append(f"(EXISTS ({_OCCUPIES}) OR ({_MODELS_HELD}) < %s)")
         params += [ai_model_id, MAX_MODELS]
     else:
         clauses.append(f"EXISTS ({_HAS_MODEL})")

@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 MAX_DETAILS = 20
 
 
+def slot_occupies_sql(alias: str) -> str:
+    """SQL true when the slot `alias` takes one of the device's protocol.MAX_MODELS places: its model runs or is
+    to run (a model being removed keeps its place until the device says it is gone)."""
+    return f"({alias}.version_id IS NOT NULL OR {alias}.running_version_id IS NOT NULL)"
+
+
+def slot_has_model_sql(alias: str) -> str:
+    """SQL true when the slot `alias` means its device has the model: it runs it or is to run it, and it is not
+    being removed. What a distribution without a target goes to (rollouts.planning)."""
+    return f"(NOT {alias}.remove AND {slot_occupies_sql(alias)})"
+
+
 @dataclass
 class DesiredStateResult:
     """How a desired-state change went: devices changed, already there, and skipped with a reason."""
@@ -172,13 +184,13 @@ def _check_not_older(eligible: dict[int, Device], version: ModelVersion) -> None
 def _check_slot_limit(eligible: dict[int, Device], ai_model: AIModel) -> None:
     """400 when a device would get one model slot more than protocol.MAX_MODELS."""
     with connection.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(f"""
             SELECT s.device_id, count(*) FROM devices_modelslot s
-            WHERE s.device_id = ANY(%s) AND (s.version_id IS NOT NULL OR s.running_version_id IS NOT NULL)
+            WHERE s.device_id = ANY(%s) AND {slot_occupies_sql("s")}
               AND NOT EXISTS (SELECT 1 FROM devices_modelslot m WHERE m.device_id = s.device_id
-                              AND m.ai_model_id = %s AND (m.version_id IS NOT NULL OR m.running_version_id IS NOT NULL))
+                              AND m.ai_model_id = %s AND {slot_occupies_sql("m")})
             GROUP BY s.device_id HAVING count(*) >= %s ORDER BY s.device_id
-        """, [list(eligible), ai_model.pk, MAX_MODELS])
+        """, [list(eligible), ai_model.pk, MAX_MODELS])  # noqa: S608 - a fixed fragment
         full = cursor.fetchall()
     if full:
         _refuse(f"A device runs at most {MAX_MODELS} models; remove one before adding {ai_model.name}",

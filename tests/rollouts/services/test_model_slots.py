@@ -151,3 +151,21 @@ def test_the_assignment_state_map_covers_every_state_and_the_bulk_moves():
     assert set(assignment_states.UNFINISHED) == {Assignment.State.PENDING, *assignment_states.IN_FLIGHT}
     for state in assignment_states.REPORT_STATES.values():
         assert set(assignment_states.sources_of(state)) >= set(assignment_states.IN_FLIGHT) - {state}
+
+
+def test_an_install_skips_devices_that_already_run_the_most_models_a_device_may(make_fleet, make_version):
+    from hotswap_device.protocol import MAX_MODELS
+
+    full, roomy = make_fleet({"eu": 1}, running=None)[0], make_fleet({"eu": 1}, running=None)[0]
+    slots_run([full], make_version("model-0", "1.0.0"))
+    for n in range(1, MAX_MODELS):
+        slots_run([full], make_version(f"model-{n}", "1.0.0"))
+    yolo = make_version("yolo", "1.0.0")
+
+    distribution = distribution_create(version=yolo, strategy="direct",
+                                       target={"device_ids": [full.device_id, roomy.device_id]})
+
+    assert list(Assignment.objects.filter(distribution=distribution).values_list("device", flat=True)) == [roomy.pk]
+    # An upgrade of a model the full device has still reaches it.
+    upgrade = distribution_create(version=make_version("model-0", "1.1.0"), strategy="direct")
+    assert list(Assignment.objects.filter(distribution=upgrade).values_list("device", flat=True)) == [full.pk]
