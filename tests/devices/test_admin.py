@@ -10,8 +10,6 @@ from django.utils import timezone
 
 from devices import selectors
 from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow, ModelSlot
-from devices.services import desired_state
-from hotswap.exceptions import ApplicationError
 
 pytestmark = pytest.mark.django_db
 
@@ -118,32 +116,52 @@ def test_it_issues_credentials_one_device_at_a_time(console, make_device):
 def test_it_asks_for_the_version_then_sets_the_desired_state(console, make_device, make_version):
     version = make_version("resnet", "1.1.0")
     make_version("resnet", "0.9.0", status="deprecated")
+    magika = make_version("magika", "1.0.0")
     devices = [make_device(), make_device()]
+    ModelSlot.objects.create(device=devices[0], ai_model=magika.ai_model, running_version=magika)
 
     page = act(console, "set_desired_version", devices)
     assert page.status_code == 200
     html = page.content.decode()
     assert "resnet-1.1.0" in html and "resnet-0.9.0" not in html and devices[0].device_id in html
+    assert "This is a rollback" in html
 
     response = act(console, "set_desired_version", devices, apply="1", version=version.pk, reason="canary",
                    follow=True)
 
-    states = ModelSlot.objects.filter(device__in=devices)
-    assert {(s.version_id, s.sequence, s.reason, s.source) for s in states} == {(version.pk, 1, "canary", "manual")}
-    assert "2 device(s)" in " ".join(messages_of(response))
+    slots = ModelSlot.objects.filter(device__in=devices, ai_model=version.ai_model)
+    assert {(s.version_id, s.sequence, s.reason, s.source) for s in slots} == {(version.pk, 1, "canary", "manual")}
+    assert "Desired version set to resnet-1.1.0 on 2 device(s)" in " ".join(messages_of(response))
+    assert ModelSlot.objects.get(ai_model=magika.ai_model).version is None  # the other model stays
 
 
-def test_it_shows_a_refusal_of_the_desired_state_service(console, make_device, make_version, monkeypatch):
-    def refuse(**kwargs):
-        raise ApplicationError("No, not this one.", code="VERSION_NOT_DEPLOYABLE")
+def test_it_shows_a_refusal_of_the_desired_state_service(console, make_device, make_version):
+    old, new = make_version("resnet", "1.0.0"), make_version("resnet", "1.1.0")
+    device = make_device(device_id="cam-ahead")
+    ModelSlot.objects.create(device=device, ai_model=new.ai_model, running_version=new)
 
-    monkeypatch.setattr(desired_state, "desired_state_set", refuse)
-    device = make_device()
+    refused = act(console, "set_desired_version", [device], apply="1", version=old.pk, follow=True)
+    marked = act(console, "set_desired_version", [device], apply="1", version=old.pk, rollback="on", follow=True)
 
-    response = act(console, "set_desired_version", [device], apply="1", version=make_version().pk, follow=True)
+    assert ("resnet-1.0.0 is older than the version some devices run; set rollback to true to roll them back to it "
+            "(cam-ahead: runs resnet-1.1.0" in " ".join(messages_of(refused)))
+    assert "on 1 device(s)" in " ".join(messages_of(marked))
+    assert ModelSlot.objects.get(device=device).rollback is True
 
-    assert "No, not this one." in " ".join(messages_of(response))
-    assert not ModelSlot.objects.filter(device=device).exists()
+
+def test_it_removes_a_model_from_the_selected_devices(console, make_device, make_version):
+    resnet, magika = make_version("resnet", "1.0.0"), make_version("magika", "1.0.0")
+    devices = [make_device(), make_device()]
+    for version in (resnet, magika):
+        ModelSlot.objects.create(device=devices[0], ai_model=version.ai_model, running_version=version)
+
+    page = act(console, "remove_model", devices)
+    response = act(console, "remove_model", devices, apply="1", model="resnet", reason="retired", follow=True)
+
+    assert "Remove one model from 2 devices" in page.content.decode()
+    assert "resnet to be removed on 1 device(s); 1 already had it" in " ".join(messages_of(response))
+    assert list(ModelSlot.objects.filter(remove=True).values_list("device", "ai_model__name", "reason")) == [
+        (devices[0].pk, "resnet", "retired")]
 
 
 def test_it_creates_an_enrollment_key_and_shows_it_once(console):
