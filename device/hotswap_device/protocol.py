@@ -38,3 +38,35 @@ INSTALL_STATUSES = ("downloading", "installed", "active", "failed", "refused", "
 def canonical_bytes(manifest: dict[str, Any]) -> bytes:
     """The exact bytes the server signs and a device verifies (Ed25519; PROTOCOL.md §3)."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- Device side of protocol v2 (the reference agent and the simulator; the server may import these too) -------
+# Kept apart from the shared limits above so the server engineers' additions and these never collide.
+
+# Top-level keys of a v2 check-in body, and of each entry of its `models` list (every model the device runs).
+CHECKIN_FIELDS = ("protocol", "models", "health", "installs", "metrics")
+MODEL_FIELDS = ("model", "version", "sha256")
+# v1's single-model key: a body carrying it is refused with PROTOCOL_VERSION_UNSUPPORTED.
+V1_RUNNING_FIELD = "running"
+# A 400 with this code means client and server speak different protocol versions: no report is at fault.
+PROTOCOL_VERSION_UNSUPPORTED = "PROTOCOL_VERSION_UNSUPPORTED"
+
+# The answer's `desired` list holds one signed entry per slot: {"manifest", "signature", "key_id"}.
+ACTION_INSTALL = "install"
+ACTION_REMOVE = "remove"
+MANIFEST_ACTIONS = (ACTION_INSTALL, ACTION_REMOVE)
+# Fields (and their JSON types) a signed manifest must carry, per action.
+INSTALL_MANIFEST_FIELDS: dict[str, type] = {
+    "action": str, "device_id": str, "model": str, "version": str, "sha256": str, "size": int, "url": str,
+    "expires_at": str, "rollback": bool, "sequence": int,
+}
+REMOVE_MANIFEST_FIELDS: dict[str, type] = {
+    "action": str, "device_id": str, "model": str, "expires_at": str, "sequence": int,
+}
+
+# Install report fields; `sequence` is always the slot's (the model's) sequence.
+INSTALL_REPORT_FIELDS = ("model", "version", "status", "sequence", "duration_ms", "at", "error", "traceparent")
+# Why a device refused a slot's manifest (the install report's error starts with the sentence; these are the
+# stable codes the agent logs and the simulator counts).
+REFUSAL_CODES = ("malformed", "bad_signature", "wrong_device", "expired", "old_sequence", "downgrade",
+                 "too_many_models", "duplicate_model")
