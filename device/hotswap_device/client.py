@@ -192,6 +192,7 @@ class CheckinExchange:
         self.attempts_left = attempts
         self.dropped: list[DroppedItem] = []
         self.sent_installs = self.sent_metrics = 0
+        self.acknowledged_installs: list[dict[str, Any]] = []
         self._batch: tuple[int, int] = (0, 0)
 
     @property
@@ -224,6 +225,7 @@ class CheckinExchange:
         if status in (200, 304):
             # Acknowledged: the server stores reports with either answer.
             installs, metrics = self._batch
+            self.acknowledged_installs += self.installs[:installs]
             del self.installs[:installs]
             del self.metrics[:metrics]
             self.sent_installs += installs
@@ -239,6 +241,13 @@ class CheckinExchange:
         if isinstance(error, ApiError) and error.code == PROTOCOL_VERSION_UNSUPPORTED:
             logger.error("the server does not speak device protocol %d: %s", PROTOCOL_VERSION, error.message)
         raise error
+
+    def drop_batch(self) -> None:
+        """Drops what the last request carried: for a client that will not resend a body the server refused."""
+        installs, metrics = self._batch
+        del self.installs[:installs]
+        del self.metrics[:metrics]
+        self._batch = (0, 0)
 
     def _read(self, status: int, headers: Mapping[str, str], content: bytes) -> CheckinAnswer:
         answer = CheckinAnswer(status, headers.get("ETag") or (self.etag if status == 304 else None),
