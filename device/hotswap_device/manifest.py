@@ -16,6 +16,7 @@ from hotswap_device.protocol import (
     ACTION_INSTALL,
     ACTION_REMOVE,
     INSTALL_MANIFEST_FIELDS,
+    MANIFEST_ACTIONS,
     REMOVE_MANIFEST_FIELDS,
     canonical_bytes,
 )
@@ -121,8 +122,8 @@ def verify_manifest(
         )
     fields = _FIELDS_BY_ACTION.get(manifest.get("action"))  # type: ignore[arg-type]
     if fields is None:
-        raise ManifestRefused("malformed", f"The manifest's action {manifest.get('action')!r} is neither "
-                                           f"{ACTION_INSTALL!r} nor {ACTION_REMOVE!r}.")
+        raise ManifestRefused("malformed", f"The manifest's action {manifest.get('action')!r} is not one of "
+                                           f"{', '.join(MANIFEST_ACTIONS)}.")
     for name, kind in fields.items():
         value = manifest.get(name)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -63,10 +63,3 @@ INSTALL_MANIFEST_FIELDS: dict[str, type] = {
 REMOVE_MANIFEST_FIELDS: dict[str, type] = {
     "action": str, "device_id": str, "model": str, "expires_at": str, "sequence": int,
 }
-
-# Install report fields; `sequence` is always the slot's (the model's) sequence.
-INSTALL_REPORT_FIELDS = ("model", "version", "status", "sequence", "duration_ms", "at", "error", "traceparent")
-# Why a device refused a slot's manifest (the install report's error starts with the sentence; these are the
-# stable codes the agent logs and the simulator counts).
-REFUSAL_CODES = ("malformed", "bad_signature", "wrong_device", "expired", "old_sequence", "downgrade",
-                 "too_many_models", "duplicate_model")

@@ -26,6 +26,7 @@ from hotswap_device.protocol import (
     MODEL_FIELDS,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_UNSUPPORTED,
+    V1_RUNNING_FIELD,
     canonical_bytes,
 )
 
@@ -56,7 +57,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 def protocol_problems(body: Any) -> tuple[str, list[dict[str, str]]]:
     """The v2 shape rules of a check-in body (PROTOCOL_V2): (error code, details), or ("", []) when it fits."""
-    if not isinstance(body, dict) or body.get("protocol") != PROTOCOL_VERSION or "running" in body:
+    if not isinstance(body, dict) or body.get("protocol") != PROTOCOL_VERSION or V1_RUNNING_FIELD in body:
         return PROTOCOL_VERSION_UNSUPPORTED, [{"field": "protocol", "message": "This server speaks device protocol 2."}]
     details = [{"field": key, "message": "Unknown field."} for key in body if key not in CHECKIN_FIELDS]
     models = body.get("models")
