@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from hotswap_device import NoActiveModel, UnknownInference
+from hotswap_device import Agent, NoActiveModel, UnknownInference
 from hotswap_device.localapi import LocalApi
 from hotswap_device.runtime import InvalidInputs
 from tests.artifacts import onnx_model_bytes
@@ -199,15 +199,28 @@ def test_calls_that_do_not_fit_the_model_are_refused_and_not_counted(server, mak
     assert agent.metrics.flush() == []
 
 
+@pytest.fixture(scope="module")
+def api_agent(slot_models, tmp_path_factory):
+    """One agent running three slots behind its local API, shared by the API tests (they change no slot)."""
+    with FakeServer() as fake:
+        agent = Agent(fake.url, tmp_path_factory.mktemp("api-agent"), enroll_key=fake.enroll_key, device_id="cam-1",
+                      warmup_runs=1, window_seconds=3600)
+        api = LocalApi(agent, port=0).start()
+        try:
+            _desire(fake, slot_models, *((model, "1.0.0") for model in SLOTS))
+            agent.run_once()
+            yield agent, api
+        finally:
+            api.close()
+            agent.close()
+
+
 @pytest.fixture
-def local_api(server, make_agent, slot_models):
-    agent = _three_slots(server, make_agent, slot_models, window_seconds=3600)
-    api = LocalApi(agent, port=0).start()
-    try:
-        with httpx.Client(base_url=api.url, timeout=10) as client:
-            yield agent, client
-    finally:
-        api.close()
+def local_api(api_agent):
+    agent, api = api_agent
+    agent.metrics.flush()  # each test counts only its own calls
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        yield agent, client
 
 
 def test_the_local_api_serves_calls_and_feedback_from_other_languages(local_api):

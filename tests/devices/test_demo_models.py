@@ -29,7 +29,7 @@ def test_the_demo_models_are_a_classifier_and_a_detector_onnxruntime_runs():
     assert classifier_bytes() == classifier_bytes()  # generated the same way at every first start
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_the_first_start_uploads_both_and_makes_them_desired_and_a_restart_changes_nothing():
     devices = [device_register(device_id=f"demo-{i:05d}", device_type="edge-camera", region="eu-west")
                for i in (1, 2, 3)]
