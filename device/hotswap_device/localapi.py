@@ -169,6 +169,9 @@ def _handler(api: LocalApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "hotswap-agent-local"
+        # Headers and body leave in two writes; with Nagle's algorithm the second waits for the client's
+        # delayed ACK, ~40 ms per call on a kept-alive connection.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("local API: " + format, *args)
