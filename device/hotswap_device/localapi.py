@@ -21,14 +21,12 @@ import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from hotswap_device.agent import Agent, UnknownInference
 from hotswap_device.runtime import InferenceFailed, InvalidInputs, NoActiveModel
-
-if TYPE_CHECKING:
-    from hotswap_device.agent import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +142,6 @@ class LocalApi:
             if not isinstance(value, dict) or not value:
                 raise _invalid("expected", 'Must be an object of output name to {"dtype", "shape", "data"}.')
             value = {str(name): decode_tensor(tensor, f"expected.{name}") for name, tensor in value.items()}
-        from hotswap_device.agent import UnknownInference
-
         try:
             correct = self.agent.feedback(body["inference_id"], value)
         except UnknownInference:

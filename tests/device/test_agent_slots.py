@@ -3,6 +3,7 @@ the applications' inference calls (Python and the local HTTP API) and their feed
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -228,25 +229,33 @@ def test_the_local_api_serves_calls_and_feedback_from_other_languages(local_api)
     rows = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, -3.0, 0.0]]
 
     listed = client.get("/v1/models").json()["models"]
-    answers = [client.post("/v1/models/detector/infer", json={
-        "inputs": {"input": {"dtype": "float32", "shape": [1, 4], "data": row}}}) for row in rows]
-    first, second = (answer.json() for answer in answers)
+    as_list = {"dtype": "float32", "shape": [1, 4], "data": rows[0]}
+    raw = base64.b64encode(np.array(rows[1], "<f4").tobytes()).decode()  # raw little-endian bytes
+    as_bytes = {"dtype": "float32", "shape": [1, 4], "b64": raw}
+    answers = [client.post("/v1/models/detector/infer", json={"inputs": {"input": tensor}})
+               for tensor in (as_list, as_bytes, as_list)]
+    first, second, third = (answer.json() for answer in answers)
     label = int(np.argmax(first["outputs"]["output"]["data"]))
     right = client.post("/v1/feedback", json={"inference_id": first["inference_id"], "label": label})
     wrong = client.post("/v1/feedback", json={"inference_id": second["inference_id"], "correct": False})
+    off = {"output": {**third["outputs"]["output"], "data": [[v + 1 for v in third["outputs"]["output"]["data"][0]]]}}
+    mismatch = client.post("/v1/feedback", json={"inference_id": third["inference_id"], "expected": off})
 
     assert [m["model"] for m in listed] == sorted(SLOTS)
     assert listed[0]["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 4]}]
-    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.status_code for a in answers] == [200, 200, 200]
     assert (first["model"], first["version"]) == ("detector", "1.0.0")
     expected = agent.infer("detector", {"input": np.array([rows[0]], np.float32)}).outputs["output"]
     assert np.allclose(first["outputs"]["output"]["data"], expected)  # the model's real outputs, as JSON
     assert first["outputs"]["output"]["shape"] == [1, 2]
+    second_expected = agent.infer("detector", {"input": np.array([rows[1]], np.float32)}).outputs["output"]
+    assert np.allclose(second["outputs"]["output"]["data"], second_expected)  # raw bytes read as the same floats
     assert right.json() == {"inference_id": first["inference_id"], "correct": True}
     assert wrong.json()["correct"] is False
+    assert mismatch.json()["correct"] is False  # its outputs were not the expected ones
     agent.flush_metrics()
     [window] = [w for w in agent.state.pending_metrics if w["model"] == "detector"]
-    assert (window["inference_count"], window["labelled_count"], window["accuracy"]) == (3, 2, 0.5)
+    assert (window["inference_count"], window["labelled_count"], window["accuracy"]) == (5, 3, 0.3333)
 
 
 ZEROS = {"inputs": {"input": {"dtype": "float32", "shape": [1, 4], "data": [0, 0, 0, 0]}}}
