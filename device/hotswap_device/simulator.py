@@ -1,12 +1,14 @@
-"""A fleet of virtual devices in one process, speaking the real device protocol (devices/PROTOCOL.md) over HTTP.
+"""A fleet of virtual devices in one process, speaking device protocol 2 (devices/PROTOCOL.md) over HTTP.
 
     python -m hotswap_device.simulator --server http://127.0.0.1:8000 --enroll-key hse_... --devices 5000 \\
-        --behaviour 'resnet-1.1.0=latency:40±5,errors:0.02,accuracy:0.85' --duration 600
+        --behaviour 'detector-1.1.0=latency:40±5,errors:0.02,accuracy:0.85;classifier=latency:8' --duration 600
 
 Each device enrolls once (credentials are cached in a state file, so a restart reuses them), checks in on
-its own jittered timer with If-None-Match, obeys the server's poll interval, verifies and "installs" its
-desired version (a simulated delay, or a real download with --download), reports installs and metric
-windows drawn from the per-version behaviour. Imports nothing from Django; `run_fleet(config)` runs it
+its own jittered timer with If-None-Match, obeys the server's poll interval, and acts on each model slot's
+desired state as the reference agent does, with the agent's own protocol code (hotswap_device.client):
+verifies the slot's manifest, "installs" the version (a simulated delay, or a real download with --download),
+removes a model, refuses what the agent refuses. It reports installs and, per model it runs, SYNTHETIC
+metric windows drawn from that model version's behaviour. Imports nothing from Django; `run_fleet(config)` runs it
 in-process. With OTEL_TRACES_EXPORTER=console or otlp (service `hotswap-simulator`) each install is a
 `model.swap` span under the distribution's trace, as the reference agent's are (device/hotswap_device/tracing.py).
 """
