@@ -91,9 +91,10 @@ class TimedFleet(Fleet):
         at = time.time()
         self.answered.append(at)
         if response.status_code == 200:
-            manifest = ((response.json().get("desired") or {}).get("manifest")) or {}
-            if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
-                self.rollback_answers.setdefault((index, manifest["sequence"]), at)
+            for entry in response.json().get("desired") or []:  # protocol 2: one signed manifest per model slot
+                manifest = (entry.get("manifest") if isinstance(entry, dict) else None) or {}
+                if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
+                    self.rollback_answers.setdefault((index, manifest["sequence"]), at)
         return response
 
 

@@ -37,9 +37,9 @@ from hotswap_device.protocol import (
     MAX_NAME_LENGTH,
     MAX_REPORT_AGE,
     MAX_WINDOW,
+    MODEL_FIELDS,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_UNSUPPORTED,
-    RUNNING_MODEL_FIELDS,
 )
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
@@ -366,7 +366,7 @@ def _models(value: Any, problems: _Problems) -> list[dict]:
         if not isinstance(item, dict):
             problems.add(where, "Must be an object {model, version, sha256}.")
             continue
-        problems.unknown_keys(where, item, set(RUNNING_MODEL_FIELDS))
+        problems.unknown_keys(where, item, set(MODEL_FIELDS))
         entry = {"model": _string(item.get("model"), f"{where}.model", problems),
                  "version": _string(item.get("version"), f"{where}.version", problems),
                  "sha256": _string(item.get("sha256"), f"{where}.sha256", problems, required=False)}
