@@ -6,7 +6,8 @@
 --   MODE health:  GET /health (the ceiling: a trivial JSON view on the same server)
 --   MODE checkin: POST /api/v1/devices/checkin as the devices in DEVICES_FILE ("credential etag" per line,
 --                 each thread takes every NTHREADS-th device), with If-None-Match and the body in BODY_FILE.
---                 {START} and {END} in the body become window times (now - 60 s, now), rebuilt once a second.
+--                 Every {START} and {END} in the body (one pair per metric window) becomes a window time (now - 60 s,
+--                 now), rebuilt once a second.
 -- done() prints one line `WRK_RESULT {json}` for the Python side.
 
 local threads = {}
@@ -46,12 +47,24 @@ function init(args)
   local file = assert(io.open(args[4], "rb"))
   local body = file:read("*a")
   file:close()
-  local start = body:find("{START}", 1, true)
-  if start then
-    pre = body:sub(1, start - 1)
-    local rest = body:sub(start + 7)
-    local stop = assert(rest:find("{END}", 1, true), "{START} without {END}")
-    mid, post = rest:sub(1, stop - 1), rest:sub(stop + 5)
+  -- The body cut at every {START} and {END} (one pair per metric window): parts[i] comes before marks[i].
+  if body:find("{START}", 1, true) then
+    parts, marks = {}, {}
+    local rest = body
+    while true do
+      local s, e = rest:find("{START}", 1, true), rest:find("{END}", 1, true)
+      local at, mark, length
+      if s and (not e or s < e) then
+        at, mark, length = s, "start", 7
+      elseif e then
+        at, mark, length = e, "end", 5
+      else
+        break
+      end
+      parts[#parts + 1], marks[#marks + 1], rest = rest:sub(1, at - 1), mark, rest:sub(at + length)
+    end
+    parts[#parts + 1] = rest
+    templated = true
   end
   devices = {}
   local n = 0
@@ -64,7 +77,7 @@ function init(args)
         ["If-None-Match"] = etag,
       }
       -- A fixed body: the whole request is built once per device, so wrk spends no Lua time per request.
-      devices[#devices + 1] = pre and headers or wrk.format("POST", "/api/v1/devices/checkin", headers, body)
+      devices[#devices + 1] = templated and headers or wrk.format("POST", "/api/v1/devices/checkin", headers, body)
     end
     n = n + 1
   end
@@ -77,7 +90,7 @@ function request()
     return fixed
   end
   index = index % #devices + 1
-  if not pre then
+  if not templated then
     return devices[index]
   end
   local t = os.time()
@@ -89,8 +102,13 @@ function request()
   -- within a second (a small fleet) must not send the same window twice, so each request's is its own.
   sent = sent + 1
   local fraction = string.format(".%06dZ", sent % 1000000)
-  return wrk.format("POST", "/api/v1/devices/checkin", devices[index],
-                    pre .. start_now .. fraction .. mid .. end_now .. fraction .. post)
+  local pieces = {}
+  for i, mark in ipairs(marks) do
+    pieces[#pieces + 1] = parts[i]
+    pieces[#pieces + 1] = (mark == "start" and start_now or end_now) .. fraction
+  end
+  pieces[#pieces + 1] = parts[#parts]
+  return wrk.format("POST", "/api/v1/devices/checkin", devices[index], table.concat(pieces))
 end
 
 -- wrk waits on a timer before every request when the script has delay(), so only paced runs define it.

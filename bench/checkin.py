@@ -2,17 +2,20 @@
 
 Run with `make bench-checkin` (or `.venv/bin/python bench/checkin.py --seconds 10 --repeat 3`). It starts its
 own SeaweedFS and gunicorn, uses the machine's PostgreSQL/Redis when they answer (else the embedded ones),
-registers 10,000 devices (half of them with a desired version, so answers carry signed manifests), learns
-each device's ETag with one real check-in, then drives wrk (apt-get install wrk) from loopback:
+registers 10,000 devices running one model and 10,000 running three (half of each with desired versions, so
+answers carry one signed manifest per slot), learns each device's ETag with one real check-in, then drives wrk
+(apt-get install wrk) from loopback, all side by side in one run:
 
   ceiling   GET /health                                   a trivial JSON view on the same server
   (a) 304   POST /api/v1/devices/checkin, If-None-Match   the device's current ETag → 304, no body
   (b) +win  the same, carrying one metric window          buffered in Redis, flushed to PostgreSQL in chunks
+  (c) 304   (a) by a device running three models          three slots read, one ETag over the set
+  (d) +win  (c) carrying one window per model (three)
 
-(a) and (b) run twice: as fast as the server answers (throughput, ratio to the ceiling), and paced at
---rate check-ins/s offered (1,700: 100,000 devices polling every 60 s), where p99 is judged. A
-saturated closed loop's latency is only its queue (connections ÷ throughput); the fleet's load is the
-paced one.
+All four must stay at >= 0.5 of the ceiling. (a) and (b) also run twice: as fast as the server answers
+(throughput, ratio to the ceiling), and paced at --rate check-ins/s offered (1,700: 100,000 devices polling
+every 60 s), where p99 is judged. A saturated closed loop's latency is only its queue (connections ÷
+throughput); the fleet's load is the paced one.
 
 A flusher runs beside gunicorn all along, as Celery beat runs it in the product (metric_windows_flush
 every METRIC_FLUSH_SECONDS); its CPU is counted with the rest, and at the end the bench checks that
@@ -74,8 +77,11 @@ TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1700, 50.0, 0.5
 # Worker set-ups --sweep compares: (worker class, workers, threads per worker).
 SWEEP = [("sync", 2, 1), ("sync", 3, 1), ("sync", 4, 1), ("sync", 6, 1),
          ("gthread", 2, 4), ("gthread", 3, 2), ("gthread", 4, 2), ("gthread", 4, 1)]
-MODES = ("health", "304", "metrics")
-LABELS = {"health": "ceiling: GET /health", "304": "(a) check-in, 304 path", "metrics": "(b) check-in + window"}
+MODES = ("health", "304", "metrics", "304x3", "metricsx3")
+LABELS = {"health": "ceiling: GET /health", "304": "(a) check-in, 304 path", "metrics": "(b) check-in + window",
+          "304x3": "(c) 3 models, 304 path", "metricsx3": "(d) 3 models + 3 windows"}
+# Metric windows each check-in of a mode carries.
+WINDOWS_PER_CHECKIN = {"metrics": 1, "metricsx3": 3}
 # The same check-ins paced at a fixed offered rate (--rate): their latency at the fleet's load.
 PACED = {"paced-304": "304", "paced-metrics": "metrics"}
 
@@ -132,15 +138,16 @@ def ensure_wrk() -> str:
     raise BenchError("could not install wrk with apt-get; install it (it is the Debian package 'wrk') and retry")
 
 
-def checkin_bodies(running: dict) -> tuple[dict, str]:
-    """The 304-path body (what the device runs, its health) and the same with one metric window template."""
-    body = {"running": running, "health": {"cpu_percent": 21.5, "memory_percent": 48.2, "disk_percent": 63.0}}
-    window = {"model": running["model"], "version": running["version"], "window_start": "{START}",
-              "window_end": "{END}", "inference_count": 600, "error_count": 1,
-              "latency_ms": {"p50": 3.1, "p95": 5.0, "p99": 7.2},
-              "latency_histogram": [0, 0, 12, 500, 80, 8, 0, 0, 0, 0, 0, 0, 0],
-              "accuracy": 0.93, "labelled_count": 50}
-    return body, json.dumps({**body, "metrics": [window]}, separators=(",", ":"))
+def checkin_bodies(models: list[dict]) -> tuple[dict, str]:
+    """The 304-path body (what the device runs, its health) and the same with one metric window template per model."""
+    body = {"protocol": 2, "models": models,
+            "health": {"cpu_percent": 21.5, "memory_percent": 48.2, "disk_percent": 63.0}}
+    windows = [{"model": running["model"], "version": running["version"], "window_start": "{START}",
+                "window_end": "{END}", "inference_count": 600, "error_count": 1,
+                "latency_ms": {"p50": 3.1, "p95": 5.0, "p99": 7.2},
+                "latency_histogram": [0, 0, 12, 500, 80, 8, 0, 0, 0, 0, 0, 0, 0],
+                "accuracy": 0.93, "labelled_count": 50} for running in models]
+    return body, json.dumps({**body, "metrics": windows}, separators=(",", ":"))
 
 
 async def learn_etags(base: str, credentials: list[str], body: dict, concurrency: int = 100) -> list[str]:
@@ -250,11 +257,11 @@ def check_windows_stored(env: dict[str, str], tally: WindowTally) -> None:
 
 
 def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, connections: int,
-            devices_file: Path, bodies: dict[str, Path], rate: float | None = None) -> WrkResult:
+            devices_files: dict[str, Path], bodies: dict[str, Path], rate: float | None = None) -> WrkResult:
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(LUA), base, "--", "health" if mode == "health" else "checkin", str(threads)]
     if mode != "health":
-        argv += [str(devices_file), str(bodies[mode])]
+        argv += [str(devices_files[mode]), str(bodies[mode])]
     before, children_before = cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "BENCH_RATE": str(rate)} if rate else None
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, env=env)
@@ -265,15 +272,15 @@ def run_wrk(wrk: str, base: str, mode: str, *, seconds: float, threads: int, con
     if result.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     run = WrkResult(**json.loads(line.removeprefix("WRK_RESULT ")))
-    if mode == "metrics":
-        WINDOWS.answered += run.ok + run.not_modified  # each answered check-in carried one window
-        WINDOWS.in_flight += connections
+    if mode in WINDOWS_PER_CHECKIN:  # each answered check-in carried its windows
+        WINDOWS.answered += (run.ok + run.not_modified) * WINDOWS_PER_CHECKIN[mode]
+        WINDOWS.in_flight += connections * WINDOWS_PER_CHECKIN[mode]
     run.cpu_us = {group: used[group] / max(run.requests, 1) * 1e6 for group in CPU_GROUPS}
     return run
 
 
 def measure(wrk: str, base: str, *, seconds: float, repeat: int, threads: int, connections: int,
-            devices_file: Path, bodies: dict[str, Path], rate: float | None = None,
+            devices_files: dict[str, Path], bodies: dict[str, Path], rate: float | None = None,
             quiet: bool = False) -> dict[str, list[WrkResult]]:
     """Runs every mode (and, given a rate, the paced ones) once per repeat, interleaved."""
     modes = [*MODES, *(PACED if rate else ())]
@@ -281,7 +288,7 @@ def measure(wrk: str, base: str, *, seconds: float, repeat: int, threads: int, c
     for i in range(repeat):
         for mode in modes:
             results[mode].append(run_wrk(wrk, base, PACED.get(mode, mode), seconds=seconds, threads=threads,
-                                         connections=connections, devices_file=devices_file, bodies=bodies,
+                                         connections=connections, devices_files=devices_files, bodies=bodies,
                                          rate=rate if mode in PACED else None))
         if not quiet:
             print(f"run {i + 1}/{repeat}: " + ", ".join(
@@ -300,15 +307,16 @@ def _all_answered(runs: list[WrkResult]) -> bool:
     return not failures
 
 
-def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, desired: int, seconds: float,
-           repeat: int, rate: float) -> bool:
+def report(results: dict[str, list[WrkResult]], *, setup: str, fleet: dict, seconds: float, repeat: int,
+           rate: float) -> bool:
     ceiling = _median(results["health"], "rps")
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    print(f"\nCheck-in bench: {devices:,} devices ({desired:,} with a desired version), {setup}, "
-          f"median of {repeat} × {seconds:g} s\n")
+    print(f"\nCheck-in bench: {fleet['devices']:,} devices running one model ({fleet['desired']:,} with a desired "
+          f"version) and {fleet['multi_devices']:,} running three ({fleet['multi_desired']:,} with desired versions), "
+          f"{setup}, median of {repeat} × {seconds:g} s\n")
     print(f"  {'path':<26} {'req/s':>9} {'p50':>9} {'p99':>9} {'÷ ceiling':>10}   304 share  runs (req/s)")
     all_ok = True
     for mode in MODES:
@@ -332,19 +340,21 @@ def report(results: dict[str, list[WrkResult]], *, setup: str, devices: int, des
         print(f"  {LABELS[plain]:<26} {_median(runs, 'rps'):>9,.0f} {_median(runs, 'p50_ms'):>6.1f} ms "
               f"{_median(runs, 'p99_ms'):>6.1f} ms {_median(runs, 'max_us') / 1000:>6.1f} ms {late:>10.1%}")
         all_ok = _all_answered(runs) and all_ok
-    print(f"\n  {'target':<44} {'(a) 304':>10} {'(b) + window':>13}")
+    checked = MODES[1:]
+    print(f"\n  {'target':<44} " + "".join(f"{LABELS[m][:3]:>8}" for m in checked))
     checks = [
-        (f">= {TARGET_RPS:,} check-ins/s at saturation", lambda m: _median(results[m], "rps") >= TARGET_RPS),
+        (f">= {TARGET_RPS:,} check-ins/s at saturation", ("304", "metrics"),
+         lambda m: _median(results[m], "rps") >= TARGET_RPS),
         # Kept up with the offered rate: within 2 %, the slack of wrk's millisecond timers.
-        (f"{rate:,.0f}/s offered: all served, p99 <= {TARGET_P99_MS:g} ms",
+        (f"{rate:,.0f}/s offered: all served, p99 <= {TARGET_P99_MS:g} ms", ("304", "metrics"),
          lambda m: _median(results[f"paced-{m}"], "rps") >= 0.98 * rate
          and _median(results[f"paced-{m}"], "p99_ms") <= TARGET_P99_MS),
-        (f">= {TARGET_RATIO} of the ceiling", lambda m: _median(results[m], "rps") / ceiling >= TARGET_RATIO),
+        (f">= {TARGET_RATIO} of the ceiling", checked, lambda m: _median(results[m], "rps") / ceiling >= TARGET_RATIO),
     ]
-    for label, check in checks:
-        outcomes = [check("304"), check("metrics")]
-        all_ok = all_ok and all(outcomes)
-        print(f"  {label:<44} {verdict(outcomes[0]):>10} {verdict(outcomes[1]):>13}")
+    for label, modes, check in checks:
+        outcomes = {m: check(m) for m in modes}
+        all_ok = all_ok and all(outcomes.values())
+        print(f"  {label:<44} " + "".join(f"{verdict(outcomes[m]) if m in outcomes else '—':>8}" for m in checked))
     return all_ok
 
 
@@ -354,7 +364,10 @@ def gunicorn_setup(worker_class: str, workers: int, threads: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=10_000, help="registered devices (default 10,000)")
+    parser.add_argument("--devices", type=int, default=10_000,
+                        help="registered devices running one model (default 10,000)")
+    parser.add_argument("--multi-devices", type=int, default=10_000,
+                        help="registered devices running three models (default 10,000)")
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measure; the median is reported (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -372,8 +385,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) for inspection")
     parser.add_argument("--install-wrk", action="store_true",
                         help="only install wrk when it is missing (apt-get, as root; `make test` does it)")
-    args = parse_args(parser, smoke={"devices": 20, "seconds": 1, "repeat": 1, "connections": 4, "rate": 50,
-                                     "wrk_threads": 1, "workers": 1})
+    args = parse_args(parser, smoke={"devices": 20, "multi_devices": 20, "seconds": 1, "repeat": 1, "connections": 4,
+                                     "rate": 50, "wrk_threads": 1, "workers": 1})
 
     if args.install_wrk:
         try:
@@ -391,26 +404,32 @@ def main() -> int:
         artifact = stack.scratch / "bench-model.onnx"
         make_onnx(artifact, 64 * 1024)
         started = time.monotonic()
-        credentials_file = stack.scratch / "credentials.txt"
+        credentials_files = {"one": stack.scratch / "credentials.txt", "three": stack.scratch / "credentials-3.txt"}
         setup = subprocess.run([sys.executable, str(Path(__file__).with_name("checkin_fleet.py")),
-                                "--devices", str(args.devices), "--artifact", str(artifact),
-                                "--out", str(credentials_file)],
+                                "--devices", str(args.devices), "--multi-devices", str(args.multi_devices),
+                                "--artifact", str(artifact), "--out", str(credentials_files["one"]),
+                                "--out-multi", str(credentials_files["three"])],
                                cwd=BASE_DIR, env=stack.env, capture_output=True, text=True)
         if setup.returncode != 0:
             raise BenchError(f"registering the devices failed:\n{setup.stdout[-3000:]}{setup.stderr[-3000:]}")
         fleet = json.loads(setup.stdout.strip().splitlines()[-1])
-        print(f"registered {fleet['devices']:,} devices ({fleet['desired']:,} with a desired version) "
+        print(f"registered {fleet['devices']:,} + {fleet['multi_devices']:,} devices (one model; three models) "
               f"in {time.monotonic() - started:.1f} s")
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         setups = ([(c, w, t) for c, w, t in SWEEP] if args.sweep
                   else [(args.worker_class, args.workers, args.threads)])
-        body, window_template = checkin_bodies({k: fleet[k] for k in ("model", "version", "sha256")})
-        bodies = {"304": stack.scratch / "body-304.json", "metrics": stack.scratch / "body-window.json"}
-        bodies["304"].write_text(json.dumps(body, separators=(",", ":")))
-        bodies["metrics"].write_text(window_template)
-        devices_file = stack.scratch / "devices.txt"
+        groups = {"one": ("304", "metrics", fleet["models"][:1]), "three": ("304x3", "metricsx3", fleet["models"])}
+        bodies, devices_files, group_bodies = {}, {}, {}
+        for group, (idle, windowed, models) in groups.items():
+            body, window_template = checkin_bodies(models)
+            group_bodies[group] = (body, window_template)
+            bodies[idle], bodies[windowed] = (stack.scratch / f"body-{idle}.json",
+                                              stack.scratch / f"body-{windowed}.json")
+            bodies[idle].write_text(json.dumps(body, separators=(",", ":")))
+            bodies[windowed].write_text(window_template)
+            devices_files[idle] = devices_files[windowed] = stack.scratch / f"devices-{group}.txt"
         flusher = subprocess.Popen([sys.executable, "-c", FLUSHER], cwd=BASE_DIR, env=stack.env,
                                    start_new_session=True)
         sweep_rows = []
@@ -418,30 +437,34 @@ def main() -> int:
             stack.gunicorn = start_gunicorn(stack.env, port, stack.log, workers=workers, worker_class=worker_class,
                                             threads=threads, access_log=False)
             if index == 0:
-                credentials = credentials_file.read_text().split()
-                started = time.monotonic()
-                etags = asyncio.run(learn_etags(base, credentials, body))
-                devices_file.write_text("".join(f"{c} {e}\n" for c, e in zip(credentials, etags, strict=True)))
-                print(f"learned {len(etags):,} ETags with one check-in each in {time.monotonic() - started:.1f} s")
-                check_window_body(base, credentials[0], etags[0], window_template)
-                WINDOWS.answered += 1
+                for group, (idle, _windowed, models) in groups.items():
+                    body, window_template = group_bodies[group]
+                    credentials = credentials_files[group].read_text().split()
+                    started = time.monotonic()
+                    etags = asyncio.run(learn_etags(base, credentials, body))
+                    devices_files[idle].write_text("".join(f"{c} {e}\n"
+                                                           for c, e in zip(credentials, etags, strict=True)))
+                    print(f"learned {len(etags):,} ETags ({len(models)} model(s) per device) with one check-in "
+                          f"each in {time.monotonic() - started:.1f} s")
+                    check_window_body(base, credentials[0], etags[0], window_template)
+                    WINDOWS.answered += len(models)
             # Warm every worker (imports, connections) before measuring.
             measure(wrk, base, seconds=min(2, args.seconds), repeat=1, threads=args.wrk_threads,
-                    connections=args.connections, devices_file=devices_file, bodies=bodies, quiet=True)
+                    connections=args.connections, devices_files=devices_files, bodies=bodies, quiet=True)
             setup_text = gunicorn_setup(worker_class, workers, threads)
             if args.sweep:
                 results = measure(wrk, base, seconds=args.sweep_seconds, repeat=1, threads=args.wrk_threads,
-                                  connections=args.connections, devices_file=devices_file, bodies=bodies, quiet=True)
+                                  connections=args.connections, devices_files=devices_files, bodies=bodies,
+                                  quiet=True)
                 sweep_rows.append((setup_text, results))
                 print(f"  {setup_text:<36} " + "  ".join(
                     f"{mode} {results[mode][0].rps:>6,.0f}/s p99 {results[mode][0].p99_ms:>5.1f} ms" for mode in MODES))
             else:
                 results = measure(wrk, base, seconds=args.seconds, repeat=args.repeat, threads=args.wrk_threads,
-                                  connections=args.connections, devices_file=devices_file, bodies=bodies,
+                                  connections=args.connections, devices_files=devices_files, bodies=bodies,
                                   rate=args.rate)
                 ok = report(results, setup=f"{setup_text}, wrk -t{args.wrk_threads} -c{args.connections}",
-                            devices=fleet["devices"], desired=fleet["desired"], seconds=args.seconds,
-                            repeat=args.repeat, rate=args.rate)
+                            fleet=fleet, seconds=args.seconds, repeat=args.repeat, rate=args.rate)
                 if not ok:
                     print("\nsome targets were missed (see above)")
             stop_process_group(stack.gunicorn)

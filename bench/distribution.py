@@ -1,12 +1,13 @@
 """Creating a distribution over 100,000 and 1,000,000 devices: filter, stage plan, assignments written.
 
 Fills a fresh database with a fleet (generate_series: ten targeted regions plus 10 % of devices in a
-region the filter leaves out, every device running v1 with a desired state), then per size times
-what a big rollout costs the database: `distribution_create` (progressive 10 → 25 → 50 → 100 %,
-target filter over the ten regions), the first stage's offer (`distribution_advance`: the scheduled
-start, joiners, 10 % of the set made the devices' desired state), offering every other stage, and a
-rollback of the whole set (`distribution_rollback`). Medians of --repeat runs (--large-repeat for
-sizes of 1,000,000 and more).
+region the filter leaves out, every device running three models side by side, each slot running and
+desired at its v1), then per size times what a big rollout of ONE of the models costs the database:
+`distribution_create` (progressive 10 → 25 → 50 → 100 %, target filter over the ten regions), the
+first stage's offer (`distribution_advance`: the scheduled start, joiners, 10 % of the set made the
+desired state of the devices' slots of that model), offering every other stage, and a rollback of
+the whole set (`distribution_rollback`). Medians of --repeat runs (--large-repeat for sizes of
+1,000,000 and more).
 
 Target: 1,000,000 devices created in ≤ 60 s (AWS IoT Jobs rolls out 1,000 devices a minute;
 hawkBit users report minutes for 140,000).
@@ -36,45 +37,50 @@ TARGET_SECONDS_PER_MILLION = 60.0
 REGIONS = [f"region-{n:02d}" for n in range(10)]
 OUTSIDE = "lab"  # devices the region filter leaves out
 TYPES = ["camera", "gateway", "kiosk"]
+# Every device runs these three models; the distributions ship the first.
+MODELS = ["bench", "detector", "classifier"]
 
 
-def fleet_grow(cursor, *, targeted: int, have: int, running_id: int) -> int:
+def fleet_grow(cursor, *, targeted: int, have: int, running_ids: list[int]) -> int:
     """Adds devices until `targeted` are in the ten regions (and a tenth as many outside); returns the new count."""
     if targeted <= have:
         return have
     outside = targeted // 10
     # Targeted device i is in REGIONS[i % 10], with a type and a memory size by i too.
     cursor.execute("""
-        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, current_version_id,
-            reported_model, reported_version, reported_sha256, status, registered_at, last_seen)
+        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, status,
+                                    registered_at, last_seen)
         SELECT 'dev-' || lpad(i::text, 8, '0'), '', (%(types)s::text[])[1 + i %% 3],
-               (%(regions)s::text[])[1 + i %% 10], '{}', '', 2048 + (i %% 4) * 1024, %(running)s, 'bench', '1.0.0',
-               '', 'active', now(), now()
+               (%(regions)s::text[])[1 + i %% 10], '{}', '', 2048 + (i %% 4) * 1024, 'active', now(), now()
         FROM generate_series(%(first)s, %(last)s) AS i
-    """, {"types": TYPES, "regions": REGIONS, "running": running_id, "first": have, "last": targeted - 1})
-    cursor.execute("""
-        INSERT INTO devices_desiredstate (device_id, version_id, rollback, sequence, source, reason, set_at,
-                                          traceparent)
-        SELECT d.id, %(running)s, false, 1, 'manual', '', now(), '' FROM devices_device d
-        WHERE NOT EXISTS (SELECT 1 FROM devices_desiredstate s WHERE s.device_id = d.id)
-    """, {"running": running_id})
+    """, {"types": TYPES, "regions": REGIONS, "first": have, "last": targeted - 1})
     # The devices outside the filter: renumbered in their own range so later sizes keep the first ones.
     cursor.execute("""
-        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, current_version_id,
-            reported_model, reported_version, reported_sha256, status, registered_at, last_seen)
-        SELECT 'out-' || lpad(i::text, 8, '0'), '', 'camera', %(outside)s, '{}', '', 2048, %(running)s,
-               'bench', '1.0.0', '', 'active', now(), now()
+        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, status,
+                                    registered_at, last_seen)
+        SELECT 'out-' || lpad(i::text, 8, '0'), '', 'camera', %(outside)s, '{}', '', 2048, 'active', now(), now()
         FROM generate_series(%(first)s, %(last)s) AS i
-    """, {"outside": OUTSIDE, "running": running_id, "first": have // 10, "last": outside - 1})
+    """, {"outside": OUTSIDE, "first": have // 10, "last": outside - 1})
+    # One slot per (device, model), running its v1 and desired at it (as after an operator's first install).
+    cursor.execute("""
+        INSERT INTO devices_modelslot (device_id, ai_model_id, version_id, running_version_id, remove, rollback,
+                                       sequence, source, reason, set_at, traceparent, reported_version,
+                                       reported_sha256, reported_at, refused_reason)
+        SELECT d.id, v.ai_model_id, v.id, v.id, false, false, 1, 'manual', '', now(), '', '1.0.0', '', now(), ''
+        FROM devices_device d CROSS JOIN models_app_modelversion v
+        WHERE v.id = ANY(%(running)s)
+          AND NOT EXISTS (SELECT 1 FROM devices_modelslot s WHERE s.device_id = d.id)
+        ORDER BY d.id
+    """, {"running": running_ids})
     cursor.execute("VACUUM ANALYZE devices_device")
-    cursor.execute("VACUUM ANALYZE devices_desiredstate")
+    cursor.execute("VACUUM ANALYZE devices_modelslot")
     return targeted
 
 
 def rollouts_reset(cursor) -> None:
-    """Forgets every distribution (the last one's rollback put every desired state back on v1); not timed."""
+    """Forgets every distribution (the last one's rollback put every slot it touched back on v1); not timed."""
     cursor.execute("TRUNCATE rollouts_transition, rollouts_assignment, rollouts_stage, rollouts_distribution")
-    cursor.execute("VACUUM ANALYZE devices_desiredstate")
+    cursor.execute("VACUUM ANALYZE devices_modelslot")
 
 
 STEPS = ("create (filter, plan, assignments)", "first stage offered (distribution_advance)",
@@ -83,6 +89,7 @@ STEPS = ("create (filter, plan, assignments)", "first stage offered (distributio
 
 def rollout_once(*, size: int, shipped, timed) -> None:
     """One distribution over the whole targeted fleet: created, first stage offered, the rest offered, rolled back."""
+    from devices.models import ModelSlot
     from rollouts import orchestrator, planning
     from rollouts.models import Distribution
     from rollouts.services import distribution_create, distribution_rollback
@@ -103,6 +110,8 @@ def rollout_once(*, size: int, shipped, timed) -> None:
     distribution.refresh_from_db()
     if distribution.status != Distribution.Status.ROLLED_BACK:
         raise RuntimeError(f"the distribution ended {distribution.status}, not rolled back")
+    if ModelSlot.objects.exclude(ai_model=shipped.ai_model_id).exclude(sequence=1).exists():
+        raise RuntimeError("a distribution of one model changed another model's slots")
 
 
 def main() -> int:
@@ -196,17 +205,21 @@ def measure(sizes: list[int], *, repeat: int, large_repeat: int, explain: bool) 
     from models_app.models import AIModel, ModelVersion
 
     call_command("migrate", verbosity=0)
-    model = AIModel.objects.create(name="bench", framework="onnx")
-    running, shipped = (ModelVersion.objects.create(
-        ai_model=model, version=f"1.{minor}.0", model_id=f"bench-1.{minor}.0", major=1, minor=minor, patch=0,
-        is_release=True, storage_key=f"bench/{minor}", sha256=f"{minor}" * 64, size_bytes=1, detected_format="onnx",
-        status=ModelVersion.Status.PASSED) for minor in (0, 1))
+    def version(name: str, minor: int) -> ModelVersion:
+        model, _ = AIModel.objects.get_or_create(name=name, defaults={"framework": "onnx"})
+        return ModelVersion.objects.create(
+            ai_model=model, version=f"1.{minor}.0", model_id=f"{name}-1.{minor}.0", major=1, minor=minor, patch=0,
+            is_release=True, storage_key=f"{name}/{minor}", sha256=f"{minor}" * 64, size_bytes=1,
+            detected_format="onnx", status=ModelVersion.Status.PASSED)
+
+    running = [version(name, 0) for name in MODELS]
+    shipped = version(MODELS[0], 1)
     rows, have = [], 0
     for size in sizes:
         started = time.perf_counter()
         with connection.cursor() as cursor:
-            have = fleet_grow(cursor, targeted=size, have=have, running_id=running.pk)
-        print(f"fleet: {size:,} targeted devices + {size // 10:,} outside the filter "
+            have = fleet_grow(cursor, targeted=size, have=have, running_ids=[v.pk for v in running])
+        print(f"fleet: {size:,} targeted devices + {size // 10:,} outside the filter, {len(MODELS)} models each "
               f"(grown in {time.perf_counter() - started:.1f} s)", flush=True)
         timer = Timer(connection)
         for run in range(large_repeat if size >= 1_000_000 else repeat):

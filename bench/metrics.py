@@ -63,23 +63,28 @@ def load(cursor, *, devices: int, rollouts: int, days: int) -> None:
         FROM models_app_modelversion v CROSS JOIN generate_series(1, 5)
     """)
     cursor.execute("""
-        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, reported_model,
-            reported_version, reported_sha256, status, registered_at, current_version_id)
+        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, status, registered_at)
         SELECT 'dev-' || i, '', (ARRAY['camera','gateway','kiosk'])[1 + i %% 3],
-               (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + i %% 4], '{}', '', '', '', '',
-               CASE WHEN i %% 10 = 0 THEN 'offline' ELSE 'active' END, now(),
-               (SELECT max(id) FROM models_app_modelversion)
+               (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + i %% 4], '{}', '',
+               CASE WHEN i %% 10 = 0 THEN 'offline' ELSE 'active' END, now()
         FROM generate_series(1, %s) AS i
     """, [devices])
+    # Every device runs the newest version (its one model slot).
+    cursor.execute("""
+        INSERT INTO devices_modelslot (device_id, ai_model_id, running_version_id, reported_version, reported_sha256,
+            reported_at, remove, rollback, sequence, source, reason, traceparent, refused_reason)
+        SELECT d.id, v.ai_model_id, v.id, v.version, v.sha256, now(), false, false, 0, '', '', '', ''
+        FROM devices_device d CROSS JOIN (SELECT * FROM models_app_modelversion ORDER BY id DESC LIMIT 1) v
+    """)
     # Each rollout: a distribution, its transitions, and three install reports per device.
     cursor.execute("""
-        INSERT INTO rollouts_distribution (name, version_id, strategy, strategy_reason, config, target,
+        INSERT INTO rollouts_distribution (name, ai_model_id, version_id, strategy, strategy_reason, config, target,
             success_criteria, rollback_policy, install_timeout_seconds, max_attempts, is_rollback, failure_threshold,
             status, status_reason, scheduled_at, device_count, traceparent, created_at, started_at, finished_at,
             updated_at)
-        SELECT 'rollout ' || r, v.id, (ARRAY['canary','progressive','regional'])[1 + r %% 3], '', '{}', '{}', '{}',
-               'automatic', 900, 3, false, 0.1, 'completed', '', now(), %(devices)s, '', now() - interval '3 hours',
-               now() - interval '3 hours', now() - interval '1 hour', now()
+        SELECT 'rollout ' || r, v.ai_model_id, v.id, (ARRAY['canary','progressive','regional'])[1 + r %% 3], '', '{}',
+               '{}', '{}', 'automatic', 900, 3, false, 0.1, 'completed', '', now(), %(devices)s, '',
+               now() - interval '3 hours', now() - interval '3 hours', now() - interval '1 hour', now()
         FROM generate_series(1, %(rollouts)s) AS r
         JOIN models_app_modelversion v ON v.minor = r %% %(versions)s
     """, {"devices": devices, "rollouts": rollouts, "versions": VERSIONS})

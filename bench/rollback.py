@@ -91,9 +91,10 @@ class TimedFleet(Fleet):
         at = time.time()
         self.answered.append(at)
         if response.status_code == 200:
-            manifest = ((response.json().get("desired") or {}).get("manifest")) or {}
-            if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
-                self.rollback_answers.setdefault((index, manifest["sequence"]), at)
+            for entry in response.json().get("desired") or []:  # protocol 2: one signed manifest per model slot
+                manifest = (entry.get("manifest") if isinstance(entry, dict) else None) or {}
+                if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
+                    self.rollback_answers.setdefault((index, manifest["sequence"]), at)
         return response
 
 
@@ -127,16 +128,16 @@ def upload_version(scratch: Path, minor: int):
 def register_fleet(count: int, running) -> dict[str, str]:
     """Bulk-registers the devices (as an operator would), all running `running`; device_id → raw credential."""
     from devices.credentials import DEVICE_KIND, new_secret
-    from devices.models import DesiredState, Device, DeviceCredential
+    from devices.models import Device, DeviceCredential, ModelSlot
 
     specs = [device_spec(i, prefix=PREFIX) for i in range(1, count + 1)]
     devices = Device.objects.bulk_create([
         Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
-               current_version=running, reported_model=MODEL, reported_version=running.version,
                cpu_cores=s.capabilities["cpu_cores"], memory_mb=s.capabilities["memory_mb"],
                storage_gb=s.capabilities["storage_gb"], gpu=s.capabilities["gpu"] or "") for s in specs],
         batch_size=2000)
-    DesiredState.objects.bulk_create([DesiredState(device=d) for d in devices], batch_size=2000)
+    ModelSlot.objects.bulk_create([ModelSlot(device=d, ai_model_id=running.ai_model_id, running_version=running,
+                                             reported_version=running.version) for d in devices], batch_size=2000)
     secrets, prefixes = [], set()
     while len(secrets) < len(devices):  # 32-bit prefixes: a collision among 10,000 is likely enough to matter
         if (secret := new_secret(DEVICE_KIND)).prefix not in prefixes:
@@ -158,7 +159,7 @@ def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log:
     """One canary of a bad version over the whole fleet; the figures of its rollback."""
     from django.db.models import Min
 
-    from devices.models import DesiredState, InstallReport, MetricWindow
+    from devices.models import InstallReport, MetricWindow, ModelSlot
     from rollouts.models import Assignment, Distribution, Transition
     from rollouts.services import distribution_create
 
@@ -183,7 +184,7 @@ def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log:
     issued = Transition.objects.get(distribution=distribution, stage=None, to_status="rolled_back").at
     canary = list(Assignment.objects.filter(distribution=distribution, sequence__isnull=False)
                   .values_list("device_id", "device__device_id"))
-    sequences = dict(DesiredState.objects.filter(device_id__in=[pk for pk, _ in canary])
+    sequences = dict(ModelSlot.objects.filter(device_id__in=[pk for pk, _ in canary], ai_model=bad.ai_model_id)
                      .values_list("device_id", "sequence"))
     keys = {pk: (int(device_id.removeprefix(PREFIX)), sequences[pk]) for pk, device_id in canary}
 
@@ -304,17 +305,19 @@ def judge_fleet(cursor, *, fleet: int, windows: int, start: datetime, old_id: in
     """`fleet` devices on the old version, `windows` one-minute windows each before `start` (the history)."""
     cursor.execute("TRUNCATE devices_device, rollouts_distribution CASCADE")
     cursor.execute("""
-        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, current_version_id,
-            reported_model, reported_version, reported_sha256, status, registered_at, last_seen)
+        INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, memory_mb, status,
+                                    registered_at, last_seen)
         SELECT 'j-' || lpad(i::text, 8, '0'), '', 'camera', (ARRAY['eu', 'us', 'ap'])[1 + i %% 3], '{}', '', 4096,
-               %(old)s, %(model)s, '1.0.0', '', 'active', now(), now()
+               'active', now(), now()
         FROM generate_series(1, %(fleet)s) AS i
-    """, {"old": old_id, "model": MODEL, "fleet": fleet})
+    """, {"fleet": fleet})
     cursor.execute("""
-        INSERT INTO devices_desiredstate (device_id, version_id, rollback, sequence, source, reason, set_at,
-                                          traceparent)
-        SELECT id, NULL, false, 0, '', '', now(), '' FROM devices_device
-    """)
+        INSERT INTO devices_modelslot (device_id, ai_model_id, version_id, running_version_id, remove, rollback,
+                                       sequence, source, reason, traceparent, reported_version, reported_sha256,
+                                       refused_reason)
+        SELECT d.id, v.ai_model_id, NULL, v.id, false, false, 0, '', '', '', v.version, '', ''
+        FROM devices_device d JOIN models_app_modelversion v ON v.id = %(old)s
+    """, {"old": old_id})
     _windows(cursor, scope="all", version_id=old_id, version="1.0.0", latency=20.0,
              first=start - timedelta(minutes=windows), count=windows)
 

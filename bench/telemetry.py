@@ -76,10 +76,9 @@ def main() -> int:
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute("""
-            INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, reported_model,
-                reported_version, reported_sha256, status, registered_at)
+            INSERT INTO devices_device (device_id, name, device_type, region, tags, gpu, status, registered_at)
             SELECT 'dev-' || i, '', (ARRAY['camera','gateway','kiosk'])[1 + i %% 3],
-                   (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + i %% 4], '{}', '', '', '', '', 'active', now()
+                   (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + i %% 4], '{}', '', 'active', now()
             FROM generate_series(1, %s) AS i
         """, [args.devices])
         # The last minute: every device reports; before that, the history share does.

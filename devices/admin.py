@@ -1,4 +1,4 @@
-"""Console pages for the fleet: devices (decommission, credentials, desired version), enrollment keys, reports."""
+"""Console pages for the fleet: devices (model slots; decommission, credentials, desired version), keys, reports."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from django.http import HttpRequest
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow
+from devices import selectors
+from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow, ModelSlot
 from devices.services.credentials import device_credential_issue, device_credential_revoke
+from devices.services.desired_state import desired_model_remove, desired_state_set
 from devices.services.enrollment import enrollment_key_create, enrollment_key_revoke
 from devices.services.registry import (
     RESERVED_DEVICE_IDS,
@@ -24,12 +26,12 @@ from devices.services.registry import (
 )
 from hotswap.exceptions import ApplicationError
 from hotswap.lib.admin import ReadOnlyTabularInline
-from models_app.models import ModelVersion
+from models_app.models import AIModel, ModelVersion
 
 DEVICE_ADD_FIELDS = ("device_id", *UPDATABLE_FIELDS)
 DEVICE_REPORTED_FIELDS = (
-    "status", "last_seen", "running", "current_version", "reported_sha256", "cpu_percent", "memory_percent",
-    "disk_percent", "desired", "registered_at", "registered_by", "enrollment_key",
+    "status", "last_seen", "model_slots", "cpu_percent", "memory_percent", "disk_percent", "registered_at",
+    "registered_by", "enrollment_key",
 )
 
 
@@ -66,37 +68,89 @@ class DeviceCredentialInline(ReadOnlyTabularInline):
 
 
 class DesiredVersionForm(forms.Form):
-    """The version selected devices should run (empty: nothing in particular), with a reason."""
+    """The version selected devices should run of its model (their other models stay), with a reason."""
 
     version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(status__in=[ModelVersion.Status.PASSED, ModelVersion.Status.UPLOADED])
-        .select_related("ai_model").order_by("ai_model__name", "-major", "-minor", "-patch", "-is_release"),
-        required=False, empty_label="— nothing in particular (devices keep what they run) —",
-        help_text="Passed or uploaded versions; deprecated and failed ones are not offered.",
+        .select_related("ai_model").order_by("ai_model__name", "-precedence"),
+        help_text="Only this model's slot on each device changes. Passed or uploaded versions; deprecated and failed "
+                  "ones are not offered.",
     )
-    rollback = forms.BooleanField(required=False, help_text="Allow devices to go back to an older version.")
+    rollback = forms.BooleanField(
+        required=False, label="This is a rollback",
+        help_text="Devices go back to an older version. Required when the version is older than one a device runs "
+                  "(the device refuses a downgrade that is not marked a rollback).")
     reason = forms.CharField(max_length=500, required=False, widget=forms.TextInput(attrs={"size": 60}))
 
 
-# An intermediate page of the "Set desired version…" action (kept here, next to the action it belongs to).
-DESIRED_VERSION_PAGE = """{% extends "admin/base_site.html" %}
+class RemoveModelForm(forms.Form):
+    """The model selected devices should unload and delete (their other models stay), with a reason."""
+
+    model = forms.ModelChoiceField(queryset=AIModel.objects.order_by("name"), to_field_name="name",
+                                   help_text="Devices without this model are left as they are.")
+    reason = forms.CharField(max_length=500, required=False, widget=forms.TextInput(attrs={"size": 60}))
+
+
+# The intermediate page of the "Set desired version…" and "Remove model…" actions (kept next to them).
+SLOT_ACTION_PAGE = """{% extends "admin/base_site.html" %}
 {% block breadcrumbs %}<div class="breadcrumbs"><a href="{% url 'admin:index' %}">Home</a> &rsaquo;
-<a href="{% url 'admin:devices_device_changelist' %}">Devices</a> &rsaquo; Set desired version</div>{% endblock %}
+<a href="{% url 'admin:devices_device_changelist' %}">Devices</a> &rsaquo; {{ title }}</div>{% endblock %}
 {% block content %}
-<p>Set the version {{ count }} device{{ count|pluralize }} should run:
+<p>{{ question }} {{ count }} device{{ count|pluralize }}:
 {% for device in preview %}<code>{{ device.device_id }}</code>{% if not forloop.last %}, {% endif %}{% endfor %}
 {% if count > preview|length %}and {{ count|add:preview_negative }} more{% endif %}.</p>
 <form method="post">{% csrf_token %}
   {{ form.as_p }}
   {% for pk in selected %}<input type="hidden" name="{{ checkbox_name }}" value="{{ pk }}">{% endfor %}
-  <input type="hidden" name="action" value="set_desired_version">
+  <input type="hidden" name="action" value="{{ action }}">
   <input type="hidden" name="select_across" value="{{ select_across }}">
   <input type="hidden" name="index" value="0">
-  <input type="submit" name="apply" value="Set desired version" class="default">
+  <input type="submit" name="apply" value="{{ title }}" class="default">
 </form>
 {% endblock %}
 """
 PREVIEW = 20
+
+
+# The device page's slots: one row per model, desired against running, with the device's last word on each.
+SLOTS_TABLE = """<table class="model-slots"><thead><tr><th>model</th><th>desired</th><th>running</th><th>state</th>
+<th>last install report</th><th>last metric window</th></tr></thead><tbody>{}</tbody></table>"""
+SLOT_ROW = ('<tr data-model="{}"><td>{}</td><td>{}</td><td>{}</td><td class="slot-state">{}</td><td>{}</td>'
+            "<td>{}</td></tr>")
+
+
+def _desired(slot: ModelSlot) -> str:
+    if slot.remove:
+        return format_html("{}: remove <small>#{}</small>", slot.ai_model.name, slot.sequence)
+    if slot.version_id is None:
+        return "—"
+    return format_html("{}{} <small>#{}</small>", slot.version.model_id, " (rollback)" if slot.rollback else "",
+                       slot.sequence)
+
+
+def _slot_row(slot: ModelSlot) -> tuple:
+    state = ModelSlot.State(slot.state).label
+    if slot.state == ModelSlot.State.REFUSED:
+        state = format_html("{}: {}", state, slot.refused_reason or "no reason given")
+    desired = _desired(slot)
+    if slot.source and desired != "—":
+        desired = format_html("{}<br><small>by {}</small>", desired, slot.source)
+    install, window = slot.last_install, slot.last_window
+    return (
+        slot.ai_model.name, slot.ai_model.name, desired,
+        slot.reported_version or "—", state,
+        format_html("{} {} <small>#{} at {}</small>{}", install.status, install.model_version,
+                    install.sequence if install.sequence is not None else "–",
+                    f"{timezone.localtime(install.reported_at):%Y-%m-%d %H:%M:%S}",
+                    format_html("<br><small>{}</small>", install.error) if install.error else "")
+        if install else "—",
+        format_html("{} {}–{}: {} inferences, {} errors, p99 {} ms{}", window.model_version,
+                    f"{timezone.localtime(window.window_start):%H:%M}",
+                    f"{timezone.localtime(window.window_end):%H:%M}", window.inference_count, window.error_count,
+                    f"{window.latency_p99_ms:g}",
+                    f", accuracy {window.accuracy:.1%}" if window.accuracy is not None else "")
+        if window else "—",
+    )
 
 
 @admin.register(Device)
@@ -106,27 +160,29 @@ class DeviceAdmin(admin.ModelAdmin):
     list_display = ["device_id", "name", "device_type", "region", "status", "running", "desired", "last_seen"]
     list_filter = ["status", "region", "device_type"]
     search_fields = ["device_id", "name", "tags"]
-    list_select_related = ["current_version", "desired_state__version"]
     show_full_result_count = False  # a second COUNT over 100,000 rows buys nothing
     inlines = [DeviceCredentialInline]
-    actions = ["decommission_selected", "issue_credential", "set_desired_version"]
+    actions = ["decommission_selected", "issue_credential", "set_desired_version", "remove_model"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
-        return super().get_queryset(request).select_related("current_version", "desired_state__version")
+        return selectors.devices_with_slots(super().get_queryset(request))
 
     @admin.display(description="running")
     def running(self, obj: Device) -> str:
-        if not obj.reported_model:
-            return "—"
-        return f"{obj.reported_model}-{obj.reported_version}"
+        running = [f"{slot.ai_model.name}-{slot.reported_version}" for slot in obj.slots.all() if slot.reported_version]
+        return ", ".join(running) or "—"
 
-    @admin.display(description="desired version")
+    @admin.display(description="desired")
     def desired(self, obj: Device) -> str:
-        desired = getattr(obj, "desired_state", None)
-        if desired is None or desired.version is None:
-            return "—"
-        return format_html("{}{} <small>#{}</small>", desired.version.model_id,
-                           " (rollback)" if desired.rollback else "", desired.sequence)
+        return format_html_join(", ", "{}", ((_desired(slot),) for slot in obj.slots.all()
+                                            if slot.remove or slot.version_id)) or "—"
+
+    @admin.display(description="model slots")
+    def model_slots(self, obj: Device) -> str:
+        slots = selectors.device_slots(device=obj)
+        if not slots:
+            return "No models yet: the device reports what it runs at its next check-in."
+        return format_html(SLOTS_TABLE, format_html_join("", SLOT_ROW, (_slot_row(slot) for slot in slots)))
 
     def get_form(self, request: HttpRequest, obj: Device | None = None, change: bool = False, **kwargs):
         if obj is None:
@@ -187,46 +243,59 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_issue_credential_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("devices.add_devicecredential")
 
-    @admin.action(description="Set desired version…", permissions=["set_desired_version"])
-    def set_desired_version(self, request: HttpRequest, queryset: QuerySet[Device]):
-        form = DesiredVersionForm(request.POST if "apply" in request.POST else None)
+    def _slot_action(self, request: HttpRequest, queryset: QuerySet[Device], *, form_class, action: str,
+                     title: str, question: str, apply):
+        """An action on one model's slot of the selected devices: a page with the form, then `apply(data)`."""
+        form = form_class(request.POST if "apply" in request.POST else None)
         if form.is_valid():
-            # Imported here: the desired-state service belongs to the check-in side of the app.
-            from devices.services.desired_state import desired_state_set
-
-            version = form.cleaned_data["version"]
             try:
-                result = desired_state_set(devices=queryset, version=version, actor=request.user,
-                                           rollback=form.cleaned_data["rollback"],
-                                           reason=form.cleaned_data["reason"], source="manual")
+                text, result = apply(form.cleaned_data)
             except ApplicationError as exc:
-                self.message_user(request, exc.message, messages.ERROR)
+                listed = "; ".join(f"{d['field'].removeprefix('devices.')}: {d['message']}" for d in exc.details[:10])
+                self.message_user(request, exc.message + (f" ({listed})" if listed else "") + ".", messages.ERROR)
                 return None
-            self._report_desired(request, version, result)
+            self._report_desired(request, text, result)
             return None
         select_across = request.POST.get("select_across") in ("1", "True", "true", "on")
         context = {
-            **self.admin_site.each_context(request), "title": "Set desired version", "opts": self.model._meta,
-            "form": form, "count": queryset.count(), "preview": list(queryset[:PREVIEW]),
+            **self.admin_site.each_context(request), "title": title, "question": question, "action": action,
+            "opts": self.model._meta, "form": form, "count": queryset.count(), "preview": list(queryset[:PREVIEW]),
             "preview_negative": -PREVIEW, "select_across": "1" if select_across else "0",
             "selected": [] if select_across else request.POST.getlist(ACTION_CHECKBOX_NAME),
             "checkbox_name": ACTION_CHECKBOX_NAME,
         }
-        return TemplateResponse(request, engines["django"].from_string(DESIRED_VERSION_PAGE), context)
+        return TemplateResponse(request, engines["django"].from_string(SLOT_ACTION_PAGE), context)
 
-    def _report_desired(self, request: HttpRequest, version: ModelVersion | None, result) -> None:
-        target = version.model_id if version else "nothing in particular"
-        changed = result if isinstance(result, int) else result.changed
-        text = f"Desired version set to {target} on {changed} device(s)"
-        unchanged = getattr(result, "unchanged", 0)
-        skipped = getattr(result, "skipped", [])
-        if unchanged:
-            text += f"; {unchanged} already had it"
+    @admin.action(description="Set desired version…", permissions=["set_desired_version"])
+    def set_desired_version(self, request: HttpRequest, queryset: QuerySet[Device]):
+        def apply(data):
+            result = desired_state_set(devices=queryset, version=data["version"], actor=request.user,
+                                       rollback=data["rollback"], reason=data["reason"], source="manual")
+            return f"Desired version set to {data['version'].model_id}", result
+
+        return self._slot_action(request, queryset, form_class=DesiredVersionForm, action="set_desired_version",
+                                 title="Set desired version", question="Set the version of one model to run on",
+                                 apply=apply)
+
+    @admin.action(description="Remove model…", permissions=["set_desired_version"])
+    def remove_model(self, request: HttpRequest, queryset: QuerySet[Device]):
+        def apply(data):
+            result = desired_model_remove(devices=queryset, ai_model=data["model"], actor=request.user,
+                                          reason=data["reason"], source="manual")
+            return f"{data['model'].name} to be removed", result
+
+        return self._slot_action(request, queryset, form_class=RemoveModelForm, action="remove_model",
+                                 title="Remove model", question="Remove one model from", apply=apply)
+
+    def _report_desired(self, request: HttpRequest, text: str, result) -> None:
+        text += f" on {result.changed} device(s)"
+        if result.unchanged:
+            text += f"; {result.unchanged} already had it (or do not have the model)"
         self.message_user(request, text + ".", messages.SUCCESS)
-        if skipped:
-            reasons = "; ".join(item["reason"] for item in skipped[:10])
-            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-            self.message_user(request, f"Skipped {len(skipped)} device(s): {reasons}{more}.", messages.WARNING)
+        if result.skipped:
+            reasons = "; ".join(item["reason"] for item in result.skipped[:10])
+            more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+            self.message_user(request, f"Skipped {len(result.skipped)} device(s): {reasons}{more}.", messages.WARNING)
 
     def has_set_desired_version_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("devices.set_desired_version")

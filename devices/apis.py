@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices import manifests, selectors
-from devices.models import DEVICE_ID_PATTERN, Device
+from devices.models import DEVICE_ID_PATTERN, Device, ModelSlot
 from devices.selectors import DEVICE_ORDERINGS
 from devices.services.credentials import device_credential_issue, device_credential_revoke
 from devices.services.enrollment import device_enroll, enrollment_key_create, enrollment_key_revoke
@@ -31,8 +31,8 @@ from hotswap.exceptions import ApplicationError
 from hotswap.lib.pagination import paginated_response
 from hotswap.lib.query import query_filters
 from hotswap.lib.schema import ordering_parameter
+from hotswap_device.protocol import ACTION_INSTALL, ACTION_REMOVE, CHECKIN_PATH, PROTOCOL_VERSION
 
-CHECKIN_PATH = "/api/v1/devices/checkin"
 MAX_TAGS = 32
 
 DEVICE_NOT_FOUND = error_response("DEVICE_NOT_FOUND: no device has this device_id.")
@@ -149,25 +149,48 @@ class HealthOutputSerializer(serializers.Serializer):
     disk_percent = serializers.FloatField(allow_null=True)
 
 
-class RunningOutputSerializer(serializers.Serializer):
-    """What the device last said it runs; model_id when that matches a registry version."""
+class SlotDesiredOutputSerializer(serializers.Serializer):
+    """What the slot should do: install a version (action install) or unload the model (action remove)."""
 
-    model = serializers.CharField(source="reported_model")
-    version = serializers.CharField(source="reported_version")
-    sha256 = serializers.CharField(source="reported_sha256")
-    model_id = serializers.CharField(source="current_version.model_id", allow_null=True, default=None)
-
-
-class DesiredOutputSerializer(serializers.Serializer):
-    """What the device should run (version null: nothing in particular) and since when."""
-
+    action = serializers.SerializerMethodField(help_text="install, remove, or null: nothing desired (keep it)")
     version = serializers.CharField(source="version.model_id", allow_null=True, default=None,
-                                    help_text="model_id of the desired version")
+                                    help_text="model_id of the desired version (action install)")
     rollback = serializers.BooleanField()
-    sequence = serializers.IntegerField()
     set_at = serializers.DateTimeField(allow_null=True)
     source = serializers.CharField(help_text="manual, or the distribution that set it")
     reason = serializers.CharField()
+
+    def get_action(self, obj: ModelSlot) -> str | None:
+        return ACTION_REMOVE if obj.remove else ACTION_INSTALL if obj.version_id else None
+
+
+class SlotRunningOutputSerializer(serializers.Serializer):
+    """What the device last said it runs of this model; model_id when that is a registry version."""
+
+    version = serializers.CharField(source="reported_version")
+    model_id = serializers.CharField(source="running_version.model_id", allow_null=True, default=None)
+    sha256 = serializers.CharField(source="reported_sha256")
+    reported_at = serializers.DateTimeField(allow_null=True)
+
+
+class SlotOutputSerializer(serializers.Serializer):
+    """One model on the device: its desired state, what it runs, and where that stands."""
+
+    model = serializers.CharField(source="ai_model.name")
+    state = serializers.ChoiceField(choices=ModelSlot.State.choices, help_text=(
+        "in_sync (runs the desired version), installing (not reported running yet), refused (the device refused "
+        "or failed the current desired state: see refused_reason), removing, removed, unmanaged (nothing desired)"))
+    sequence = serializers.IntegerField(help_text="bumped by every change of this slot's desired state")
+    desired = SlotDesiredOutputSerializer(source="*")
+    running = serializers.SerializerMethodField()
+    refused_reason = serializers.SerializerMethodField(help_text="the device's error when state is refused")
+
+    @extend_schema_field(SlotRunningOutputSerializer(allow_null=True))
+    def get_running(self, obj: ModelSlot):
+        return SlotRunningOutputSerializer(obj).data if obj.reported_version else None
+
+    def get_refused_reason(self, obj: ModelSlot) -> str | None:
+        return obj.refused_reason if obj.state == ModelSlot.State.REFUSED else None
 
 
 class CredentialOutputSerializer(serializers.Serializer):
@@ -186,6 +209,50 @@ class IssuedCredentialOutputSerializer(CredentialOutputSerializer):
                                           "`Authorization: Device <key>`.")
 
 
+class InstallReportOutputSerializer(serializers.Serializer):
+    """One install attempt the device reported."""
+
+    model = serializers.CharField(source="model_name")
+    version = serializers.CharField(source="model_version")
+    model_id = serializers.CharField(source="version.model_id", allow_null=True, default=None)
+    status = serializers.CharField()
+    error = serializers.CharField()
+    sequence = serializers.IntegerField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    reported_at = serializers.DateTimeField()
+    received_at = serializers.DateTimeField()
+
+
+class LatencyOutputSerializer(serializers.Serializer):
+    """Latency percentiles over the window, in milliseconds."""
+
+    p50 = serializers.FloatField(source="latency_p50_ms")
+    p95 = serializers.FloatField(source="latency_p95_ms")
+    p99 = serializers.FloatField(source="latency_p99_ms")
+
+
+class MetricWindowOutputSerializer(serializers.Serializer):
+    """Inference metrics the device measured over one window."""
+
+    model = serializers.CharField(source="model_name")
+    version = serializers.CharField(source="model_version")
+    window_start = serializers.DateTimeField()
+    window_end = serializers.DateTimeField()
+    inference_count = serializers.IntegerField()
+    error_count = serializers.IntegerField()
+    latency_ms = LatencyOutputSerializer(source="*")
+    latency_histogram = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
+    accuracy = serializers.FloatField(allow_null=True)
+    labelled_count = serializers.IntegerField(allow_null=True)
+
+
+class SlotDetailOutputSerializer(SlotOutputSerializer):
+    """A slot with the device's last install report and last metric window about its model."""
+
+    last_install = InstallReportOutputSerializer(allow_null=True)
+    last_metric_window = MetricWindowOutputSerializer(source="last_window", allow_null=True)
+
+
 class DeviceOutputSerializer(serializers.Serializer):
     """A device as the registry API shows it."""
 
@@ -197,24 +264,24 @@ class DeviceOutputSerializer(serializers.Serializer):
     capabilities = CapabilitiesOutputSerializer(source="*")
     status = serializers.CharField(help_text="active, offline or decommissioned")
     online = serializers.SerializerMethodField()
-    running = serializers.SerializerMethodField()
     health = HealthOutputSerializer(source="*")
-    desired = DesiredOutputSerializer(source="desired_state", allow_null=True)
+    slots = SlotOutputSerializer(many=True, help_text="One per model the device runs or should run, by name.")
     registered_at = serializers.DateTimeField()
     last_seen = serializers.DateTimeField(allow_null=True)
 
     def get_online(self, obj: Device) -> bool:
         return obj.status == Device.Status.ACTIVE
 
-    @extend_schema_field(RunningOutputSerializer(allow_null=True))
-    def get_running(self, obj: Device):
-        return RunningOutputSerializer(obj).data if obj.reported_model else None
-
 
 class DeviceDetailOutputSerializer(DeviceOutputSerializer):
-    """A device with its credentials (prefixes only)."""
+    """A device with its credentials (prefixes only), and each slot's last install report and metric window."""
 
+    slots = serializers.SerializerMethodField()
     credentials = serializers.SerializerMethodField()
+
+    @extend_schema_field(SlotDetailOutputSerializer(many=True))
+    def get_slots(self, obj: Device):
+        return SlotDetailOutputSerializer(selectors.device_slots(device=obj), many=True).data
 
     @extend_schema_field(CredentialOutputSerializer(many=True))
     def get_credentials(self, obj: Device):
@@ -237,12 +304,14 @@ class DeviceListApi(APIView):
         summary="List devices",
         description="Roles: all (Viewer and up; `devices.view_device`). Filters: `region`, `device_type`, `tag` "
                     "(comma-separated: all of them), `status` (repeatable), `online` (true: status active), "
-                    "`min_memory_mb`, `model` (name of the running model), `version` (running model_id such as "
-                    "`resnet-1.2.0`, or a bare reported version), `search` (case-insensitive prefix of device_id "
+                    "`min_memory_mb`, `model` (a model the device has a slot for), `version` (a version it runs: "
+                    "model_id such as `resnet-1.2.0`, or a bare version, of `model` if given), `desired_version` "
+                    "(a version it should run, likewise), `search` (case-insensitive prefix of device_id "
                     "or name). Ordering: `ordering=device_id|region|device_type|memory_mb|last_seen|registered_at`, "
                     "prefixed by - to reverse. Every filter and ordering is served by an index.",
         parameters=[
-            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "search")),
+            *(OpenApiParameter(p, str) for p in ("region", "device_type", "tag", "model", "version", "desired_version",
+                                                 "search")),
             ordering_parameter(DEVICE_ORDERINGS),
             OpenApiParameter("status", str, many=True, enum=Device.Status.values),
             OpenApiParameter("online", bool),
@@ -306,7 +375,9 @@ class DeviceGetApi(APIView):
     throttle_classes = [MonitorThrottle]
 
     @extend_schema(tags=["devices"], summary="Get a device",
-                   description="Roles: all (`devices.view_device`). Credentials are listed by prefix only.",
+                   description="Roles: all (`devices.view_device`). Every model slot (desired and running "
+                               "version, state, refusal, its last install report and metric window); "
+                               "credentials by prefix only.",
                    responses={200: DeviceDetailOutputSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
                               404: DEVICE_NOT_FOUND, 429: RATE_LIMITED})
     def get(self, request: Request, device_id: str) -> Response:
@@ -373,43 +444,6 @@ class DeviceDecommissionApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class InstallReportOutputSerializer(serializers.Serializer):
-    """One install attempt the device reported."""
-
-    model = serializers.CharField(source="model_name")
-    version = serializers.CharField(source="model_version")
-    model_id = serializers.CharField(source="version.model_id", allow_null=True, default=None)
-    status = serializers.CharField()
-    error = serializers.CharField()
-    sequence = serializers.IntegerField(allow_null=True)
-    duration_ms = serializers.IntegerField(allow_null=True)
-    reported_at = serializers.DateTimeField()
-    received_at = serializers.DateTimeField()
-
-
-class LatencyOutputSerializer(serializers.Serializer):
-    """Latency percentiles over the window, in milliseconds."""
-
-    p50 = serializers.FloatField(source="latency_p50_ms")
-    p95 = serializers.FloatField(source="latency_p95_ms")
-    p99 = serializers.FloatField(source="latency_p99_ms")
-
-
-class MetricWindowOutputSerializer(serializers.Serializer):
-    """Inference metrics the device measured over one window."""
-
-    model = serializers.CharField(source="model_name")
-    version = serializers.CharField(source="model_version")
-    window_start = serializers.DateTimeField()
-    window_end = serializers.DateTimeField()
-    inference_count = serializers.IntegerField()
-    error_count = serializers.IntegerField()
-    latency_ms = LatencyOutputSerializer(source="*")
-    latency_histogram = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
-    accuracy = serializers.FloatField(allow_null=True)
-    labelled_count = serializers.IntegerField(allow_null=True)
-
-
 class DeviceHealthOutputSerializer(HealthOutputSerializer):
     """Resource use, status and when the device was last heard from."""
 
@@ -437,22 +471,16 @@ class DeviceMetricsApi(APIView):
 
         device_id = serializers.CharField(source="device.device_id")
         health = DeviceHealthOutputSerializer(source="device")
-        running = serializers.SerializerMethodField()
-        desired = DesiredOutputSerializer(allow_null=True)
+        slots = SlotOutputSerializer(many=True, help_text="One per model the device runs or should run.")
         installs = InstallReportOutputSerializer(many=True, help_text="The last 20, newest first.")
         metrics_since = serializers.DateTimeField()
         metrics = MetricWindowOutputSerializer(many=True, help_text="Newest first, at most 500.")
-
-        @extend_schema_field(RunningOutputSerializer(allow_null=True))
-        def get_running(self, obj: dict):
-            device = obj["device"]
-            return RunningOutputSerializer(device).data if device.reported_model else None
 
     @extend_schema(
         tags=["devices"],
         summary="Get a device's health and metrics",
         description="Roles: all (`devices.view_device`). Health (CPU/memory/disk %, status, last_seen), the "
-                    "reported running model, the desired state, the last 20 install reports and the metric "
+                    "model slots (desired and running version, state), the last 20 install reports and the metric "
                     "windows that ended since `since` (default one hour ago; at most 500, newest first).",
         parameters=[FilterSerializer],
         responses={200: OutputSerializer, 400: VALIDATION_ERROR, 401: UNAUTHENTICATED, 403: FORBIDDEN,
@@ -625,6 +653,7 @@ class DeviceEnrollApi(APIView):
 
         device_id = serializers.CharField()
         credential = serializers.CharField(help_text="`hsd_<prefix>_<secret>`: shown once; keep it.")
+        protocol = serializers.IntegerField(help_text="the check-in protocol version the server speaks")
         checkin_url = serializers.CharField()
         poll_interval_seconds = serializers.IntegerField()
         manifest_public_key = inline_serializer("ManifestPublicKey", fields={
@@ -658,7 +687,8 @@ class DeviceEnrollApi(APIView):
             device_type=data["device_type"], region=data["region"], tags=data["tags"],
             capabilities=data["capabilities"],
         )
-        body = {"device_id": device.device_id, "credential": credential, "checkin_url": CHECKIN_PATH,
+        body = {"device_id": device.device_id, "credential": credential, "protocol": PROTOCOL_VERSION,
+                "checkin_url": CHECKIN_PATH,
                 "poll_interval_seconds": settings.DEVICE_POLL_INTERVAL_SECONDS,
                 "manifest_public_key": manifests.public_key_info()}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)

@@ -16,6 +16,7 @@ from devices.services import checkin as service
 from hotswap.exceptions import ApplicationError, error_body, require_methods
 from hotswap.lib.tracing import new_traceparent
 from hotswap.observability.context import bind_actor
+from hotswap_device.protocol import PROTOCOL_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def _error(request: HttpRequest, status: int, code: str, message: str, details=N
 
 
 def _authenticate(request: HttpRequest) -> tuple[service.CheckinDevice | None, JsonResponse | None]:
-    """The calling device and its desired state, in one indexed query."""
+    """The calling device and all its model slots, in one indexed query."""
     scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
     parts = split_secret(raw, DEVICE_KIND) if scheme == "Device" else None
     if parts is None:
@@ -83,7 +84,7 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
     if isinstance(body, JsonResponse):
         return body
     try:
-        report = service.checkin_parse(body, now=now)
+        report = service.checkin_parse(body, now=now, slot_models=device.models)
     except ApplicationError as exc:
         return _error(request, exc.status_code, exc.code, exc.message, exc.details)
     if retry_after := service.checkin_record(device=device, report=report, now=now):
@@ -96,6 +97,7 @@ def device_checkin(request: HttpRequest) -> HttpResponse:
         response = HttpResponse(status=304)
     else:
         response = JsonResponse({
+            "protocol": PROTOCOL_VERSION,
             "desired": service.checkin_desired(device=device, now=now, request=request),
             "poll_interval_seconds": settings.DEVICE_POLL_INTERVAL_SECONDS,
             "accepted": {"installs": len(report.installs), "metrics": len(report.metrics)},

@@ -1,8 +1,8 @@
 """What a check-in tells Redis, in one round trip: its heartbeat, its rate, and its metric windows.
 
 Heartbeats are buffered and flushed to PostgreSQL in bulk, so a check-in writes no row. Last-seen,
-health and what a device runs are soft state: if Redis loses the buffer, the next check-in (every
-poll interval) restores it.
+health and what a device runs (each model's version, written into its model slot) are soft state: if
+Redis loses the buffer, the next check-in (every poll interval) restores it.
 
 Metric windows are not soft state. They are appended to a Redis list as the check-in's one JSON
 array and written to PostgreSQL in chunks by devices.services.telemetry.metric_windows_flush, which
@@ -37,7 +37,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from devices.models import Device
-from models_app.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class Recorded(NamedTuple):
     windows_buffered: bool
 
 
-def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | None, now: datetime,
+def heartbeat_record(*, device_pk: int, models: list[dict], health: dict | None, now: datetime,
                      metric_windows: str = "") -> Recorded:
     """Buffers the heartbeat (and the windows, a JSON array) and counts the call against the device's rate.
 
@@ -98,7 +97,7 @@ def heartbeat_record(*, device_pk: int, running: dict | None, health: dict | Non
     count, period = _rate(settings.THROTTLE_RATES["device_checkin"])
     window = int(now.timestamp()) // period
     rate_key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
-    payload = json.dumps({"at": now.isoformat(), "running": running, "health": health}, separators=(",", ":"))
+    payload = json.dumps({"at": now.isoformat(), "models": models, "health": health}, separators=(",", ":"))
     args = (rate_key, _buffer_key(), metric_buffer_key(), period + 1, device_pk, payload, metric_windows, count,
             settings.METRIC_BUFFER_MAX_CHECKINS)
     try:
@@ -198,7 +197,7 @@ def set_aside_counts() -> dict[str, int]:
 
 
 def heartbeats_flush() -> int:
-    """Writes buffered heartbeats to the devices table in one UPDATE; returns how many devices."""
+    """Writes buffered heartbeats to the devices and their model slots in one statement; returns how many devices."""
     client = redis_client()
     flushed = 0
     for batch in buffer_batches(_buffer_key()):
@@ -208,7 +207,7 @@ def heartbeats_flush() -> int:
 
 
 def _write_heartbeats(entries: list[tuple[int, bytes]]) -> int:
-    """One UPDATE for the entries; if it is refused, each half is tried alone (bisection) down to the bad ones.
+    """One statement for the entries; if it is refused, each half is tried alone (bisection) down to the bad ones.
 
     A batch without a bad entry (every batch, in practice) costs one statement; k bad ones among n cost
     about 2k·log2(n) statements, and are set aside.
@@ -226,36 +225,67 @@ def _write_heartbeats(entries: list[tuple[int, bytes]]) -> int:
         return _write_heartbeats(entries[:middle]) + _write_heartbeats(entries[middle:])
 
 
-def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
-    entries = {pk: json.loads(raw) for pk, raw in raw_entries}
-    model_ids = {f"{r['model']}-{r['version']}" for e in entries.values() if (r := e.get("running"))}
-    rows = []
-    for pk, entry in entries.items():
-        running, health = entry.get("running") or {}, entry.get("health") or {}
-        model_id = f"{running.get('model')}-{running.get('version')}" if running else None
-        rows.append((
-            pk, datetime.fromisoformat(entry["at"]), model_id,  # resolved to the version's pk below
-            running.get("model", ""), running.get("version", ""), running.get("sha256", ""),
-            health.get("cpu_percent"), health.get("memory_percent"), health.get("disk_percent"),
-        ))
-    placeholders = ",".join(["(%s, %s::timestamptz, %s::bigint, %s, %s, %s, %s::float8, %s::float8, %s::float8)"]
-                            * len(rows))
-    # A heartbeat older than what is stored (a late flush) must not move last_seen backwards.
-    sql = f"""
+# The devices' last_seen and health, then what each runs, model by model, into its slot: upserted (a model
+# the device runs but was never offered gets a slot with no desired state), and the slots of models it no
+# longer lists say it runs nothing. A heartbeat older than what is stored (a late flush) moves neither
+# last_seen nor a slot backwards: only the devices the first UPDATE touched go on. A model the registry
+# does not know has no slot (the join drops it). A device has one heartbeat per batch (the buffer is a hash
+# by device) and lists each model once (checkin_parse), so no slot is upserted twice in one statement.
+_HEARTBEATS_SQL = """
+    WITH beats AS (
+        SELECT * FROM jsonb_to_recordset(%(devices)s::jsonb)
+            AS b(pk bigint, seen timestamptz, cpu float8, mem float8, disk float8)
+    ), seen AS (
         UPDATE devices_device AS d SET
-            last_seen = v.seen, current_version_id = v.version_id, reported_model = v.model,
-            reported_version = v.version, reported_sha256 = v.sha256,
-            cpu_percent = COALESCE(v.cpu, d.cpu_percent), memory_percent = COALESCE(v.mem, d.memory_percent),
-            disk_percent = COALESCE(v.disk, d.disk_percent),
+            last_seen = b.seen,
+            cpu_percent = COALESCE(b.cpu, d.cpu_percent), memory_percent = COALESCE(b.mem, d.memory_percent),
+            disk_percent = COALESCE(b.disk, d.disk_percent),
             status = CASE WHEN d.status = 'offline' THEN 'active' ELSE d.status END
-        FROM (VALUES {placeholders}) AS v(pk, seen, version_id, model, version, sha256, cpu, mem, disk)
-        WHERE d.id = v.pk AND (d.last_seen IS NULL OR d.last_seen <= v.seen)
-    """  # noqa: S608 - only placeholders are interpolated
-    # The lookup is inside the savepoint too: a name PostgreSQL refuses fails it first.
+        FROM beats b
+        WHERE d.id = b.pk AND (d.last_seen IS NULL OR d.last_seen <= b.seen)
+        RETURNING d.id, b.seen
+    ), running AS (
+        SELECT s.id AS device, m.id AS ai_model, mv.id AS version, r.version AS reported, r.sha256, s.seen
+        FROM jsonb_to_recordset(%(models)s::jsonb) AS r(device bigint, model text, version text, sha256 text)
+        JOIN seen s ON s.id = r.device
+        JOIN models_app_aimodel m ON m.name = r.model
+        LEFT JOIN models_app_modelversion mv ON mv.model_id = r.model || '-' || r.version
+    ), upserted AS (
+        INSERT INTO devices_modelslot AS slot (device_id, ai_model_id, running_version_id, reported_version,
+                                               reported_sha256, reported_at, remove, rollback, sequence, source,
+                                               reason, traceparent, refused_reason)
+        SELECT device, ai_model, version, reported, coalesce(sha256, ''), seen, false, false, 0, '', '', '', ''
+        FROM running
+        ON CONFLICT (device_id, ai_model_id) DO UPDATE SET
+            running_version_id = EXCLUDED.running_version_id, reported_version = EXCLUDED.reported_version,
+            reported_sha256 = EXCLUDED.reported_sha256, reported_at = EXCLUDED.reported_at
+        WHERE slot.reported_at IS NULL OR slot.reported_at <= EXCLUDED.reported_at
+    ), stopped AS (
+        UPDATE devices_modelslot AS slot SET
+            running_version_id = NULL, reported_version = '', reported_sha256 = '', reported_at = s.seen
+        FROM seen s
+        WHERE slot.device_id = s.id AND (slot.reported_version <> '' OR slot.running_version_id IS NOT NULL)
+          AND (slot.reported_at IS NULL OR slot.reported_at <= s.seen)
+          AND NOT EXISTS (SELECT 1 FROM running r WHERE r.device = slot.device_id AND r.ai_model = slot.ai_model_id)
+    )
+    SELECT count(*) FROM seen
+"""
+
+
+def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
+    beats, running = [], []
+    for pk, raw in raw_entries:
+        entry = json.loads(raw)
+        health = entry.get("health") or {}
+        beats.append({"pk": pk, "seen": entry["at"], "cpu": health.get("cpu_percent"),
+                      "mem": health.get("memory_percent"), "disk": health.get("disk_percent")})
+        # A heartbeat buffered by a version 1 server before an upgrade names one model in "running".
+        models = entry["models"] if "models" in entry else [entry["running"]] if entry.get("running") else []
+        running.extend({**model, "device": pk} for model in models)
+    # A savepoint: a refused batch rolls back alone, and the flush bisects it.
     with transaction.atomic(), connection.cursor() as cursor:
-        versions = dict(ModelVersion.objects.filter(model_id__in=model_ids).values_list("model_id", "pk"))
-        cursor.execute(sql, [value for row in rows for value in (*row[:2], versions.get(row[2]), *row[3:])])
-        return cursor.rowcount
+        cursor.execute(_HEARTBEATS_SQL, {"devices": json.dumps(beats), "models": json.dumps(running)})
+        return cursor.fetchone()[0]
 
 
 def devices_mark_offline(*, now: datetime | None = None) -> int:

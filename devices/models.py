@@ -37,13 +37,6 @@ class Device(models.Model):
     storage_gb = models.PositiveIntegerField(null=True, blank=True)
     gpu = models.CharField(max_length=64, blank=True, help_text="GPU model, empty when there is none")
 
-    # What the device last said it runs; `current_version` is set when that matches a registry version.
-    current_version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
-                                        related_name="running_devices")
-    reported_model = models.CharField(max_length=64, blank=True)
-    reported_version = models.CharField(max_length=64, blank=True)
-    reported_sha256 = models.CharField(max_length=64, blank=True)
-
     cpu_percent = models.FloatField(null=True, blank=True, validators=percent)
     memory_percent = models.FloatField(null=True, blank=True, validators=percent)
     disk_percent = models.FloatField(null=True, blank=True, validators=percent)
@@ -61,8 +54,6 @@ class Device(models.Model):
         indexes = [
             GinIndex(fields=["tags"], name="device_tags_gin"),
             # The fleet list's filters and search (devices.selectors.DeviceFilter) stay index scans at 100k devices.
-            models.Index(fields=["reported_model", "reported_version"], name="device_reported_model_idx"),
-            models.Index(fields=["reported_version"], name="device_reported_version_idx"),
             models.Index(OpClass(Upper("device_id"), name="text_pattern_ops"), name="device_id_prefix_idx"),
             models.Index(OpClass(Upper("name"), name="text_pattern_ops"), name="device_name_prefix_idx"),
         ]
@@ -120,16 +111,34 @@ class EnrollmentKey(models.Model):
         return self.name
 
 
-class DesiredState(models.Model):
-    """What a device should run. Every change bumps `sequence`; check-in answers and manifests derive from it.
+class ModelSlot(models.Model):
+    """One model on one device: the version it should run (its desired state) and the version it says it runs.
 
-    Rollouts set it for their devices; until then operators set it by hand. A rollback is only a
-    change of desired state back to an earlier version with `rollback=True`.
+    A device runs several models side by side, each with its own versions, rollouts and rollbacks; every
+    slot has its own `sequence`, bumped by each change of its desired state (devices.services.desired_state
+    is the one place that writes it). Desired state: `version` (install it), `remove` (unload the model),
+    or neither (nothing in particular: keep what runs). A slot also exists for a model the device reports
+    running that it was never offered. Rollouts set it for their devices; until then operators set it by hand.
+    A rollback is only a change of desired state back to an earlier version with `rollback=True`.
     """
 
-    device = models.OneToOneField(Device, primary_key=True, on_delete=models.CASCADE, related_name="desired_state")
+    class State(models.TextChoices):
+        """Where a slot stands, derived from its desired and running state (ModelSlot.state)."""
+
+        IN_SYNC = "in_sync", "In sync"  # runs the desired version
+        INSTALLING = "installing", "Installing"  # the device has not reported the desired version running yet
+        REFUSED = "refused", "Refused"  # the device refused (or failed) the current desired state: refused_reason
+        REMOVING = "removing", "Removing"  # to be removed, still reported running
+        REMOVED = "removed", "Removed"  # removed: nothing runs
+        UNMANAGED = "unmanaged", "Not managed"  # nothing desired: the device runs what it has
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="slots")
+    ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.CASCADE, related_name="slots")
+
+    # Desired state.
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="desired_on")
+    remove = models.BooleanField(default=False, help_text="the device should unload and delete this model")
     rollback = models.BooleanField(default=False)
     sequence = models.PositiveBigIntegerField(default=0)
     source = models.CharField(max_length=64, blank=True, help_text="manual, or the distribution that set it")
@@ -140,12 +149,48 @@ class DesiredState(models.Model):
     # W3C trace context of the change, handed to the device so its report links back to it.
     traceparent = models.CharField(max_length=55, blank=True)
 
+    # Running state: what the device last said it runs of this model (the heartbeat flush writes it).
+    running_version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True,
+                                        on_delete=models.SET_NULL, related_name="running_slots")
+    reported_version = models.CharField(max_length=64, blank=True)
+    reported_sha256 = models.CharField(max_length=64, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+
+    # The device's last word on this slot's current desired state when it did not take it (refused, failed).
+    refused_sequence = models.PositiveBigIntegerField(null=True, blank=True)
+    refused_reason = models.CharField(max_length=2000, blank=True)
+
+    class Meta:
+        ordering = ["device", "ai_model"]
+        constraints = [
+            models.UniqueConstraint(fields=["device", "ai_model"], name="one_slot_per_device_model"),
+            models.CheckConstraint(condition=Q(remove=False) | Q(version__isnull=True), name="slot_remove_or_version"),
+        ]
+        indexes = [
+            # Fleet filters and rollout targets by model and version stay index scans at 1M devices.
+            models.Index(fields=["ai_model", "running_version"], name="slot_model_running_idx"),
+            models.Index(fields=["running_version"], name="slot_running_idx"),
+            models.Index(fields=["version"], name="slot_desired_idx"),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.device_id} -> {self.version_id or 'nothing'} (#{self.sequence})"
+        wanted = "remove" if self.remove else (self.version_id or "keep")
+        return f"{self.device_id}/{self.ai_model_id} -> {wanted} (#{self.sequence})"
+
+    @property
+    def state(self) -> str:
+        if self.sequence and self.refused_sequence == self.sequence:
+            return self.State.REFUSED
+        runs = self.running_version_id is not None or bool(self.reported_version)
+        if self.remove:
+            return self.State.REMOVING if runs else self.State.REMOVED
+        if self.version_id is None:
+            return self.State.UNMANAGED
+        return self.State.IN_SYNC if self.running_version_id == self.version_id else self.State.INSTALLING
 
 
 class InstallReport(models.Model):
-    """A device's account of one install attempt (installed, active, failed, refused, rolled back)."""
+    """A device's account of one install attempt (installed, active, failed, refused, rolled back) or removal."""
 
     class Status(models.TextChoices):
         DOWNLOADING = "downloading"
@@ -154,6 +199,7 @@ class InstallReport(models.Model):
         FAILED = "failed"
         REFUSED = "refused"
         ROLLED_BACK = "rolled_back"
+        REMOVED = "removed"  # the model was unloaded and deleted (a removal's answer)
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="install_reports")
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,

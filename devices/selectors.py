@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import django_filters
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from devices.credentials import DEVICE_KIND, secret_matches, split_secret
-from devices.models import DesiredState, Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow
+from devices.models import Device, DeviceCredential, EnrollmentKey, InstallReport, MetricWindow, ModelSlot
 from hotswap.exceptions import NotFoundError
-from models_app.models import ModelVersion
+from models_app.models import AIModel, ModelVersion
 
 RECENT_INSTALLS = 20
 MAX_METRIC_WINDOWS = 500
@@ -40,15 +40,19 @@ class DeviceFilter(django_filters.FilterSet):
     online = django_filters.ChoiceFilter(method="filter_online", choices=[("true", "true"), ("false", "false")],
                                          help_text="true: status active; false: any other status.")
     min_memory_mb = django_filters.NumberFilter(field_name="memory_mb", lookup_expr="gte", min_value=0)
-    model = django_filters.CharFilter(field_name="reported_model", help_text="Name of the model it runs.")
+    model = django_filters.CharFilter(method="filter_model",
+                                      help_text="Name of a model the device has a slot for (runs it or should).")
     version = django_filters.CharFilter(method="filter_version",
-                                        help_text="The version it runs: a model_id (resnet-1.2.0) or a bare version.")
+                                        help_text="A version it runs: a model_id (resnet-1.2.0) or a bare version.")
+    desired_version = django_filters.CharFilter(method="filter_desired_version",
+                                                help_text="A version it should run: a model_id or a bare version.")
     search = django_filters.CharFilter(method="filter_search",
                                        help_text="Case-insensitive prefix of the device_id or the name.")
 
     class Meta:
         model = Device
-        fields = ["region", "device_type", "tag", "status", "online", "min_memory_mb", "model", "version", "search"]
+        fields = ["region", "device_type", "tag", "status", "online", "min_memory_mb", "model", "version",
+                  "desired_version", "search"]
 
     def filter_tag(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         tags = [tag.strip() for tag in value.split(",") if tag.strip()]
@@ -59,13 +63,26 @@ class DeviceFilter(django_filters.FilterSet):
             return queryset.filter(status=Device.Status.ACTIVE)
         return queryset.exclude(status=Device.Status.ACTIVE)
 
+    # Model and version filters go through the slots: the names are resolved to primary keys first, so each is
+    # one index scan of the slots (slot_model_running_idx, slot_running_idx, slot_desired_idx) by key.
+    def filter_model(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        ai_model = AIModel.objects.filter(name=value).values_list("pk", flat=True).first()
+        return queryset.filter(pk__in=ModelSlot.objects.filter(ai_model_id=ai_model).values("device_id"))
+
     def filter_version(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        # Resolving the model_id first keeps this an OR of two index scans instead of a join.
-        version_pk = ModelVersion.objects.filter(model_id=value).values_list("pk", flat=True).first()
-        running = Q(reported_version=value)
-        if version_pk is not None:
-            running |= Q(current_version_id=version_pk)
-        return queryset.filter(running)
+        slots = ModelSlot.objects.filter(running_version_id__in=self._versions(value))
+        return queryset.filter(pk__in=slots.values("device_id"))
+
+    def filter_desired_version(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        slots = ModelSlot.objects.filter(version_id__in=self._versions(value))
+        return queryset.filter(pk__in=slots.values("device_id"))
+
+    def _versions(self, value: str) -> list[int]:
+        """The registry versions a value names: a model_id, or a bare version of the `model` filter's model (or any)."""
+        versions = ModelVersion.objects.filter(Q(model_id=value) | Q(version=value))
+        if model := self.data.get("model"):
+            versions = versions.filter(ai_model__name=model)
+        return list(versions.values_list("pk", flat=True)[:1000])
 
     def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         # Prefix matches use the UPPER(...) text_pattern_ops indexes; a substring match could not.
@@ -75,10 +92,19 @@ class DeviceFilter(django_filters.FilterSet):
         return queryset.filter(Q(device_id__istartswith=value) | Q(name__istartswith=value))
 
 
+def slots_with_models(slots: QuerySet[ModelSlot]) -> QuerySet[ModelSlot]:
+    """Slots by model name, with their model and versions in the same query."""
+    return slots.select_related("ai_model", "version", "running_version").order_by("ai_model__name")
+
+
+def devices_with_slots(queryset: QuerySet[Device]) -> QuerySet[Device]:
+    """The devices with their slots: one more query per page, whatever the number of slots."""
+    return queryset.prefetch_related(Prefetch("slots", queryset=slots_with_models(ModelSlot.objects.all())))
+
+
 def device_list(*, filters: dict | None = None, ordering: str = "") -> QuerySet[Device]:
-    """The fleet, filtered and ordered; the versions it runs and should run come in the same query."""
-    queryset = Device.objects.select_related("current_version", "desired_state__version")
-    filterset = DeviceFilter(filters or {}, queryset=queryset)
+    """The fleet, filtered and ordered; every slot (what each model runs and should run) in one more query."""
+    filterset = DeviceFilter(filters or {}, queryset=devices_with_slots(Device.objects.all()))
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
     return _order(filterset.qs, ordering)
@@ -95,11 +121,26 @@ def _order(queryset: QuerySet[Device], ordering: str) -> QuerySet[Device]:
 
 
 def device_get(*, device_id: str) -> Device:
-    device = (Device.objects.select_related("current_version", "desired_state__version")
-              .filter(device_id=device_id).first())
+    device = Device.objects.filter(device_id=device_id).first()
     if device is None:
         raise NotFoundError(f"Device '{device_id}' does not exist.", code="DEVICE_NOT_FOUND")
     return device
+
+
+def device_slots(*, device: Device) -> list[ModelSlot]:
+    """The device's slots by model name, each with its last install report and last metric window (or None).
+
+    Two more queries whatever the number of slots: the newest report and window per model name.
+    """
+    slots = list(slots_with_models(ModelSlot.objects.filter(device=device)))
+    names = [slot.ai_model.name for slot in slots]
+    installs = _newest_per_model(InstallReport.objects.filter(device=device).select_related("version"), names,
+                                 "-reported_at")
+    windows = _newest_per_model(MetricWindow.objects.filter(device=device), names, "-window_end")
+    for slot in slots:
+        slot.last_install = installs.get(slot.ai_model.name)
+        slot.last_window = windows.get(slot.ai_model.name)
+    return slots
 
 
 def device_credentials(*, device: Device) -> QuerySet[DeviceCredential]:
@@ -127,18 +168,24 @@ def device_for_credential(*, raw_credential: str) -> Device | None:
     return credential.device
 
 
+def _newest_per_model(queryset: QuerySet, names: list[str], newest_first: str) -> dict:
+    # A UNION of one LIMIT 1 per model: each branch stops at its first row of the (device, time) index,
+    # where DISTINCT ON would read every report the device ever sent.
+    branches = [queryset.filter(model_name=name).order_by(newest_first, "-id")[:1] for name in names]
+    if not branches:
+        return {}
+    rows = branches[0].union(*branches[1:], all=True) if len(branches) > 1 else branches[0]
+    return {row.model_name: row for row in rows}
+
+
 def device_metrics(*, device: Device, since: datetime | None = None, now: datetime | None = None) -> dict:
-    """Health, what it runs, what it should run, its last install reports and its recent metric windows."""
+    """Health, every slot (what each model runs and should run), its last install reports and metric windows."""
     since = since or (now or timezone.now()) - DEFAULT_METRICS_SPAN
-    try:
-        desired: DesiredState | None = device.desired_state
-    except DesiredState.DoesNotExist:
-        desired = None
     installs = InstallReport.objects.filter(device=device).select_related("version").order_by("-reported_at")
     windows = MetricWindow.objects.filter(device=device, window_end__gte=since).order_by("-window_end")
     return {
         "device": device,
-        "desired": desired,
+        "slots": list(slots_with_models(device.slots.all())),
         "installs": list(installs[:RECENT_INSTALLS]),  # install_device_time_idx
         "metrics_since": since,
         "metrics": list(windows[:MAX_METRIC_WINDOWS]),  # metric_device_time_idx

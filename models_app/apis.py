@@ -116,8 +116,8 @@ class TagListField(serializers.Field):
 
 
 _ORDERINGS = {
-    "name": ("ai_model__name", "major", "minor", "patch", "is_release", "prerelease"),
-    "version": ("major", "minor", "patch", "is_release", "prerelease"),
+    "name": ("ai_model__name", "precedence"),
+    "version": ("precedence",),
     "uploaded_at": ("uploaded_at",),
     "size": ("size_bytes",),
 }

@@ -166,12 +166,19 @@ class ModelVersion(models.Model):
     ai_model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="versions")
     version = models.CharField(max_length=64, validators=[semver_validator])
     model_id = models.CharField(max_length=129, unique=True, editable=False)
-    # Semver precedence as sortable columns; a release sorts after its pre-releases.
     major = models.PositiveIntegerField(editable=False)
     minor = models.PositiveIntegerField(editable=False)
     patch = models.PositiveIntegerField(editable=False)
     prerelease = models.CharField(max_length=64, blank=True, editable=False)
     is_release = models.BooleanField(editable=False)
+    # Semantic-version precedence as one byte-comparable key, computed by the database (the SQL function
+    # semver_key, migration 0006_semver_order) for every row however it is written. ORDER BY precedence and
+    # Python's `a.precedence < b.precedence` agree: rc.9 < rc.10 < the release, numeric identifiers below
+    # alphanumeric ones, a shorter set of identifiers first. Compare versions only through it.
+    precedence = models.GeneratedField(
+        expression=models.Func(models.F("major"), models.F("minor"), models.F("patch"), models.F("prerelease"),
+                               function="semver_key", output_field=models.CharField()),
+        output_field=models.CharField(max_length=400, db_collation="C"), db_persist=True, editable=False)
 
     storage_key = models.CharField(max_length=512, unique=True)
     sha256 = models.CharField(max_length=64, validators=[sha256_validator])
@@ -211,8 +218,8 @@ class ModelVersion(models.Model):
     sha256_verified = models.BooleanField(default=True, editable=False)
 
     class Meta:
-        ordering = ["ai_model__name", "-major", "-minor", "-patch", "-is_release", "-prerelease"]
-        indexes = [models.Index(fields=["ai_model", "major", "minor", "patch"], name="version_precedence_idx"),
+        ordering = ["ai_model__name", "-precedence"]
+        indexes = [models.Index(fields=["ai_model", "precedence"], name="version_semver_order_idx"),
                    models.Index(fields=["scrubbed_at"], name="version_scrubbed_idx")]
         constraints = [
             models.UniqueConstraint(fields=["ai_model", "version"], name="modelversion_unique_version"),

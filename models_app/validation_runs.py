@@ -219,7 +219,7 @@ def _baseline(version: ModelVersion) -> ValidationReport | None:
         ModelVersion.objects.filter(ai_model_id=version.ai_model_id, status=ModelVersion.Status.PASSED)
         .filter(Q(major__lt=version.major) | Q(major=version.major, minor__lt=version.minor)
                 | Q(major=version.major, minor=version.minor, patch__lt=version.patch))
-        .order_by("-major", "-minor", "-patch", "-is_release", "-prerelease").first()
+        .order_by("-precedence").first()
     )
     if earlier is None:
         return None

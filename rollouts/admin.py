@@ -11,14 +11,16 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from devices.models import ModelSlot
 from hotswap.exceptions import ApplicationError
+from rollouts import assignment_states as states
 from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.forms import ActionForm, DistributionCreateForm
 from rollouts.models import Assignment, Distribution, Stage
@@ -40,7 +42,6 @@ S = Stage.Status
 POLL_MS = 3000
 # Segments of a progress bar, in drawing order.
 PARTS = ("active", "failed", "installing", "pending", "rolled_back")
-_INSTALLING = ("offered", "downloading", "installed")
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,9 @@ def action_refusal(action: str, distribution: Distribution, stage: Stage | None)
 
 
 def _progress_from_counts(counts: dict[str, int]) -> dict[str, int]:
-    return {"active": counts.get("active", 0), "failed": counts.get("failed", 0) + counts.get("timed_out", 0),
-            "installing": sum(counts.get(state, 0) for state in _INSTALLING), "pending": counts.get("pending", 0),
-            "rolled_back": counts.get("rolled_back", 0)}
+    return {"active": counts.get(states.A.ACTIVE, 0), "failed": sum(counts.get(state, 0) for state in states.FAILED),
+            "installing": sum(counts.get(state, 0) for state in states.IN_FLIGHT),
+            "pending": counts.get(states.A.PENDING, 0), "rolled_back": counts.get(states.A.ROLLED_BACK, 0)}
 
 
 def progress_bar(progress: dict) -> dict:
@@ -104,12 +105,15 @@ def _bar_html(bar: dict) -> str:
 
 
 def rollback_progress(distribution: Distribution) -> dict | None:
-    """For a rolled-back distribution: how many of its devices run their previous version again."""
+    """For a rolled-back distribution: how many of its devices run their previous version of the model again
+    (or no longer run it, when they did not have it before)."""
     if distribution.status != D.ROLLED_BACK:
         return None
     touched = Assignment.objects.filter(distribution=distribution, state=Assignment.State.ROLLED_BACK)
-    back = touched.filter(Q(device__current_version=F("previous_version"))
-                          | Q(previous_version__isnull=True, device__current_version__isnull=True)).count()
+    running = ModelSlot.objects.filter(device=OuterRef("device"), ai_model=distribution.ai_model_id,
+                                       running_version__isnull=False).values("running_version")[:1]
+    back = touched.annotate(running=Subquery(running)).filter(
+        Q(running=F("previous_version")) | Q(previous_version__isnull=True, running__isnull=True)).count()
     total = touched.count()
     return {"back": back, "total": total, "percent": round(100 * back / total, 2) if total else 100,
             "summary": f"{back} of {total} device(s) back on their previous version"}
@@ -151,7 +155,7 @@ class DistributionAdmin(admin.ModelAdmin):
 
     list_display = ["__str__", "versions", "strategy", "status_label", "progress", "current_stage", "device_count",
                     "scheduled_at", "created_by"]
-    list_filter = ["status", "strategy"]
+    list_filter = ["status", "strategy", "ai_model"]
     search_fields = ["name", "version__model_id", "version_b__model_id"]
     list_select_related = ["version", "version_b", "created_by"]
     show_full_result_count = False
@@ -293,8 +297,8 @@ class DistributionAdmin(admin.ModelAdmin):
         context = {
             **self._page_context(request, distribution, f"{ACTIONS[action].label}: {distribution}"),
             "action": ACTIONS[action], "action_name": action, "form": form, "stage": stage, "detail_url": detail,
-            "touched": (Assignment.objects.filter(distribution=distribution, sequence__isnull=False)
-                        .exclude(state__in=("pending", "cancelled", "superseded")).count()
+            "touched": (Assignment.objects.filter(distribution=distribution, sequence__isnull=False,
+                                                  state__in=states.OFFERED_ONCE).count()
                         if action == "rollback" else None),
         }
         return TemplateResponse(request, "admin/rollouts/distribution/confirm.html", context)

@@ -35,8 +35,10 @@ INVALID_TRANSITION = error_response(
 # --- Documentation of the free-form objects (validated by the services, which name every bad key) -----------
 
 class DistributionTargetSerializer(serializers.Serializer):
-    """Which devices a distribution targets: every filter given must match; none targets every device that is not
-    decommissioned. Devices that cannot run the version (memory, device type) are left out."""
+    """Which devices a distribution targets. None given: the devices that run or are assigned the model (an
+    upgrade; other models on them stay). Filters given: every one must match, and the model is installed on
+    matching devices that do not have it yet (unless they already run the protocol's maximum of models).
+    Devices that cannot run the version (memory, device type) are left out."""
 
     regions = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
     device_types = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
@@ -47,6 +49,8 @@ class DistributionTargetSerializer(serializers.Serializer):
     min_memory_mb = serializers.IntegerField(min_value=0, required=False)
     running_versions = serializers.ListField(child=serializers.CharField(max_length=MODEL_ID_MAX), required=False,
                                              help_text="model_ids: devices currently running one of them.")
+    versions = serializers.ListField(child=serializers.CharField(max_length=MODEL_ID_MAX), required=False,
+                                     help_text="model_ids: devices running or assigned one of them.")
 
 
 def _one_of(values: list[str]) -> str:
@@ -116,7 +120,8 @@ class StageOutputSerializer(serializers.ModelSerializer):
 class DistributionOutputSerializer(serializers.ModelSerializer):
     """A distribution as lists show it."""
 
-    model = serializers.CharField(source="version.ai_model.name")
+    model = serializers.CharField(source="ai_model.name", help_text="the one model this distribution ships; it "
+                                                                    "changes only that model's slot on each device")
     version = serializers.CharField(source="version.model_id", help_text="model_id of the version shipped")
     version_b = serializers.CharField(source="version_b.model_id", allow_null=True, default=None,
                                       help_text="model_id of the A/B challenger")
@@ -373,13 +378,18 @@ class DistributionCreateApi(APIView):
                     "follow it at `/distributions/{id}/status`. Rate limit: THROTTLE_DISTRIBUTION_CREATE per user "
                     "(20/hour by default). Errors: 400 VALIDATION_ERROR (every problem in `details`, e.g. "
                     "`strategy_config.soak`, `target.regions`), 400 VERSION_NOT_DISTRIBUTABLE (with the reason), "
-                    "400 NO_TARGET_DEVICES, 404 MODEL_NOT_FOUND, 409 DISTRIBUTION_IN_PROGRESS (targeted devices "
-                    "belong to a running distribution; `error.conflicts` lists them as "
-                    "`{distribution, name, devices}`), 409 TOO_MANY_DISTRIBUTIONS.",
+                    "400 NO_TARGET_DEVICES, 400 INSTALL_NEEDS_TARGET (no target given and no device runs or is "
+                    "assigned the model: name the devices to install it on), 400 AB_TEST_ACROSS_MODELS (`version_b` "
+                    "is of another model), 404 MODEL_NOT_FOUND, 409 DISTRIBUTION_IN_PROGRESS (targeted devices "
+                    "belong to an open distribution of the same model; `error.conflicts` lists them as "
+                    "`{distribution, name, devices}`; distributions of other models may share devices), "
+                    "409 TOO_MANY_DISTRIBUTIONS. A distribution ships one model and touches only that model's slot "
+                    "on each device.",
         request=InputSerializer,
         responses={
             201: DistributionDetailOutputSerializer,
-            400: error_response("VALIDATION_ERROR, VERSION_NOT_DISTRIBUTABLE or NO_TARGET_DEVICES."),
+            400: error_response("VALIDATION_ERROR, VERSION_NOT_DISTRIBUTABLE, NO_TARGET_DEVICES, "
+                                "INSTALL_NEEDS_TARGET or AB_TEST_ACROSS_MODELS."),
             401: UNAUTHENTICATED, 403: FORBIDDEN,
             404: error_response("MODEL_NOT_FOUND: `version` or `version_b` names no version (see `details`)."),
             409: error_response("DISTRIBUTION_IN_PROGRESS (with `conflicts`) or TOO_MANY_DISTRIBUTIONS."),
@@ -612,13 +622,14 @@ class ModelVersionRollbackApi(APIView):
         tags=["models", *TAGS],
         summary="Roll a model back to a version",
         description="Roles: Admin, Operator (`rollouts.rollback_distribution`). Creates a Direct distribution "
-                    "(no soak, manual rollback policy) that makes this version the desired state of every device "
-                    "running a later version of the model; devices accept the downgrade. A deprecated version "
+                    "(no soak, manual rollback policy) that makes this version the desired state of the model's slot "
+                    "on every device that runs or is assigned a later version of it (target `versions`); devices "
+                    "accept the downgrade and their other models stay as they are. A deprecated version "
                     "may be restored; a failed one only if an Admin approved it. Not rate limited (it is the "
                     "emergency exit). Errors: 400 NOTHING_TO_ROLL_BACK (no later version exists), "
                     "400 NO_TARGET_DEVICES (no device runs a later version), 400 VERSION_NOT_DISTRIBUTABLE, "
-                    "404 MODEL_NOT_FOUND, 409 DISTRIBUTION_IN_PROGRESS (those devices belong to a running "
-                    "distribution: roll that one back or abort it first; `error.conflicts` lists it), "
+                    "404 MODEL_NOT_FOUND, 409 DISTRIBUTION_IN_PROGRESS (those devices belong to an open "
+                    "distribution of the model: roll that one back or abort it first; `error.conflicts` lists it), "
                     "409 TOO_MANY_DISTRIBUTIONS.",
         request=None,
         parameters=[OpenApiParameter("version", str, OpenApiParameter.PATH,

@@ -36,7 +36,7 @@ _SPLIT = re.compile(r"[\s,]+")
 def distributable_versions():
     """Versions the service accepts for a new distribution: passed, or approved by an Admin, not deprecated."""
     return (ModelVersion.objects.filter(shippable_versions_q()).select_related("ai_model")
-            .order_by("ai_model__name", "-major", "-minor", "-patch", "-is_release"))
+            .order_by("ai_model__name", "-precedence"))
 
 
 def _criterion(key: str, label: str, text: str, unit: str = "") -> forms.Field:
@@ -98,13 +98,16 @@ class DistributionCreateForm(forms.Form):
     min_improvement = forms.FloatField(required=False, help_text="Percent the winner must beat the other by "
                                                                  "(default 5).")
 
-    target_regions = forms.CharField(required=False, label="Regions", help_text="Comma separated; empty: all.")
+    target_regions = forms.CharField(
+        required=False, label="Regions",
+        help_text="Comma separated. With every target field empty the distribution upgrades the devices that run or "
+                  "are assigned the model; a target field installs the model on the devices it matches.")
     target_device_types = forms.CharField(required=False, label="Device types",
                                           help_text="Comma separated; empty: all.")
     target_tags = forms.CharField(required=False, label="Tags", help_text="Devices having every tag listed.")
     target_device_ids = forms.CharField(required=False, label="Device ids",
                                         widget=forms.Textarea(attrs={"rows": 2, "cols": 40}),
-                                        help_text="Comma, space or line separated; empty: all.")
+                                        help_text="Comma, space or line separated.")
     target_min_memory_mb = forms.IntegerField(required=False, min_value=0, label="Minimum memory (MB)")
 
     max_latency_p99_ms = _criterion("max_latency_p99_ms", "Max p99 latency (ms)",

@@ -1,11 +1,16 @@
 """The health judge: the new version's telemetry against the baseline's, in the spirit of Kayenta.
 
+Like is compared with like: a distribution ships one model, the new version's figures are its windows
+and the baseline's are windows of that same model's previous version (on devices of the target set not
+yet offered it, or on the same devices before the stage); windows of other models the devices run never
+enter a verdict, live_metrics or the charts.
+
 Per device, over the stage's window: error rate, p99 latency (inference-weighted over its metric
 windows) and accuracy. The new version's devices are compared with the baseline's by a one-sided
 Mann-Whitney U test, so a real shift fails the stage while noise does not; absolute limits (error
 rate, p99) fail it too. The judge answers on every tick: it fails a stage as soon as the evidence
 is there, passes it only when the soak is over, and calls it inconclusive when the soak ended with
-too little data.
+too little data, but never before the stage's first windows could have arrived (`telemetry_due`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from statistics import median
 
+from django.conf import settings
 from django.db import connection
 
 from rollouts.judges import Verdict
@@ -88,6 +94,16 @@ def stage_samples(stage: Stage, *, now: datetime) -> tuple[list[DeviceFigures], 
     return new, baseline, "the same devices on their previous version before the rollout"
 
 
+def telemetry_due(stage: Stage) -> datetime | None:
+    """When the stage's first metric windows can have reached the server: its installs done, one window
+    closed on the device, one poll to send it, one flush into the database. A soak shorter than that waits."""
+    installed = stage.installed_at or stage.started_at
+    if installed is None:
+        return None
+    return installed + timedelta(seconds=settings.ROLLOUT_TELEMETRY_WINDOW_SECONDS
+                                 + settings.DEVICE_POLL_INTERVAL_SECONDS + getattr(settings, "METRIC_FLUSH_SECONDS", 0))
+
+
 def mann_whitney_greater(first: list[float], second: list[float]) -> float:
     """p-value of "first tends to be greater than second" (one-sided Mann-Whitney U)."""
     from scipy.stats import mannwhitneyu  # the worker imports scipy, web processes never do
@@ -145,10 +161,14 @@ def health_judge(stage: Stage, *, now: datetime) -> Verdict | None:
             # No soak was asked for (a canary's last stage by default, an A/B winner going to everyone): the
             # stage is judged the moment its installs are done, before any window could arrive.
             return Verdict(Stage.Verdict.PASS, "installs done; no soak, so no telemetry was waited for", evidence)
+        due = telemetry_due(stage)
+        if due is not None and now < due:
+            return None  # a soak shorter than telemetry takes to arrive waits for the first windows
+        evidence["telemetry_due"] = due.isoformat() if due else None
         return Verdict(Stage.Verdict.INCONCLUSIVE,
                        f"too little data: {evidence['new']['devices']} device(s) and {evidence['new']['inferences']} "
-                       f"inferences reported (need {criteria['min_devices']} and {criteria['min_inferences']})",
-                       evidence)
+                       f"inferences reported (need {criteria['min_devices']} and {criteria['min_inferences']}) "
+                       f"by the end of the soak and one window and one poll after the installs", evidence)
     failures = []
     new_sum, base_sum = evidence["new"], evidence["baseline"]
     if new_sum["error_rate"] > criteria["max_error_rate"]:

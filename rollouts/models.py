@@ -30,6 +30,8 @@ class Distribution(models.Model):
         ROLLED_BACK = "rolled_back", "Rolled back"
 
     name = models.CharField(max_length=200, blank=True)
+    # The one model this distribution ships versions of; it touches only that model's slot on each device.
+    ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.PROTECT, related_name="distributions")
     version = models.ForeignKey("models_app.ModelVersion", on_delete=models.PROTECT, related_name="distributions")
     version_b = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
                                   related_name="ab_distributions", help_text="the challenger of an A/B test")
@@ -156,12 +158,14 @@ class Assignment(models.Model):
     distribution = models.ForeignKey(Distribution, on_delete=models.CASCADE, related_name="assignments")
     stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="assignments")
     device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="assignments")
+    # The distribution's model: a device belongs to one open distribution per model (the index below).
+    ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.PROTECT, related_name="+")
     version = models.ForeignKey("models_app.ModelVersion", on_delete=models.PROTECT, related_name="+")
     previous_version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True,
                                          on_delete=models.PROTECT, related_name="+")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     # True while the distribution may still change this device's desired state: the partial
-    # unique index below is what keeps two running distributions off one device.
+    # unique index below is what keeps two running distributions of one model off one device.
     is_open = models.BooleanField(default=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.CharField(max_length=2000, blank=True)
@@ -172,8 +176,8 @@ class Assignment(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["device"], condition=Q(is_open=True),
-                                    name="one_open_assignment_per_device"),
+            models.UniqueConstraint(fields=["device", "ai_model"], condition=Q(is_open=True),
+                                    name="one_open_assignment_per_device_model"),
             models.UniqueConstraint(fields=["stage", "device"], name="assignment_stage_device_unique"),
         ]
         indexes = [

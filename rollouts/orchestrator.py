@@ -18,6 +18,7 @@ from devices.models import Device
 from hotswap.observability import tracing
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships, version_refusal
+from rollouts import assignment_states as states
 from rollouts import planning
 from rollouts.alerts import alert_raise
 from rollouts.judges import stage_judge
@@ -33,7 +34,6 @@ from rollouts.transitions import distribution_transition, stage_transition
 logger = logging.getLogger(__name__)
 D = Distribution.Status
 S = Stage.Status
-IN_FLIGHT = ("pending", "offered", "downloading", "installed")
 MAX_STEPS = 50
 
 
@@ -171,7 +171,7 @@ def _stage_installing(distribution: Distribution, stage: Stage, now: datetime) -
     if failure := stage_failures_over_threshold(stage, counts):
         _halt(distribution, stage, failure, now)
         return False
-    if any(counts.get(state) for state in IN_FLIGHT):
+    if any(counts.get(state) for state in states.UNFINISHED):
         # Devices that already run the new version are judged while the others still install:
         # a regression is acted on without waiting for stragglers.
         verdict = stage_judge()(stage, now=now)
@@ -181,8 +181,8 @@ def _stage_installing(distribution: Distribution, stage: Stage, now: datetime) -
         return False
     stage_transition(stage=stage, to=S.SOAKING, now=now, installed_at=now,
                      soak_ends_at=now + timedelta(seconds=stage.soak_seconds),
-                     reason=f"installs done: {counts.get('active', 0)} active, "
-                            f"{counts.get('failed', 0) + counts.get('timed_out', 0)} failed")
+                     reason=f"installs done: {counts.get(states.A.ACTIVE, 0)} active, "
+                            f"{sum(counts.get(state, 0) for state in states.FAILED)} failed")
     return True
 
 

@@ -8,37 +8,33 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from rollouts import assignment_states as states
 from rollouts import planning
 from rollouts.models import Distribution, Stage
-
-# Assignment states grouped the way operators read progress.
-_FAILED = ("failed", "timed_out")
-_INSTALLING = ("offered", "downloading", "installed")
 
 
 def distribution_list(*, filters: dict | None = None) -> QuerySet[Distribution]:
     filters = filters or {}
-    queryset = Distribution.objects.select_related("version__ai_model", "version_b", "created_by")
+    queryset = Distribution.objects.select_related("ai_model", "version__ai_model", "version_b", "created_by")
     if status := filters.get("status"):
         queryset = queryset.filter(status=status)
     if strategy := filters.get("strategy"):
         queryset = queryset.filter(strategy=strategy)
     if model := filters.get("model"):
-        queryset = queryset.filter(version__ai_model__name=model)
+        queryset = queryset.filter(ai_model__name=model)
     return queryset
 
 
 def _stage_progress(stage: Stage, counts: dict[str, int]) -> dict:
-    targeted = sum(n for state, n in counts.items() if state not in ("superseded", "cancelled"))
-    active = counts.get("active", 0)
-    failed = sum(counts.get(state, 0) for state in _FAILED)
+    targeted = sum(n for state, n in counts.items() if state not in states.NOT_COUNTED)
+    active = counts.get(states.A.ACTIVE, 0)
+    failed = sum(counts.get(state, 0) for state in states.FAILED)
     finished = active + failed
     return {
         "targeted": targeted,
         "pending": counts.get("pending", 0),
-        "offered": sum(counts.get(state, 0) for state in ("offered", "downloading", "installed", "active", *_FAILED,
-                                                            "rolled_back")),
-        "installing": sum(counts.get(state, 0) for state in _INSTALLING),
+        "offered": sum(counts.get(state, 0) for state in states.OFFERED_ONCE),
+        "installing": sum(counts.get(state, 0) for state in states.IN_FLIGHT),
         "installed": counts.get("installed", 0) + active,
         "active": active,
         "failed": failed,
@@ -62,7 +58,14 @@ def distribution_waiting_for(distribution: Distribution, stage: Stage | None, pr
     if stage.status == Stage.Status.INSTALLING:
         return f"installs on {progress['pending'] + progress['installing']} device(s) of {stage.name}"
     if stage.status == Stage.Status.SOAKING:
+        from rollouts.health import telemetry_due
+
         left = max((stage.soak_ends_at - now).total_seconds(), 0) if stage.soak_ends_at else 0
+        due = telemetry_due(stage)
+        if not left and due is not None and now < due:
+            wait = timedelta(seconds=int((due - now).total_seconds()))
+            return (f"the first metric windows of {stage.name} (up to {wait} more: one window and one poll after "
+                    "the installs) and the judge's verdict")
         return f"the soak of {stage.name} ({timedelta(seconds=int(left))} left) and the judge's verdict"
     if stage.status == Stage.Status.AWAITING_APPROVAL:
         if stage.kind == Stage.Kind.AB_TEST:

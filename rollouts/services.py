@@ -12,11 +12,13 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from devices.services.desired_state import desired_revert
 from hotswap.exceptions import ApplicationError, ConflictError
 from hotswap.lib.tracing import new_traceparent
 from hotswap.observability import tracing
 from models_app.models import ModelVersion
 from models_app.shipping import version_refusal
+from rollouts import assignment_states as states
 from rollouts import planning
 from rollouts.criteria import criteria_normalise
 from rollouts.models import OPEN_STATUSES, Assignment, Distribution, RollbackPolicy, Stage
@@ -33,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DistributionInProgress(ConflictError):
-    """Some targeted devices already belong to a running distribution."""
+    """Some targeted devices already belong to an open distribution of the same model."""
 
     code = "DISTRIBUTION_IN_PROGRESS"
 
@@ -46,7 +48,11 @@ def _check_versions(version: ModelVersion, version_b: ModelVersion | None, *, ro
     if version_b is not None and version_b.pk == version.pk:
         details.append({"field": "version_b", "message": "An A/B test needs two different versions."})
     elif version_b is not None and version_b.ai_model_id != version.ai_model_id:
-        details.append({"field": "version_b", "message": "Both versions of an A/B test must be of the same model."})
+        # A distribution ships one model: each device's slot of that model gets A or B.
+        raise ApplicationError(
+            f"An A/B test compares two versions of one model; {version.model_id} and {version_b.model_id} are "
+            f"versions of different models. Run one distribution per model.", code="AB_TEST_ACROSS_MODELS",
+            details=[{"field": "version_b", "message": f"Must be a version of {version.ai_model.name}."}])
     if details:
         raise ApplicationError(details[0]["message"], code="VERSION_NOT_DISTRIBUTABLE", details=details)
 
@@ -81,9 +87,12 @@ def distribution_create(
 ) -> Distribution:
     """Resolves the target set, plans the stages and writes every device's assignment, all or nothing.
 
+    A distribution ships one model (the version's) and touches only that model's slot on each device.
+    Without a target filter it goes to the devices that run or are assigned the model; installing the
+    model on other devices needs a filter (400 INSTALL_NEEDS_TARGET when no device has the model).
     Refused with 400 when a version may not ship or a setting is invalid, with 409 when a targeted
-    device already belongs to a running distribution or too many distributions run. The span's
-    context becomes the distribution's traceparent: every device it reaches continues that trace.
+    device already belongs to an open distribution of the same model or too many distributions run.
+    The span's context becomes the distribution's traceparent: every device it reaches continues that trace.
     """
     now = now or timezone.now()
     _check_versions(version, version_b, rollback=is_rollback)
@@ -98,6 +107,12 @@ def distribution_create(
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
     regions = planning.target_regions(sql)
     summary = TargetSummary(device_count=sum(regions.values()), regions=regions)
+    if summary.device_count == 0 and not planning.target_explicit(target):
+        raise ApplicationError(
+            f"No device runs or is assigned {version.ai_model.name} yet, and without a target a distribution only "
+            f"upgrades those. To install {version.ai_model.name} on devices that do not have it, name them in the "
+            "target (device_ids, or a filter such as regions or tags).", code="INSTALL_NEEDS_TARGET",
+            details=[{"field": "target", "message": f"Required to install {version.ai_model.name} on new devices."}])
     if summary.device_count == 0:
         raise ApplicationError("No device matches the target filter (or can run this version).",
                                code="NO_TARGET_DEVICES", details=[{"field": "target", "message": "Matches nothing."}])
@@ -114,7 +129,8 @@ def distribution_create(
 
     if conflicts := planning.target_conflicts(sql):
         listed = ", ".join(f"{c['name']} (#{c['distribution']}, {c['devices']} devices)" for c in conflicts)
-        raise DistributionInProgress(f"Targeted devices already belong to a running distribution: {listed}.",
+        raise DistributionInProgress(f"Targeted devices already belong to an open distribution of "
+                                     f"{version.ai_model.name}: {listed}.",
                                      details=[{"field": "target", "message": f"#{c['distribution']}: "
                                                f"{c['devices']} device(s)"} for c in conflicts],
                                      extra={"conflicts": conflicts})
@@ -125,7 +141,8 @@ def distribution_create(
                             code="TOO_MANY_DISTRIBUTIONS")
 
     distribution = Distribution(
-        name=name[:200], version=version, version_b=version_b, strategy=chosen.name, strategy_reason=reason[:300],
+        name=name[:200], ai_model=version.ai_model, version=version, version_b=version_b, strategy=chosen.name,
+        strategy_reason=reason[:300],
         config=config, target=target, success_criteria=criteria, rollback_policy=rollback_policy,
         install_timeout_seconds=install_timeout_seconds or settings.ROLLOUT_INSTALL_TIMEOUT_SECONDS,
         max_attempts=max_attempts or settings.ROLLOUT_MAX_ATTEMPTS,
@@ -234,16 +251,18 @@ def promote(*, distribution: Distribution, stage: Stage, winner: ModelVersion, n
     with connection.cursor() as cursor:
         cursor.execute("""
             WITH losers AS (
-                UPDATE rollouts_assignment SET state = 'superseded', is_open = false, updated_at = %(now)s
+                UPDATE rollouts_assignment SET state = %(superseded)s, is_open = false, updated_at = %(now)s
                 WHERE stage_id = %(stage)s AND version_id <> %(winner)s AND is_open
                 RETURNING device_id, previous_version_id
             )
-            INSERT INTO rollouts_assignment (distribution_id, stage_id, device_id, version_id, previous_version_id,
-                                             state, is_open, attempts, last_error)
-            SELECT %(distribution)s, %(promote)s, device_id, %(winner)s, previous_version_id, 'pending', true, 0, ''
+            INSERT INTO rollouts_assignment (distribution_id, stage_id, device_id, ai_model_id, version_id,
+                                             previous_version_id, state, is_open, attempts, last_error)
+            SELECT %(distribution)s, %(promote)s, device_id, %(model)s, %(winner)s, previous_version_id, %(pending)s,
+                   true, 0, ''
             FROM losers
         """, {"now": now, "stage": stage.pk, "winner": winner.pk, "distribution": distribution.pk,
-              "promote": promote.pk})
+              "promote": promote.pk, "model": distribution.ai_model_id, "pending": states.A.PENDING,
+              "superseded": states.A.SUPERSEDED})
     Distribution.objects.filter(pk=distribution.pk).update(winner=winner)
     distribution.winner = winner
     planning.stage_device_counts(distribution)
@@ -300,19 +319,12 @@ def distribution_abort(*, distribution: Distribution, actor=None, reason: str = 
     return distribution
 
 
-_ROLLBACK_SQL = """
-    WITH touched AS (
-        SELECT DISTINCT ON (a.device_id) a.device_id, a.previous_version_id, a.sequence
-        FROM rollouts_assignment a
-        WHERE a.distribution_id = %(distribution)s AND a.sequence IS NOT NULL
-          AND a.state NOT IN ('pending', 'cancelled', 'superseded')
-        ORDER BY a.device_id, a.id DESC
-    )
-    UPDATE devices_desiredstate s
-    SET version_id = t.previous_version_id, rollback = true, sequence = s.sequence + 1, source = %(source)s,
-        reason = %(reason)s, set_at = %(now)s, set_by_id = %(actor)s, traceparent = %(traceparent)s
-    FROM touched t
-    WHERE s.device_id = t.device_id AND s.sequence = t.sequence
+# Per device, the latest assignment whose version was offered: what its slot was set to, and what it had before.
+_TOUCHED_SQL = """
+    SELECT DISTINCT ON (a.device_id) a.device_id, a.previous_version_id, a.sequence
+    FROM rollouts_assignment a
+    WHERE a.distribution_id = %s AND a.sequence IS NOT NULL AND a.state = ANY(%s)
+    ORDER BY a.device_id, a.id DESC
 """
 
 
@@ -320,9 +332,10 @@ _ROLLBACK_SQL = """
 @transaction.atomic
 def distribution_rollback(*, distribution: Distribution, actor=None, reason: str = "",
                           now: datetime | None = None) -> int:
-    """Every device this distribution touched goes back to the version it ran before; returns how many.
+    """Every device this distribution touched goes back to the version of the model it had before (a device
+    that did not have the model is asked to remove it); returns how many. Other models stay as they are.
 
-    Only devices whose desired state is still the one this distribution set are changed: a device a
+    Only slots whose desired state is still the one this distribution set are changed: a device a
     later distribution or an operator moved on is left alone.
     """
     now = now or timezone.now()
@@ -330,13 +343,15 @@ def distribution_rollback(*, distribution: Distribution, actor=None, reason: str
     distribution_transition(distribution=distribution, to=D.ROLLED_BACK, actor=actor, now=now, reason=reason,
                             finished_at=now)
     with connection.cursor() as cursor:
-        cursor.execute(_ROLLBACK_SQL, {"distribution": distribution.pk, "source": f"rollback:{distribution.pk}",
-                                       "reason": reason[:500], "now": now, "actor": getattr(actor, "pk", None),
-                                       "traceparent": distribution.traceparent})
-        reverted = cursor.rowcount
-    Assignment.objects.filter(distribution=distribution, sequence__isnull=False).exclude(
-        state__in=(Assignment.State.PENDING, Assignment.State.CANCELLED, Assignment.State.SUPERSEDED)
-    ).update(state=Assignment.State.ROLLED_BACK, is_open=False, updated_at=now)  # closed in the same write
+        cursor.execute(_TOUCHED_SQL, [distribution.pk, list(states.OFFERED_ONCE)])
+        touched = cursor.fetchall()
+    reverted = desired_revert(
+        ai_model_id=distribution.ai_model_id, device_ids=[row[0] for row in touched],
+        version_ids=[row[1] for row in touched], expected_sequences=[row[2] for row in touched],
+        source=f"rollback:{distribution.pk}", reason=reason, now=now, actor=actor,
+        traceparent=distribution.traceparent)
+    Assignment.objects.filter(distribution=distribution, sequence__isnull=False, state__in=states.OFFERED_ONCE).update(
+        state=Assignment.State.ROLLED_BACK, is_open=False, updated_at=now)  # closed in the same write
     _close(distribution, now=now, stage_to=S.CANCELLED, pending_to=Assignment.State.CANCELLED, actor=actor,
            reason=reason)
     tracing.annotate(**{"distribution.devices_reverted": reverted})
@@ -346,23 +361,18 @@ def distribution_rollback(*, distribution: Distribution, actor=None, reason: str
 
 
 def model_version_rollback(*, version: ModelVersion, actor=None, now: datetime | None = None) -> Distribution:
-    """A Direct distribution that restores `version` on every device running a later version of its model."""
-    later = [v.model_id for v in ModelVersion.objects.filter(ai_model_id=version.ai_model_id).exclude(pk=version.pk)
-             if _precedence(v) > _precedence(version)]
+    """A Direct distribution that restores `version` on every device whose slot of its model runs, or is
+    assigned, a later version (semver precedence); other models on those devices stay as they are."""
+    later = list(ModelVersion.objects.filter(ai_model_id=version.ai_model_id, precedence__gt=version.precedence)
+                 .values_list("model_id", flat=True))
     if not later:
         raise ApplicationError(f"No version of {version.ai_model.name} later than {version.version} exists.",
                                code="NOTHING_TO_ROLL_BACK")
     return distribution_create(
-        version=version, strategy="direct", config={"soak": "PT0S"}, target={"running_versions": later},
+        version=version, strategy="direct", config={"soak": "PT0S"}, target={"versions": later},
         rollback_policy=RollbackPolicy.MANUAL, is_rollback=True, name=f"Roll back to {version.model_id}",
         actor=actor, now=now,
     )
-
-
-def _precedence(version: ModelVersion) -> tuple:
-    # Semver: a release sorts after its pre-releases; pre-release identifiers compare numerically when numeric.
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.prerelease.split(".") if p)
-    return version.major, version.minor, version.patch, version.is_release, parts
 
 
 def assignments_retry(*, stage: Stage, now: datetime) -> tuple[int, int]:
@@ -374,11 +384,12 @@ def assignments_retry(*, stage: Stage, now: datetime) -> tuple[int, int]:
     deadline = now - timedelta(seconds=distribution.install_timeout_seconds)
     retried = planning.assignments_offer(
         stage=stage, now=now, reason=f"{distribution} · {stage.name} (retry)",
-        condition="a.attempts < %(max)s AND (a.state = 'failed' OR (a.state IN ('offered', 'downloading', "
-                  "'installed') AND a.offered_at < %(deadline)s))",
-        params={"max": distribution.max_attempts, "deadline": deadline})
+        condition="a.attempts < %(max)s AND (a.state = %(failed)s OR (a.state = ANY(%(in_flight)s) "
+                  "AND a.offered_at < %(deadline)s))",
+        params={"max": distribution.max_attempts, "deadline": deadline, "failed": Assignment.State.FAILED,
+                "in_flight": list(states.IN_FLIGHT)})
     timed_out = Assignment.objects.filter(
-        stage=stage, state__in=("offered", "downloading", "installed"), offered_at__lt=deadline,
+        stage=stage, state__in=states.IN_FLIGHT, offered_at__lt=deadline,
         attempts__gte=distribution.max_attempts,
     ).update(state=Assignment.State.TIMED_OUT, updated_at=now, finished_at=now,
              last_error=f"no install outcome within {distribution.install_timeout_seconds} s")
@@ -387,9 +398,9 @@ def assignments_retry(*, stage: Stage, now: datetime) -> tuple[int, int]:
 
 def stage_failures_over_threshold(stage: Stage, counts: dict[str, int]) -> str | None:
     """Why the stage must halt on failed installs (failed for good + timed out), or None."""
-    failed = counts.get("timed_out", 0) + counts.get("failed", 0)
+    failed = sum(counts.get(state, 0) for state in states.FAILED)
     accepted = stage.evidence.get("override") is not None
-    size = sum(n for state, n in counts.items() if state not in ("superseded", "cancelled"))
+    size = sum(n for state, n in counts.items() if state not in states.NOT_COUNTED)
     threshold = stage.distribution.failure_threshold
     if accepted or not size or failed <= threshold * size:
         return None

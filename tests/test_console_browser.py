@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import DesiredState, Device
+from devices.models import Device, ModelSlot
 from rollouts.orchestrator import distribution_advance
 from rollouts.services import distribution_create
 from tests.browser import PASSWORD, chromium, console_page, expect, server  # noqa: F401 - fixtures
@@ -49,9 +49,10 @@ def busy_fleet(make_device, make_version):  # noqa: F811
     for n in range(12):
         make_device(device_id=f"warehouse-camera-{n:04d}", name=f"Loading dock camera {n} (north gate)",
                     device_type="edge-camera-jetson-orin", region=f"eu-central-frankfurt-{n % len(plans)}",
-                    current_version=old, reported_model=old.ai_model.name, reported_version=old.version,
                     last_seen=now)
-    DesiredState.objects.filter(device__in=Device.objects.all()).update(version=old, rollback=True, sequence=12)
+    ModelSlot.objects.bulk_create([
+        ModelSlot(device=device, ai_model=old.ai_model, running_version=old, reported_version=old.version, version=old,
+                  rollback=True, sequence=12) for device in Device.objects.all()])
     for n, (strategy, config, version_b) in enumerate(plans):
         distribution = distribution_create(version=new, version_b=version_b, strategy=strategy, config=config,
                                            target={"regions": [f"eu-central-frankfurt-{n}"]},

@@ -12,13 +12,13 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, connection
 from prometheus_client import REGISTRY
 
-from devices.services.desired_state import desired_state_set
 from hotswap.handlers import HotSwapApplication
-from tests.devices.checkin_helpers import device_with_credential, metric_window, registry_version
+from tests.devices.checkin_helpers import device_with_credential, metric_window, registry_version, slot_set
 
 pytestmark = pytest.mark.django_db
 
 CHECKIN = "/api/v1/devices/checkin"
+IDLE = b'{"protocol": 2, "models": []}'
 
 
 class Answer:
@@ -75,15 +75,16 @@ def checked_in_count(status: int) -> float:
 def test_a_device_gets_its_signed_desired_state_then_a_304_through_the_application(application):
     device, credential = device_with_credential()
     version, _content = registry_version()
-    desired_state_set(devices=[device], version=version, reason="first model")
+    slot_set(device, version)
 
-    first = call(application, "POST", CHECKIN, b'{"running": null}', authorization=f"Device {credential}")
+    first = call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}")
 
     assert first.status_code == 200
-    manifest = first.json()["desired"]["manifest"]
+    [desired] = first.json()["desired"]
+    manifest = desired["manifest"]
     assert (manifest["device_id"], manifest["model"], manifest["version"]) == ("cam-1", "resnet", "1.0.0")
     assert first.headers["traceparent"].startswith("00-") and first.headers["x-request-id"]
-    again = call(application, "POST", CHECKIN, b'{"running": null}', authorization=f"Device {credential}",
+    again = call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}",
                  if_none_match=first.headers["etag"])
     assert again.status_code == 304 and again.body == b""
 
@@ -91,7 +92,7 @@ def test_a_device_gets_its_signed_desired_state_then_a_304_through_the_applicati
 def test_check_ins_skip_the_consoles_middleware_that_other_requests_get(application):
     _device, credential = device_with_credential()
 
-    checkin = call(application, "POST", CHECKIN, b"{}", authorization=f"Device {credential}")
+    checkin = call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}")
     health = call(application, "GET", "/health")
 
     assert checkin.status_code == 200 and health.status_code == 200
@@ -107,7 +108,8 @@ def test_refusals_on_the_short_road_keep_the_api_error_format_and_store_nothing(
 
     unknown = call(application, "POST", CHECKIN, b"{}", authorization="Device hsd_00000000_nope")
     malformed = call(application, "POST", CHECKIN, b'{"metrics": [', authorization=f"Device {credential}")
-    negative = call(application, "POST", CHECKIN, json.dumps({"metrics": [metric_window(count=-1)]}).encode(),
+    negative = call(application, "POST", CHECKIN, json.dumps({"protocol": 2, "models": [],
+                                                              "metrics": [metric_window(count=-1)]}).encode(),
                     authorization=f"Device {credential}")
 
     assert unknown.status_code == 401 and unknown.json()["error"]["code"] == "DEVICE_CREDENTIAL_INVALID"
@@ -122,9 +124,9 @@ def test_check_ins_are_counted_by_status_for_prometheus(application):
     _device, credential = device_with_credential()
     before_200, before_304, before_401 = checked_in_count(200), checked_in_count(304), checked_in_count(401)
 
-    etag = call(application, "POST", CHECKIN, b"{}", authorization=f"Device {credential}").headers["etag"]
-    call(application, "POST", CHECKIN, b"{}", authorization=f"Device {credential}", if_none_match=etag)
-    call(application, "POST", CHECKIN, b"{}", authorization=f"Device {credential}", if_none_match=etag)
+    etag = call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}").headers["etag"]
+    call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}", if_none_match=etag)
+    call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}", if_none_match=etag)
     call(application, "POST", CHECKIN, b"{}", authorization="Device hsd_00000000_nope")
 
     assert checked_in_count(200) - before_200 == 1
@@ -138,7 +140,7 @@ def test_the_identity_read_is_a_prepared_statement_planned_once_per_connection(a
     _second, second_credential = device_with_credential("cam-2")
 
     for credential in (first_credential, second_credential, first_credential):
-        assert call(application, "POST", CHECKIN, b"{}", authorization=f"Device {credential}").status_code == 200
+        assert call(application, "POST", CHECKIN, IDLE, authorization=f"Device {credential}").status_code == 200
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements "
@@ -161,7 +163,8 @@ CHUNKED = {"CONTENT_LENGTH": None, "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.in
 def test_a_chunked_check_in_is_read_to_its_end_and_its_reports_stored(application):
     registry_version()
     device, credential = device_with_credential()
-    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
+    body = json.dumps({"protocol": 2, "models": [{"model": "resnet", "version": "1.0.0", "sha256": ""}],
+                       "installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
                        "metrics": [metric_window()]}).encode()
 
     answer = call(application, "POST", CHECKIN, body, environ_extra=CHUNKED, authorization=f"Device {credential}")

@@ -9,6 +9,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
+from devices.models import ModelSlot
 from devices.services.credentials import device_credential_issue
 from devices.services.enrollment import enrollment_key_create
 from devices.services.registry import device_register
@@ -67,6 +68,8 @@ MATRIX = [
     ("DELETE", "/api/v1/devices/{device_id}/credentials/{credential_id}", {ADMIN, OPS}),
     ("PUT", "/api/v1/devices/{device_id}/desired", {ADMIN, OPS}),
     ("POST", "/api/v1/devices/desired", {ADMIN, OPS}),
+    ("POST", "/api/v1/devices/{device_id}/desired/remove", {ADMIN, OPS}),
+    ("POST", "/api/v1/devices/desired/remove", {ADMIN, OPS}),
     ("GET", "/api/v1/enrollment-keys", {ADMIN}),
     ("POST", "/api/v1/enrollment-keys", {ADMIN}),
     ("DELETE", "/api/v1/enrollment-keys/{key_id}", {ADMIN}),
@@ -95,8 +98,7 @@ def _rollout_fixtures(make) -> dict:
     old, new = make(name="matrix-rollout", version="1.0.0"), make(name="matrix-rollout", version="1.1.0")
     device_register(device_id="matrix-rollout-device")
     later = device_register(device_id="matrix-rollout-later")
-    later.current_version = new
-    later.save(update_fields=["current_version"])
+    ModelSlot.objects.create(device=later, ai_model=new.ai_model, running_version=new, reported_version=new.version)
     distribution = distribution_create(version=new, strategy="direct", target={"device_ids": ["matrix-rollout-device"]})
     Distribution.objects.filter(pk=distribution.pk).update(status=Distribution.Status.RUNNING)
     Stage.objects.filter(distribution=distribution).update(status=Stage.Status.AWAITING_APPROVAL)
@@ -156,8 +158,10 @@ def _request(client: APIClient, method: str, path: str):
         ("POST", "/api/v1/devices"): {"device_id": "matrix-new", "region": "eu-west"},
         ("PUT", "/api/v1/devices/matrix-device"): {"name": "Renamed"},
         ("POST", "/api/v1/devices/matrix-device/credentials"): {},
-        ("PUT", "/api/v1/devices/matrix-device/desired"): {"version": None},
-        ("POST", "/api/v1/devices/desired"): {"version": None, "device_ids": ["matrix-device"]},
+        ("PUT", "/api/v1/devices/matrix-device/desired"): {"version": "matrix-rollout-1.0.0"},
+        ("POST", "/api/v1/devices/desired"): {"version": "matrix-rollout-1.0.0", "device_ids": ["matrix-device"]},
+        ("POST", "/api/v1/devices/matrix-device/desired/remove"): {"model": "matrix"},
+        ("POST", "/api/v1/devices/desired/remove"): {"model": "matrix", "device_ids": ["matrix-device"]},
         ("POST", "/api/v1/enrollment-keys"): {"name": "another"},
         ("POST", "/api/v1/models/matrix-1.0.0/approve"): {"reason": "Risk accepted for the matrix test."},
         ("POST", "/api/v1/models/matrix-1.0.0/validate"): {},

@@ -30,9 +30,10 @@ MAX_EXAMPLES = int(os.environ.get("HOTSWAP_SCHEMATHESIS_EXAMPLES", "5"))
 # Schema-valid requests that a business rule refuses with a documented 400, because JSON Schema cannot say it:
 # an artifact or test set must be a real model / .npz; an upload session's part numbers must be within its
 # part_count, and its parts sent before it completes; an expiry must be in the future; a token's user must
-# exist; a desired-state change needs at least one filter; a device_id in an update must be the URL's; a
-# distribution's strategy_config and success_criteria are checked per strategy, and it needs target devices
-# that can run the version; a rollback needs a later version and devices running it.
+# exist; a desired-state change needs at least one filter, a known model and rollback for an older version; a
+# device_id in an update must be the URL's; a distribution's strategy_config and success_criteria are checked
+# per strategy, it needs target devices that can run the version (and a target for a model no device has), and
+# an A/B test two versions of one model; a rollback needs a later version and devices running it.
 # Everything else schema-valid must be accepted.
 BUSINESS_RULE_400 = {
     "POST /api/v1/models": "INVALID_ARTIFACT, EMPTY_ARTIFACT, CHECKSUM_MISMATCH, tensor schemas",
@@ -47,9 +48,13 @@ BUSINESS_RULE_400 = {
     "PUT /api/v1/models/{name}/output-tolerances": "an output the model does not have",
     "POST /api/v1/enrollment-keys": "expires_at in the past",
     "POST /api/v1/tokens": "expires_at in the past, unknown username",
-    "POST /api/v1/devices/desired": "no filter at all",
+    "POST /api/v1/devices/desired": "no filter at all, ROLLBACK_NOT_MARKED, TOO_MANY_MODELS",
+    "PUT /api/v1/devices/{device_id}/desired": "ROLLBACK_NOT_MARKED, TOO_MANY_MODELS",
+    "POST /api/v1/devices/desired/remove": "no filter at all, an unknown model",
+    "POST /api/v1/devices/{device_id}/desired/remove": "an unknown model",
     "PUT /api/v1/devices/{device_id}": "a device_id other than the URL's (no renames)",
-    "POST /api/v1/distributions": "strategy_config, success_criteria, NO_TARGET_DEVICES, VERSION_NOT_DISTRIBUTABLE",
+    "POST /api/v1/distributions": "strategy_config, success_criteria, NO_TARGET_DEVICES, VERSION_NOT_DISTRIBUTABLE, "
+                                  "INSTALL_NEEDS_TARGET, AB_TEST_ACROSS_MODELS",
     "POST /api/v1/models/{name}/versions/{version}/rollback": "NOTHING_TO_ROLL_BACK, NO_TARGET_DEVICES",
 }
 

@@ -1,10 +1,11 @@
-"""The reference device agent: enroll, check in, verify, download, hot-swap ONNX models, report (no Django)."""
+"""The reference device agent: enroll, check in, verify, download, hot-swap ONNX models slot by slot, serve the
+applications' inferences (Agent.infer / Agent.feedback, or the local HTTP API) and report (no Django)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Agent", "CycleResult", "EnrollmentFailed"]
+__all__ = ["Agent", "CycleResult", "EnrollmentFailed", "Inference", "NoActiveModel", "SlotOutcome", "UnknownInference"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,49 +1,76 @@
-"""The agent loop: enroll once, check in, act on the desired state (verify, download, swap) and report."""
+"""The agent: enroll once, check in, act on each model slot's desired state, serve the applications' inferences.
+
+Every model the server asks for runs in its own slot: installed, hot-swapped, rolled back from disk and
+removed independently, while the other slots keep serving. Applications call `Agent.infer(model, inputs)`
+(or the local HTTP API, localapi.py) and `Agent.feedback(inference_id, expected)`; the metric windows the
+agent reports are built from those calls.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
-import re
 import secrets
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from hotswap_device import health, tracing
-from hotswap_device.client import ApiError, CheckinAnswer, ServerClient, TransientError
+from hotswap_device.client import (
+    CONFIRM,
+    INSTALL,
+    KEEP,
+    REFUSED,
+    REMOVE,
+    ApiError,
+    CheckinExchange,
+    Decision,
+    ServerClient,
+    SlotView,
+    TransientError,
+    enrollment_body,
+    install_report,
+    model_entry,
+    plan_desired,
+    rejection_key,
+    summary,
+)
 from hotswap_device.download import DownloadInterrupted, IntegrityError, download, verify_file
-from hotswap_device.manifest import ManifestRefused, PinnedKey, verify_manifest
+from hotswap_device.manifest import PinnedKey
 from hotswap_device.metrics import MetricsRecorder
-from hotswap_device.protocol import MAX_ITEMS
+from hotswap_device.protocol import CHECKIN_PATH
 from hotswap_device.runtime import (
     InferCallback,
     InferenceWorkers,
     LoadedModel,
     ModelLoadError,
-    ModelRuntime,
+    NoActiveModel,
+    SlotRuntimes,
     load_model,
+    signature,
 )
-from hotswap_device.store import AgentState, DataDir, ModelRecord
+from hotswap_device.store import AgentState, DataDir, ModelRecord, SlotState
 
 logger = logging.getLogger(__name__)
 
-MAX_RESENDS = 4
 # Reports waiting for the server are bounded so a device offline for weeks cannot fill its disk.
 MAX_QUEUED_INSTALLS = 500
 MAX_QUEUED_METRICS = 2000
-_ITEM_FIELD = re.compile(r"^(installs|metrics)\[(\d+)\]")
-_TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-_DEVICE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+# Inferences an application may still attach ground truth to (Agent.feedback), newest kept.
+FEEDBACK_MEMORY = 10_000
+# Outputs kept per inference so feedback can compare them with expected ones; larger ones keep only the label.
+KEPT_OUTPUT_BYTES = 64 * 1024
 
 
 class EnrollmentFailed(Exception):
@@ -54,39 +81,60 @@ class InstallFailed(Exception):
     """The install cannot succeed as it stands (no space, unsupported format)."""
 
 
+class UnknownInference(KeyError):
+    """feedback() for an inference id the agent does not remember (unknown, too old, or already labelled)."""
+
+
+@dataclass
+class SlotOutcome:
+    """What one check-in cycle did to one model slot."""
+
+    action: str  # installed, already_running, removed, refused, failed, deferred
+    version: str | None = None
+    error: str = ""
+    commit: bool = True  # False: the answer's ETag must not be kept (the slot must be dealt with again)
+
+
 @dataclass
 class CycleResult:
-    """What one check-in cycle did; `next_delay` is when the next one is due (seconds)."""
+    """What one check-in cycle did; `next_delay` is when the next one is due (seconds).
+
+    `slots` says what happened to each model slot the answer named; `action`, `version` and `error` repeat
+    the most notable of them (a change rather than "already_running"), for the common one-change cycle.
+    """
 
     status: str  # ok, not_modified, backoff, rejected, decommissioned (final: stop the agent)
-    action: str = "none"  # none, installed, already_running, refused, failed, deferred
+    action: str = "none"
     version: str | None = None
     error: str = ""
     next_delay: float = 60.0
     sent_installs: int = 0
     sent_metrics: int = 0
     dropped: list[str] = field(default_factory=list)
+    slots: dict[str, SlotOutcome] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One served call: its id (for feedback), the model version that served it, and its outputs by name."""
+
+    inference_id: str
+    model: str
+    version: str
+    outputs: dict[str, Any]
 
 
 @dataclass
-class _Outcome:
-    commit: bool  # whether the answer's ETag may be kept: only once the desired state has been dealt with
-    action: str
-    version: str | None = None
-    error: str = ""
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class _Served:
+    model: str
+    version: str
+    label: Any  # the predicted class: argmax of the first output (or its value, for an integer output)
+    outputs: dict[str, Any] | None  # None when too large to keep
 
 
 def default_device_id() -> str:
-    host = _DEVICE_ID_UNSAFE.sub("-", socket.gethostname()).strip("-._:")[:50] or "device"
-    return f"{host}-{secrets.token_hex(3)}"
-
-
-def _text(value: Any, fallback: str = "unknown") -> str:
-    return value if isinstance(value, str) and 0 < len(value) <= 64 else fallback
+    host = "".join(c if c.isalnum() or c in "._:-" else "-" for c in socket.gethostname()).strip("-._:")[:50]
+    return f"{host or 'device'}-{secrets.token_hex(3)}"
 
 
 class Agent:
@@ -104,8 +152,8 @@ class Agent:
         region: str = "",
         tags: Sequence[str] = (),
         capabilities: dict[str, Any] | None = None,
-        inference_threads: int = 0,
-        inference_interval_seconds: float = 0.0,
+        synthetic_threads: int = 0,
+        synthetic_interval_seconds: float = 0.0,
         infer: InferCallback | None = None,
         window_seconds: float = 60.0,
         grace_seconds: float = 5.0,
@@ -124,17 +172,19 @@ class Agent:
         self.capabilities = capabilities
         self.client = ServerClient(server, transport=transport)
         self.metrics = MetricsRecorder(window_seconds=window_seconds)
-        self.runtime = ModelRuntime(grace_seconds=grace_seconds, infer=infer, recorder=self.metrics.record)
-        self.infer = infer
+        self.runtime = SlotRuntimes(grace_seconds=grace_seconds, infer=infer, recorder=self.metrics.record)
+        self.infer_callback = infer
         self.warmup_runs = warmup_runs
         self.session_threads = session_threads
         self.download_attempts = download_attempts
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self._failures = 0
-        self._sent = [0, 0]  # installs and metric windows acknowledged during the current cycle
-        self._workers = InferenceWorkers(self.runtime, threads=inference_threads,
-                                         interval_seconds=inference_interval_seconds) if inference_threads else None
+        self._served: OrderedDict[str, _Served] = OrderedDict()
+        self._served_lock = threading.Lock()
+        # Synthetic load: random inputs, for the simulator, demos and tests only; windows then measure noise.
+        self._workers = InferenceWorkers(self.runtime, threads=synthetic_threads,
+                                         interval_seconds=synthetic_interval_seconds) if synthetic_threads else None
         self._key: PinnedKey | None = None
         if self.enrolled:
             self._key = PinnedKey.from_info(self.store.public_key or {})
@@ -161,27 +211,20 @@ class Agent:
         device_id = identity.get("device_id") or self.requested_device_id or default_device_id()
         if identity.get("device_id") != device_id:
             self.store.identity = {**identity, "device_id": device_id}
-        body: dict[str, Any] = {"enrollment_key": self.enroll_key, "device_id": device_id,
-                                "capabilities": self.capabilities or self._capabilities()}
-        body.update({k: v for k, v in self.profile.items() if v})
+        body = enrollment_body(self.enroll_key, device_id, capabilities=self.capabilities or self._capabilities(),
+                               **self.profile)
         try:
             answer = self.client.enroll(body)
         except ApiError as exc:
             raise EnrollmentFailed(f"enrollment refused: {exc}") from exc
-        try:
-            key = PinnedKey.from_info(answer["manifest_public_key"])
-            credential = str(answer["credential"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EnrollmentFailed(f"the enrollment answer is not usable: {exc}") from exc
-        self.store.public_key = answer["manifest_public_key"]
-        self.store.identity = {"device_id": answer.get("device_id") or device_id,
-                               "checkin_url": answer.get("checkin_url") or "/api/v1/devices/checkin"}
-        self._set_poll_interval(answer.get("poll_interval_seconds"))
+        self.store.public_key = answer.key_info
+        self.store.identity = {"device_id": answer.device_id, "checkin_url": answer.checkin_url}
+        self._set_poll_interval(answer.poll_interval_seconds)
         # The credential last: its presence is what marks the device as enrolled.
-        self.store.credential = credential
-        self._key = key
+        self.store.credential = answer.credential
+        self._key = answer.key
         self._save()
-        logger.info("enrolled as %s; manifest key %s pinned", self.device_id, key.key_id)
+        logger.info("enrolled as %s; manifest key %s pinned", self.device_id, answer.key.key_id)
 
     def _capabilities(self) -> dict[str, Any]:
         try:
@@ -190,6 +233,57 @@ class Agent:
         except (OSError, AttributeError):
             storage_gb = None
         return {"cpu_cores": os.cpu_count(), "memory_mb": health.memory_mb(), "storage_gb": storage_gb, "gpu": None}
+
+    # --- the applications' calls -------------------------------------------------------------
+
+    def infer(self, model: str, inputs: Mapping[str, Any]) -> Inference:
+        """Runs `model` (the slot of that name) on the application's inputs: numpy arrays by input name.
+
+        Returns the outputs by output name and an inference id for feedback(). Timed and counted in the
+        metric windows the server judges rollouts by. Raises NoActiveModel (no such model runs),
+        InvalidInputs (names, dtypes or ranks do not fit: the model never ran, nothing is counted) or
+        InferenceFailed (the model failed: counted as an error).
+        """
+        served, raw = self.runtime.run(model, dict(inputs))
+        names = [arg.name for arg in served.session.get_outputs()]
+        outputs = dict(zip(names, raw, strict=False)) if isinstance(raw, (list, tuple)) else {"output": raw}
+        inference_id = secrets.token_hex(12)
+        first = next(iter(outputs.values()), None)
+        kept = outputs if sum(getattr(v, "nbytes", KEPT_OUTPUT_BYTES) for v in outputs.values()) \
+            <= KEPT_OUTPUT_BYTES else None
+        with self._served_lock:
+            self._served[inference_id] = _Served(served.name, served.version, _label(first), kept)
+            while len(self._served) > FEEDBACK_MEMORY:
+                self._served.popitem(last=False)
+        return Inference(inference_id, served.name, served.version, outputs)
+
+    def feedback(self, inference_id: str, expected: Any) -> bool:
+        """Attaches ground truth to an earlier inference; returns whether the model got it right.
+
+        `expected` is either True/False (the application's own verdict), a class index (compared with the
+        argmax of the first output, or its value when that output is an integer), or the expected outputs
+        (an array for the first output, or a mapping of output name to array; equal within 1e-3). Counts in
+        the accuracy of the window open now, for the version that served the call. Each inference takes one
+        feedback; UnknownInference for an id that is unknown, among more than the last 10,000, or already
+        labelled.
+        """
+        with self._served_lock:
+            served = self._served.pop(inference_id, None)
+        if served is None:
+            raise UnknownInference(inference_id)
+        try:
+            correct = _is_correct(served, expected)
+        except ValueError:
+            with self._served_lock:
+                self._served[inference_id] = served  # the mistake was the caller's: the inference stays open
+            raise
+        self.metrics.record_feedback(served.model, served.version, correct)
+        return correct
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Every model serving now: its version, sha256 and input/output signature."""
+        return {name: {"model": name, "version": loaded.version, "sha256": loaded.sha256, **signature(loaded)}
+                for name, loaded in sorted(self.runtime.actives().items())}
 
     # --- the cycle ---------------------------------------------------------------------------
 
@@ -200,49 +294,67 @@ class Agent:
         except TransientError as exc:
             return self._backoff(exc)
         self._queue_windows()
-        dropped: list[str] = []
-        self._sent = [0, 0]
+        exchange = self._exchange(etag=self.state.etag)
         try:
-            answer = self._checkin(dropped)
+            answer = self.client.checkin(exchange, path=self._checkin_path)
         except TransientError as exc:
             self._save()
-            return self._backoff(exc, dropped=dropped)
+            return self._backoff(exc, dropped=exchange.dropped_fields)
         except ApiError as exc:
             self._save()
             if exc.status == 403 and exc.code == "DEVICE_DECOMMISSIONED":
                 # Final (PROTOCOL §2): neither a retry nor a new enrollment would be answered otherwise.
                 logger.error("the server says this device is decommissioned (%s); stopping", exc)
-                return CycleResult(status="decommissioned", error=str(exc), next_delay=0.0, dropped=dropped)
+                return CycleResult(status="decommissioned", error=str(exc), next_delay=0.0,
+                                   dropped=exchange.dropped_fields)
             if exc.status in (401, 403):
                 logger.error("the server locked this device out (%s); an operator must re-issue a credential", exc)
-            return self._backoff(exc, status="rejected", dropped=dropped)
+            return self._backoff(exc, status="rejected", dropped=exchange.dropped_fields)
         self._failures = 0
-        result = CycleResult(status="ok" if answer.status == 200 else "not_modified", dropped=dropped)
-        if answer.status == 200 and answer.body is not None:
-            self._set_poll_interval(answer.body.get("poll_interval_seconds"))
-            outcome = self._act(answer.body.get("desired"), traceparent=answer.traceparent, now=now)
-            if outcome.commit:
+        result = CycleResult(status="ok" if answer.status == 200 else "not_modified")
+        self._set_poll_interval(answer.poll_interval_seconds)
+        if answer.status == 200:
+            if answer.desired is not None:
+                result.slots = self._act(answer.desired, traceparent=answer.traceparent, now=now)
+            if answer.desired is not None and all(o.commit for o in result.slots.values()):
                 self.state.etag = answer.etag
-            result.action, result.version, result.error = outcome.action, outcome.version, outcome.error
+        _summarise(result)
         self._save()
+        sent = [exchange.sent_installs, exchange.sent_metrics]
+        dropped = exchange.dropped_fields
         if self.state.pending_installs:
-            self._flush_reports(result)
-        result.sent_installs, result.sent_metrics = self._sent
+            flushed = self._flush_reports()
+            sent = [sent[0] + flushed.sent_installs, sent[1] + flushed.sent_metrics]
+            dropped += flushed.dropped_fields
+        result.sent_installs, result.sent_metrics = sent
+        result.dropped = dropped
         # Up to 10% later than asked, never earlier: spreads a fleet that booted together.
         result.next_delay = self.state.poll_interval_seconds * random.uniform(1.0, 1.1)
         return result
 
-    def _flush_reports(self, result: CycleResult) -> None:
+    @property
+    def _checkin_path(self) -> str:
+        return self.store.identity.get("checkin_url") or CHECKIN_PATH
+
+    def _exchange(self, *, etag: str | None) -> CheckinExchange:
+        credential = self.store.credential
+        assert credential is not None
+        return CheckinExchange(credential=credential, models=self._running_models(),
+                               installs=self.state.pending_installs, metrics=self.state.pending_metrics,
+                               health=health.snapshot(self.store.path), etag=etag)
+
+    def _flush_reports(self) -> CheckinExchange:
         # Install results go out at once rather than a poll interval later: a rollout is waiting on them.
+        # Not acted upon (and the ETag is not kept), so the next cycle sees this answer again.
+        exchange = self._exchange(etag=self.state.etag)
         try:
-            answer = self._checkin(result.dropped)
+            answer = self.client.checkin(exchange, path=self._checkin_path)
         except (TransientError, ApiError) as exc:
             logger.warning("reports stay queued for the next check-in: %s", exc)
         else:
-            if answer.status == 200 and answer.body is not None:
-                # Not acted upon here (and the ETag is not kept), so the next cycle sees this answer again.
-                self._set_poll_interval(answer.body.get("poll_interval_seconds"))
+            self._set_poll_interval(answer.poll_interval_seconds)
         self._save()
+        return exchange
 
     def _backoff(self, exc: Exception, *, status: str = "backoff", dropped: list[str] | None = None) -> CycleResult:
         self._failures += 1
@@ -262,7 +374,7 @@ class Agent:
             queue: list[dict[str, Any]] = getattr(self.state, name)
             if len(queue) > cap:
                 for item in queue[: len(queue) - cap]:
-                    logger.warning("report queue full: dropping the oldest report %s", _summary(item))
+                    logger.warning("report queue full: dropping the oldest report %s", summary(item))
                 del queue[: len(queue) - cap]
 
     def flush_metrics(self) -> int:
@@ -272,159 +384,103 @@ class Agent:
         self._save()
         return len(windows)
 
-    def _running(self) -> dict[str, str] | None:
-        current = self.state.current
-        if current is None or self.runtime.active is None:
-            return None
-        return {"model": current.name, "version": current.version, "sha256": current.sha256}
+    def _running_models(self) -> list[dict[str, str]]:
+        """The check-in's `models`: every slot serving now."""
+        entries = []
+        for name, slot in sorted(self.state.slots.items()):
+            if slot.current is not None and self.runtime.active(name) is not None:
+                entries.append(model_entry(name, slot.current.version, slot.current.sha256))
+        return entries
 
-    def _checkin(self, dropped: list[str]) -> CheckinAnswer:
-        """Sends a check-in with the queued reports; on 400 drops exactly the named items and resends at once."""
-        credential = self.store.credential
-        assert credential is not None
-        path = self.store.identity.get("checkin_url") or "/api/v1/devices/checkin"
-        limit, send_health = MAX_ITEMS, True
-        for _ in range(MAX_RESENDS):
-            installs = self.state.pending_installs[:limit]
-            metrics = self.state.pending_metrics[:limit]
-            body: dict[str, Any] = {"running": self._running(), "installs": installs, "metrics": metrics}
-            if send_health:
-                body["health"] = health.snapshot(self.store.path)
-            try:
-                answer = self.client.checkin(path=path, credential=credential, body=body, etag=self.state.etag)
-            except ApiError as exc:
-                if exc.status == 413 and limit > 1:
-                    limit = max(1, limit // 2)
-                    continue
-                if exc.status != 400:
-                    raise
-                fixed, send_health = self._drop_named(exc, installs, metrics, dropped, send_health)
-                if not fixed:
-                    raise
-                continue
-            # Acknowledged (200 or 304: the server stores reports either way).
-            del self.state.pending_installs[: len(installs)]
-            del self.state.pending_metrics[: len(metrics)]
-            self._sent[0] += len(installs)
-            self._sent[1] += len(metrics)
-            return answer
-        raise TransientError(f"the check-in was still refused after {MAX_RESENDS} attempts")
+    # --- acting on the desired state, slot by slot ----------------------------------------------
 
-    def _drop_named(
-        self,
-        exc: ApiError,
-        installs: list[dict[str, Any]],
-        metrics: list[dict[str, Any]],
-        dropped: list[str],
-        send_health: bool,
-    ) -> tuple[bool, bool]:
-        """Removes the queued items a 400 names; (whether the next attempt can differ, whether to send health)."""
-        batch = {"installs": installs, "metrics": metrics}
-        doomed: dict[str, set[int]] = {"installs": set(), "metrics": set()}
-        reasons: dict[tuple[str, int], list[str]] = {}
-        fixed = False
-        for detail in exc.details:
-            where, message = str(detail.get("field") or ""), str(detail.get("message") or "")
-            match = _ITEM_FIELD.match(where)
-            if match and int(match.group(2)) < len(batch[match.group(1)]):
-                doomed[match.group(1)].add(int(match.group(2)))
-                reasons.setdefault((match.group(1), int(match.group(2))), []).append(f"{where}: {message}")
-            elif where.startswith("health") and send_health:
-                logger.warning("the server refused our health figures (%s: %s); sending the check-in without them",
-                               where, message)
-                send_health, fixed = False, True
-            else:
-                logger.error("the server refused the check-in for a reason no report explains: %s: %s",
-                             where or "body", message)
-        for kind in ("installs", "metrics"):
-            queue: list[dict[str, Any]] = getattr(self.state, f"pending_{kind}")
-            for index in sorted(doomed[kind], reverse=True):
-                item = batch[kind][index]
-                logger.warning("dropping %s[%d] %s: %s", kind, index, _summary(item),
-                               "; ".join(reasons[(kind, index)]))
-                dropped.append(f"{kind}[{index}]")
-                # The batch is the head of the queue, so a batch index is a queue index.
-                del queue[index]
-                fixed = True
-        return fixed, send_health
+    def _view(self, name: str, slot: SlotState) -> SlotView:
+        current = slot.current if self.runtime.active(name) is not None else None
+        return SlotView(running_version=current.version if current else None,
+                        running_sha256=current.sha256 if current else None,
+                        running_sequence=current.sequence if current else None,
+                        last_sequence=slot.last_sequence, removed=slot.removed, rejected=slot.rejected)
 
-    # --- acting on the desired state ------------------------------------------------------------
-
-    def _act(self, desired: Any, *, traceparent: str, now: datetime | None) -> _Outcome:
-        if desired is None:
-            return _Outcome(commit=True, action="none")
+    def _act(self, desired: list[Any], *, traceparent: str, now: datetime | None) -> dict[str, SlotOutcome]:
         assert self._key is not None and self.device_id is not None
-        current = self.state.current if self.runtime.active is not None else None
-        try:
-            manifest = verify_manifest(
-                desired, key=self._key, device_id=self.device_id, last_sequence=self.state.last_sequence,
-                running=(current.name, current.version) if current else None, now=now,
-            )
-        except ManifestRefused as refusal:
-            raw = desired.get("manifest") if isinstance(desired, dict) else None
-            return self._reject(raw if isinstance(raw, dict) else {}, "refused", refusal.code, str(refusal),
-                                traceparent)
-        sequence = manifest["sequence"]
-        self.state.last_sequence = max(self.state.last_sequence or 0, sequence)
-        if current and (current.name, current.version, current.sha256) == (
-            manifest["model"], manifest["version"], manifest["sha256"]
-        ):
-            if current.sequence != sequence:
-                # Desired again under a new sequence (e.g. a rollout picked it): say it is active for that one.
-                current.sequence = sequence
-                self._report(manifest, "active", duration_ms=0, traceparent=traceparent)
-            return _Outcome(commit=True, action="already_running", version=manifest["version"])
-        if self._already_rejected(manifest, "failed"):
-            return _Outcome(commit=True, action="failed", version=manifest["version"],
-                            error="failed before; waiting for a new desired state")
-        return self._install(manifest, traceparent)
+        views = {name: self._view(name, slot) for name, slot in self.state.slots.items()}
+        outcomes: dict[str, SlotOutcome] = {}
+        for decision in plan_desired(desired, key=self._key, device_id=self.device_id, slots=views, now=now):
+            # One slot's trouble (a refusal, a failed download, a bug) never stops the others.
+            try:
+                outcomes[decision.model] = self._apply(decision, traceparent)
+            except Exception as exc:
+                logger.exception("acting on %s failed", decision.model)
+                outcomes[decision.model] = SlotOutcome("failed", decision.manifest.get("version"), str(exc),
+                                                       commit=False)
+        self._prune_models()
+        self._save()
+        return outcomes
 
-    def _rejection_key(self, manifest: dict[str, Any], code: str) -> dict[str, Any]:
-        return {"sequence": manifest.get("sequence"), "model": manifest.get("model"),
-                "version": manifest.get("version"), "sha256": manifest.get("sha256"), "code": code}
+    def _apply(self, decision: Decision, traceparent: str) -> SlotOutcome:
+        manifest = decision.manifest
+        if decision.kind == REFUSED:
+            return self._refuse(decision, traceparent)
+        slot = self.state.slot(decision.model)
+        slot.last_sequence = max(slot.last_sequence or 0, manifest["sequence"])
+        if decision.kind == KEEP:
+            return SlotOutcome("removed" if manifest["action"] == REMOVE else "already_running",
+                               manifest.get("version"))
+        if decision.kind == REMOVE:
+            return self._remove(decision.model, slot, manifest, traceparent)
+        slot.removed = False
+        if decision.kind == CONFIRM:
+            # Desired again under a new sequence (e.g. a rollout picked it): say it is active for that one.
+            assert slot.current is not None
+            slot.current.sequence = manifest["sequence"]
+            self._report(manifest, "active", duration_ms=0, traceparent=traceparent)
+            return SlotOutcome("already_running", manifest["version"])
+        assert decision.kind == INSTALL
+        failed = slot.rejected or {}
+        if str(failed.get("code", "")).startswith("failed") and \
+                rejection_key(manifest, failed["code"]) == failed:
+            return SlotOutcome("failed", manifest["version"], "failed before; waiting for a new desired state")
+        return self._install(slot, manifest, traceparent)
 
-    def _already_rejected(self, manifest: dict[str, Any], code: str) -> bool:
-        rejected = self.state.rejected or {}
-        if code == "failed":
-            return rejected.get("code", "").startswith("failed") and all(
-                rejected.get(k) == manifest.get(k) for k in ("sequence", "model", "version", "sha256"))
-        return rejected == self._rejection_key(manifest, code)
+    def _refuse(self, decision: Decision, traceparent: str) -> SlotOutcome:
+        version = decision.manifest.get("version") if isinstance(decision.manifest.get("version"), str) else None
+        if not decision.reported:
+            logger.warning("refused manifest #%s for %s (%s): %s", decision.manifest.get("sequence"),
+                           decision.model, version, decision.error)
+            self._report(decision.manifest, "refused", error=decision.error, traceparent=traceparent)
+            if decision.model in self.state.slots or decision.code not in ("bad_signature", "malformed"):
+                self.state.slot(decision.model).rejected = decision.rejection
+        return SlotOutcome("refused", version, decision.error)
 
-    def _reject(self, manifest: dict[str, Any], status: str, code: str, error: str, traceparent: str) -> _Outcome:
-        full_code = code if status == "refused" else f"failed:{code}"
-        version = manifest.get("version") if isinstance(manifest.get("version"), str) else None
-        if self._already_rejected(manifest, full_code):
-            # A re-issued copy (fresh URL, same content): reported once already.
-            return _Outcome(commit=True, action=status, version=version, error=error)
-        logger.warning("%s manifest #%s (%s %s): %s", status, manifest.get("sequence"), manifest.get("model"),
-                       manifest.get("version"), error)
-        self._report(manifest, status, error=error, traceparent=traceparent)
-        self.state.rejected = self._rejection_key(manifest, full_code)
-        return _Outcome(commit=True, action=status, version=version, error=error)
+    def _fail(self, slot: SlotState, manifest: dict[str, Any], code: str, error: str,
+              traceparent: str) -> SlotOutcome:
+        full_code = f"failed:{code}"
+        logger.warning("install of %s %s (manifest #%s) failed: %s", manifest["model"], manifest["version"],
+                       manifest["sequence"], error)
+        self._report(manifest, "failed", error=error, traceparent=traceparent)
+        slot.rejected = rejection_key(manifest, full_code)
+        return SlotOutcome("failed", manifest["version"], error)
 
-    def _report(
-        self,
-        manifest: dict[str, Any],
-        status: str,
-        *,
-        duration_ms: int | None = None,
-        error: str = "",
-        traceparent: str = "",
-    ) -> None:
-        sequence = manifest.get("sequence")
-        report: dict[str, Any] = {
-            "model": _text(manifest.get("model")), "version": _text(manifest.get("version")), "status": status,
-            "at": _now_iso(), "error": error[:2000],
-        }
-        if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence >= 0:
-            report["sequence"] = sequence
-        if duration_ms is not None:
-            report["duration_ms"] = max(0, int(duration_ms))
-        if _TRACEPARENT.match(traceparent or ""):
-            report["traceparent"] = traceparent
-        self.state.pending_installs.append(report)
+    def _report(self, manifest: Mapping[str, Any], status: str, **fields: Any) -> None:
+        self.state.pending_installs.append(install_report(manifest, status, **fields))
 
-    def _install(self, manifest: dict[str, Any], traceparent: str) -> _Outcome:
+    def _remove(self, name: str, slot: SlotState, manifest: dict[str, Any], traceparent: str) -> SlotOutcome:
+        """Unloads the model (calls in flight finish), deletes its files, reports `removed` with its version."""
+        removed = slot.current or slot.previous
+        self.runtime.unload(name)
+        for record in (slot.current, slot.previous):
+            if record is not None:
+                Path(record.path).unlink(missing_ok=True)
+        for partial in self.store.partials_of(name):
+            partial.unlink(missing_ok=True)
+        slot.current = slot.previous = slot.rejected = None
+        slot.removed = True
+        if removed is not None:
+            self._report(manifest, "removed", version=removed.version, duration_ms=0, traceparent=traceparent)
+            logger.info("removed %s %s (manifest #%s)", name, removed.version, manifest["sequence"])
+        return SlotOutcome("removed", removed.version if removed else None)
+
+    def _install(self, slot: SlotState, manifest: dict[str, Any], traceparent: str) -> SlotOutcome:
         name, version = manifest["model"], manifest["version"]
         attributes = {"device.id": self.device_id, "model.id": f"{name}-{version}", "model.name": name,
                       "model.version": version, "manifest.sequence": manifest["sequence"],
@@ -432,64 +488,67 @@ class Agent:
         # A child of the answer's traceparent (the distribution's trace); the reports then carry this
         # span's context, so the server's device.update links to the swap it describes.
         with tracing.span("model.swap", traceparent=traceparent, attributes=attributes) as swap:
-            outcome = self._swap_in(manifest, tracing.traceparent_of(swap, traceparent))
+            outcome = self._swap_in(slot, manifest, tracing.traceparent_of(swap, traceparent))
             tracing.annotate(swap, **{"install.outcome": outcome.action})
             if outcome.action == "failed":
                 tracing.failed(swap, outcome.error)
             return outcome
 
-    def _swap_in(self, manifest: dict[str, Any], traceparent: str) -> _Outcome:
+    def _swap_in(self, slot: SlotState, manifest: dict[str, Any], traceparent: str) -> SlotOutcome:
         started = time.monotonic()
         name, version, sha256 = manifest["model"], manifest["version"], manifest["sha256"]
         try:
             if manifest.get("format", "onnx") != "onnx":
                 raise InstallFailed(f"format {manifest.get('format')!r} is not supported by this agent (ONNX only)")
-            path = self._local_copy(manifest) or self._download(manifest)
+            path = self._local_copy(slot, manifest) or self._download(manifest)
         except DownloadInterrupted as exc:
             # Not a failure yet: the ETag is not kept, so the next check-in brings the manifest (and a fresh URL)
             # again and the download resumes where it stopped.
             logger.warning("download of %s %s interrupted, will resume: %s", name, version, exc)
-            return _Outcome(commit=False, action="deferred", version=version, error=str(exc))
+            return SlotOutcome("deferred", version, str(exc), commit=False)
         except IntegrityError as exc:
-            return self._reject(manifest, "failed", "integrity", str(exc), traceparent)
+            return self._fail(slot, manifest, "integrity", str(exc), traceparent)
         except (InstallFailed, OSError) as exc:
-            return self._reject(manifest, "failed", "install", str(exc), traceparent)
+            return self._fail(slot, manifest, "install", str(exc), traceparent)
         try:
             model = load_model(path, name=name, version=version, sha256=sha256, warmup_runs=self.warmup_runs,
-                               infer=self.infer, session_threads=self.session_threads)
+                               infer=self.infer_callback, session_threads=self.session_threads)
         except ModelLoadError as exc:
             if str(path) not in self._kept_paths():
                 path.unlink(missing_ok=True)
-            return self._reject(manifest, "failed", "load", str(exc), traceparent)
+            return self._fail(slot, manifest, "load", str(exc), traceparent)
         self._report(manifest, "installed", duration_ms=_ms_since(started), traceparent=traceparent)
-        self.runtime.swap(model)
+        self.runtime.swap(model)  # this slot only: the others keep serving untouched
         self._report(manifest, "active", duration_ms=_ms_since(started), traceparent=traceparent)
         logger.info("%s %s is active (manifest #%s, %d ms)", name, version, manifest["sequence"],
                     _ms_since(started))
-        old = self.state.current
-        self.state.current = ModelRecord(name=name, version=version, sha256=sha256, path=str(path),
-                                         size=manifest["size"], sequence=manifest["sequence"])
-        # Keep exactly one previous model, so the likely rollback needs no download.
-        self.state.previous = old if old is not None and old.path != str(path) else self.state.previous
-        if self.state.previous is not None and self.state.previous.path == str(path):
-            self.state.previous = None
+        old = slot.current
+        slot.current = ModelRecord(name=name, version=version, sha256=sha256, path=str(path),
+                                   size=manifest["size"], sequence=manifest["sequence"])
+        # Keep exactly one previous model per slot, so the likely rollback needs no download.
+        if old is not None and old.path != str(path):
+            slot.previous = old
+        if slot.previous is not None and slot.previous.path == str(path):
+            slot.previous = None
+        slot.rejected = None
         self._save()
-        self._prune_models()
-        return _Outcome(commit=True, action="installed", version=version)
+        return SlotOutcome("installed", version)
 
     def _kept_paths(self) -> set[str]:
-        return {record.path for record in (self.state.current, self.state.previous) if record is not None}
+        return {record.path for slot in self.state.slots.values()
+                for record in (slot.current, slot.previous) if record is not None}
 
     def _prune_models(self) -> None:
+        """Deletes model files no slot runs or keeps for a rollback (partial downloads stay to be resumed)."""
         kept = self._kept_paths()
         for entry in self.store.models.iterdir():
-            if str(entry) not in kept and entry.suffix in (".onnx", ".partial"):
-                logger.info("removing %s (neither the active nor the previous model)", entry.name)
+            if str(entry) not in kept and entry.suffix == ".onnx":
+                logger.info("removing %s (neither an active nor a previous model)", entry.name)
                 entry.unlink(missing_ok=True)
 
-    def _local_copy(self, manifest: dict[str, Any]) -> Path | None:
-        """A file already on disk with the manifest's sha256 (the previous model, for a rollback)."""
-        candidates = [Path(r.path) for r in (self.state.current, self.state.previous)
+    def _local_copy(self, slot: SlotState, manifest: dict[str, Any]) -> Path | None:
+        """A file already on disk with the manifest's sha256 (the slot's previous model, for a rollback)."""
+        candidates = [Path(r.path) for r in (slot.current, slot.previous)
                       if r is not None and r.sha256 == manifest["sha256"]]
         candidates.append(self.store.model_path(manifest["model"], manifest["version"]))
         for path in candidates:
@@ -515,41 +574,45 @@ class Agent:
         os.replace(partial, target)
         return target
 
-    # --- start-up, inference threads, shutdown ------------------------------------------------
+    # --- start-up, synthetic load, shutdown ---------------------------------------------------
 
     def _restore(self) -> None:
-        current = self.state.current
-        if current is None:
-            return
-        path = Path(current.path)
-        try:
-            verify_file(path, size=current.size or path.stat().st_size, sha256=current.sha256)
-            model: LoadedModel = load_model(path, name=current.name, version=current.version,
-                                            sha256=current.sha256, warmup_runs=self.warmup_runs, infer=self.infer,
-                                            session_threads=self.session_threads)
-        except (OSError, IntegrityError, ModelLoadError) as exc:
-            logger.error("cannot restore %s %s from %s (%s); running nothing until the server says what to run",
-                         current.name, current.version, path, exc)
-            self.state.current = None
-            self._save()
-            return
-        self.runtime.swap(model)
-        logger.info("restored %s %s", current.name, current.version)
+        for name, slot in self.state.slots.items():
+            current = slot.current
+            if current is None:
+                continue
+            path = Path(current.path)
+            try:
+                verify_file(path, size=current.size or path.stat().st_size, sha256=current.sha256)
+                model: LoadedModel = load_model(path, name=name, version=current.version, sha256=current.sha256,
+                                                warmup_runs=self.warmup_runs, infer=self.infer_callback,
+                                                session_threads=self.session_threads)
+            except (OSError, IntegrityError, ModelLoadError) as exc:
+                logger.error("cannot restore %s %s from %s (%s); that slot runs nothing until the server says "
+                             "what to run", name, current.version, path, exc)
+                slot.current = None
+                continue
+            self.runtime.swap(model)
+            logger.info("restored %s %s", name, current.version)
+        self._save()
 
-    def start_inference(self) -> None:
+    def start_synthetic_load(self) -> None:
+        """Starts the synthetic-load threads (random inputs; simulator, demo and tests only)."""
         if self._workers is not None:
+            logger.warning("SYNTHETIC LOAD: %d threads call every model on random inputs; the metric windows "
+                           "this device reports measure them, not an application's traffic", self._workers.threads)
             self._workers.start()
 
-    def stop_inference(self) -> None:
+    def stop_synthetic_load(self) -> None:
         if self._workers is not None:
             self._workers.stop()
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Cycles until `stop_event` is set or the device is decommissioned, with inference threads running.
+        """Cycles until `stop_event` is set or the device is decommissioned (with synthetic load, if asked for).
 
         EnrollmentFailed ends it too, raised.
         """
-        self.start_inference()
+        self.start_synthetic_load()
         try:
             while not stop_event.is_set():
                 try:
@@ -564,7 +627,7 @@ class Agent:
                     return
                 stop_event.wait(result.next_delay)
         finally:
-            self.stop_inference()
+            self.stop_synthetic_load()
             # The last partial window is kept and sent after the restart.
             self.flush_metrics()
 
@@ -572,17 +635,58 @@ class Agent:
         self.store.save_state(self.state)
 
     def close(self) -> None:
-        self.stop_inference()
+        self.stop_synthetic_load()
         self.runtime.close()
         self.client.close()
+
+
+_NOTABLE = ("failed", "refused", "deferred", "installed", "removed")
+
+
+def _summarise(result: CycleResult) -> None:
+    for action in (*_NOTABLE, "already_running"):
+        for outcome in result.slots.values():
+            if outcome.action == action:
+                result.action, result.version, result.error = action, outcome.version, outcome.error
+                return
+
+
+def _label(output: Any) -> Any:
+    """The predicted class of a call: argmax over the last axis of the first output (its value if integer)."""
+    array = np.asarray(output) if output is not None else None
+    if array is None or array.size == 0 or array.dtype.kind not in "biuf":
+        return None
+    if array.dtype.kind in "biu":
+        return array.reshape(-1).tolist() if array.size > 1 else int(array.reshape(-1)[0])
+    label = np.argmax(array, axis=-1).reshape(-1)
+    return label.tolist() if label.size > 1 else int(label[0])
+
+
+def _is_correct(served: _Served, expected: Any) -> bool:
+    if isinstance(expected, (bool, np.bool_)):
+        return bool(expected)
+    if isinstance(expected, (int, np.integer)):
+        if served.label is None:
+            raise ValueError("this model's first output has no class to compare a label with; send true/false")
+        return served.label == int(expected) if isinstance(served.label, int) else \
+            all(label == int(expected) for label in served.label)
+    if isinstance(expected, list) and expected and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                        for v in expected) and isinstance(served.label, list):
+        return served.label == [int(v) for v in expected]
+    if served.outputs is None:
+        raise ValueError("this call's outputs were too large to keep; send a class index or true/false")
+    wanted = expected if isinstance(expected, Mapping) else {next(iter(served.outputs)): expected}
+    try:
+        return all(name in served.outputs and np.allclose(np.asarray(served.outputs[name], dtype=np.float64),
+                                                          np.asarray(value, dtype=np.float64), rtol=1e-3, atol=1e-3)
+                   for name, value in wanted.items())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected outputs cannot be compared with the model's: {exc}") from exc
 
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _summary(item: dict[str, Any]) -> str:
-    if "status" in item:
-        return f"install report {item.get('model')} {item.get('version')} {item.get('status')}"
-    return (f"metric window {item.get('model')} {item.get('version')} {item.get('window_start')}"
-            f"..{item.get('window_end')} ({item.get('inference_count')} calls)")
+__all__ = ["Agent", "CycleResult", "EnrollmentFailed", "Inference", "NoActiveModel", "SlotOutcome",
+           "UnknownInference"]

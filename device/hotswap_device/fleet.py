@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from hotswap_device.client import enrollment_body
 from hotswap_device.protocol import LATENCY_BUCKETS_MS, MAX_LATENCY_MS, MAX_WINDOW
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
@@ -44,9 +45,8 @@ class DeviceSpec:
     capabilities: dict = field(hash=False)
 
     def enrollment_body(self, enrollment_key: str) -> dict:
-        return {"enrollment_key": enrollment_key, "device_id": self.device_id, "name": self.name,
-                "device_type": self.device_type, "region": self.region, "tags": list(self.tags),
-                "capabilities": dict(self.capabilities)}
+        return enrollment_body(enrollment_key, self.device_id, capabilities=self.capabilities, name=self.name,
+                               device_type=self.device_type, region=self.region, tags=self.tags)
 
 
 def device_spec(index: int, *, prefix: str = "sim-", regions: Sequence[str] = DEFAULT_REGIONS,

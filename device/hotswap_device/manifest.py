@@ -12,13 +12,17 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hotswap_device.protocol import canonical_bytes
+from hotswap_device.protocol import (
+    ACTION_INSTALL,
+    ACTION_REMOVE,
+    INSTALL_MANIFEST_FIELDS,
+    MANIFEST_ACTIONS,
+    REMOVE_MANIFEST_FIELDS,
+    canonical_bytes,
+)
 
-# Field → type; bool is checked before int because bool is a subclass of int in Python.
-MANIFEST_FIELDS: dict[str, type] = {
-    "device_id": str, "model": str, "version": str, "sha256": str, "size": int, "url": str,
-    "expires_at": str, "rollback": bool, "sequence": int,
-}
+# Field → type per action; bool is checked before int because bool is a subclass of int in Python.
+_FIELDS_BY_ACTION = {ACTION_INSTALL: INSTALL_MANIFEST_FIELDS, ACTION_REMOVE: REMOVE_MANIFEST_FIELDS}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -95,10 +99,12 @@ def verify_manifest(
     running: tuple[str, str] | None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a check-in's `desired` block once every check passes; ManifestRefused otherwise.
+    """The manifest of one entry of a check-in's `desired` list once every check passes; ManifestRefused otherwise.
 
-    `running` is (model name, version) of the active model. The signature is checked first so
-    nothing else in an unauthenticated manifest is trusted.
+    One slot at a time: `last_sequence` is the last sequence this device accepted for the manifest's model,
+    `running` (model name, version) what that slot runs. The signature is checked first so nothing else in
+    an unauthenticated manifest is trusted. A `remove` manifest carries no version, so only the signature,
+    device, expiry and sequence apply to it.
     """
     now = now or datetime.now(UTC)
     if not isinstance(desired, dict) or not isinstance(desired.get("manifest"), dict):
@@ -114,7 +120,11 @@ def verify_manifest(
             f"The manifest signature does not verify with the pinned key {key.key_id or '(no id)'}"
             f" (manifest says key {desired.get('key_id') or '(none)'}).",
         )
-    for name, kind in MANIFEST_FIELDS.items():
+    fields = _FIELDS_BY_ACTION.get(manifest.get("action"))  # type: ignore[arg-type]
+    if fields is None:
+        raise ManifestRefused("malformed", f"The manifest's action {manifest.get('action')!r} is not one of "
+                                           f"{', '.join(MANIFEST_ACTIONS)}.")
+    for name, kind in fields.items():
         value = manifest.get(name)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ManifestRefused("malformed", f"The manifest field {name!r} is missing or not a {kind.__name__}.")
@@ -122,7 +132,8 @@ def verify_manifest(
         raise ManifestRefused(
             "wrong_device", f"The manifest is for device {manifest['device_id']!r}, this device is {device_id!r}."
         )
-    if not _SHA256.match(manifest["sha256"]) or manifest["size"] < 0 or manifest["sequence"] < 0:
+    if manifest["sequence"] < 0 or (fields is INSTALL_MANIFEST_FIELDS and (
+            not _SHA256.match(manifest["sha256"]) or manifest["size"] < 0)):
         raise ManifestRefused("malformed", "The manifest's sha256, size or sequence is not valid.")
     try:
         expires_at = parse_time(manifest["expires_at"])
@@ -133,8 +144,11 @@ def verify_manifest(
     if last_sequence is not None and manifest["sequence"] < last_sequence:
         raise ManifestRefused(
             "old_sequence",
-            f"The manifest's sequence {manifest['sequence']} is lower than the last accepted ({last_sequence}).",
+            f"The manifest's sequence {manifest['sequence']} is lower than the last accepted ({last_sequence})"
+            f" for {manifest['model']}.",
         )
+    if manifest["action"] == ACTION_REMOVE:
+        return manifest
     try:
         semver_key(manifest["version"])
     except ValueError:

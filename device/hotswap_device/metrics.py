@@ -61,6 +61,9 @@ class _Accumulator:
     histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_LENGTH)
     # Exact samples until the cap; None afterwards, and percentiles come from the histogram.
     samples: list[float] | None = field(default_factory=list)
+    # Ground truth the application attached (Agent.feedback) to calls of this version.
+    labelled: int = 0
+    correct: int = 0
 
 
 class MetricsRecorder:
@@ -93,13 +96,7 @@ class MetricsRecorder:
         now = self._clock() if now is None else now
         latency_ms = min(max(latency_ms, 0.0), MAX_LATENCY_MS)
         with self._lock:
-            self._roll_locked(now)
-            if self._start is None:
-                # Aligned to the clock (whole minutes for 60 s), like the server's per-minute rollups.
-                self._start = math.floor(now / self.window_seconds) * self.window_seconds
-            acc = self._open.get((model, version))
-            if acc is None:
-                acc = self._open[(model, version)] = _Accumulator()
+            acc = self._accumulator_locked(model, version, now)
             acc.count += 1
             acc.errors += 0 if ok else 1
             acc.max_ms = max(acc.max_ms, latency_ms)
@@ -109,6 +106,25 @@ class MetricsRecorder:
                     acc.samples.append(latency_ms)
                 else:
                     acc.samples = None  # memory stays bounded on a busy device
+
+    def record_feedback(self, model: str, version: str, correct: bool, *, now: float | None = None) -> None:
+        """Ground truth for an earlier call of this version: counts in the window open when it arrives."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            acc = self._accumulator_locked(model, version, now)
+            acc.labelled += 1
+            acc.correct += 1 if correct else 0
+
+    def _accumulator_locked(self, model: str, version: str, now: float) -> _Accumulator:
+        """The open window's accumulator of this version (rolling the window over first if `now` is past it)."""
+        self._roll_locked(now)
+        if self._start is None:
+            # Aligned to the clock (whole minutes for 60 s), like the server's per-minute rollups.
+            self._start = math.floor(now / self.window_seconds) * self.window_seconds
+        acc = self._open.get((model, version))
+        if acc is None:
+            acc = self._open[(model, version)] = _Accumulator()
+        return acc
 
     def collect(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """The windows that have closed by `now` (and are not collected yet)."""
@@ -155,10 +171,16 @@ def window_dict(model: str, version: str, acc: _Accumulator, *, start: float, en
     else:
         p50, p95, p99 = (percentile_from_histogram(acc.histogram, p, max_ms=acc.max_ms) for p in (50, 95, 99))
     # Rounding is monotonic, so p50 <= p95 <= p99 still holds afterwards (the server checks it).
-    return {
+    window: dict[str, Any] = {
         "model": model, "version": version,
         "window_start": iso(start), "window_end": iso(end),
         "inference_count": acc.count, "error_count": acc.errors,
         "latency_ms": {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3)},
         "latency_histogram": list(acc.histogram),
     }
+    if acc.labelled:
+        # Accuracy from every label that arrived; the count is capped at the window's calls (the protocol's
+        # rule), which only matters when labels for earlier calls outnumber this window's own.
+        window["accuracy"] = round(acc.correct / acc.labelled, 4)
+        window["labelled_count"] = min(acc.labelled, acc.count)
+    return window

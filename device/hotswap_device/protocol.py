@@ -38,3 +38,28 @@ INSTALL_STATUSES = ("downloading", "installed", "active", "failed", "refused", "
 def canonical_bytes(manifest: dict[str, Any]) -> bytes:
     """The exact bytes the server signs and a device verifies (Ed25519; PROTOCOL.md §3)."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- Protocol v2: check-in fields, manifest actions, codes (server and device both read these) ---------------
+
+# Top-level keys of a v2 check-in body, and of each entry of its `models` list (every model the device runs).
+CHECKIN_FIELDS = ("protocol", "models", "health", "installs", "metrics", "traceparent")
+MODEL_FIELDS = ("model", "version", "sha256")
+# v1's single-model key: a body carrying it is refused with PROTOCOL_VERSION_UNSUPPORTED.
+V1_RUNNING_FIELD = "running"
+# A 400 with this code means client and server speak different protocol versions: no report is at fault.
+PROTOCOL_VERSION_UNSUPPORTED = "PROTOCOL_VERSION_UNSUPPORTED"
+
+# The answer's `desired` list holds one signed entry per slot: {"manifest", "signature", "key_id"}; a manifest
+# asks the slot to run a version (install) or to unload and delete the model (remove).
+ACTION_INSTALL = "install"
+ACTION_REMOVE = "remove"
+MANIFEST_ACTIONS = (ACTION_INSTALL, ACTION_REMOVE)
+# Fields (and their JSON types) a signed manifest must carry, per action.
+INSTALL_MANIFEST_FIELDS: dict[str, type] = {
+    "action": str, "device_id": str, "model": str, "version": str, "sha256": str, "size": int, "url": str,
+    "expires_at": str, "rollback": bool, "sequence": int,
+}
+REMOVE_MANIFEST_FIELDS: dict[str, type] = {
+    "action": str, "device_id": str, "model": str, "expires_at": str, "sequence": int,
+}

@@ -1,4 +1,4 @@
-"""onnxruntime sessions: load and warm up, swap the active one atomically, and the inference threads."""
+"""onnxruntime sessions: load and warm up, one slot per model swapped atomically, real calls and synthetic load."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ class NoActiveModel(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """onnxruntime could not load or run the model."""
+
+
+class InvalidInputs(ValueError):
+    """The inputs of a call do not fit the model's signature (names, dtypes, ranks); the model never ran."""
+
+
+class InferenceFailed(RuntimeError):
+    """The model ran and onnxruntime (or the infer callback) failed; counted as an error in the window."""
 
 
 # eq=False: models compare by identity (comparing sessions and numpy inputs field by field is meaningless).
@@ -161,9 +169,34 @@ class ModelRuntime:
             self._timers = [t for t in self._timers if t.is_alive() and t is not threading.current_thread()]
         logger.info("released session of %s %s", model.name, model.version)
 
-    def infer(self) -> bool:
-        """One timed inference on the active model; True when it succeeded. Raises NoActiveModel."""
+    def unload(self) -> LoadedModel | None:
+        """Stops serving: the slot has no active model; calls in flight finish on the one they hold."""
+        with self._swap_lock:
+            old, self._active = self._active, None
+        return old
+
+    def run(self, inputs: dict[str, Any]) -> tuple[LoadedModel, object]:
+        """One timed call with the caller's inputs: (the model that served it, its outputs).
+
+        NoActiveModel when nothing runs; InvalidInputs (not counted: the model never ran) when the inputs
+        do not fit its signature; InferenceFailed (counted as an error) when the model fails on them.
+        """
         model = self._active  # the one read of the shared reference for this call
+        if model is None:
+            raise NoActiveModel("no model is active")
+        check_inputs(model, inputs)
+        started = time.perf_counter()
+        try:
+            outputs = self._infer(model.session, inputs)
+        except Exception as exc:
+            self._record(model, started, ok=False)
+            raise InferenceFailed(f"{model.name} {model.version} failed: {type(exc).__name__}: {exc}") from exc
+        self._record(model, started, ok=True)
+        return model, outputs
+
+    def infer(self) -> bool:
+        """One timed call on generated inputs (synthetic load); True when it succeeded. Raises NoActiveModel."""
+        model = self._active
         if model is None:
             raise NoActiveModel("no model is active")
         started = time.perf_counter()
@@ -176,10 +209,12 @@ class ModelRuntime:
             if self._errors_logged < 5:
                 self._errors_logged += 1
                 logger.exception("inference failed on %s %s", model.name, model.version)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        if self._recorder is not None:
-            self._recorder(model.name, model.version, latency_ms, ok)
+        self._record(model, started, ok=ok)
         return ok
+
+    def _record(self, model: LoadedModel, started: float, *, ok: bool) -> None:
+        if self._recorder is not None:
+            self._recorder(model.name, model.version, (time.perf_counter() - started) * 1000.0, ok)
 
     def close(self) -> None:
         with self._swap_lock:
@@ -188,10 +223,91 @@ class ModelRuntime:
             self._timers, self._retired, self._active = [], [], None
 
 
-class InferenceWorkers:
-    """N threads calling the runtime continuously (with an optional pause between calls)."""
+def check_inputs(model: LoadedModel, inputs: dict[str, Any]) -> None:
+    """InvalidInputs unless `inputs` names exactly the model's inputs, with their dtypes and ranks."""
+    if not isinstance(inputs, dict):
+        raise InvalidInputs("inputs must be a mapping of input name to array")
+    declared = {arg.name: arg for arg in model.session.get_inputs()}
+    problems = [f"unknown input {name!r}" for name in inputs if name not in declared]
+    problems += [f"missing input {name!r}" for name in declared if name not in inputs]
+    for name, value in inputs.items():
+        arg = declared.get(name)
+        if arg is None:
+            continue
+        dtype = _DTYPES.get(arg.type)
+        array = value if isinstance(value, np.ndarray) else None
+        if array is None:
+            problems.append(f"input {name!r} must be a numpy array")
+        elif dtype is not None and dtype is not np.str_ and array.dtype != np.dtype(dtype):
+            problems.append(f"input {name!r} is {array.dtype}, the model wants {np.dtype(dtype)}")
+        elif arg.shape is not None and array.ndim != len(arg.shape):
+            problems.append(f"input {name!r} has {array.ndim} dimensions, the model wants {len(arg.shape)}")
+    if problems:
+        raise InvalidInputs(f"{model.name} {model.version}: " + "; ".join(problems))
 
-    def __init__(self, runtime: ModelRuntime, *, threads: int, interval_seconds: float = 0.0) -> None:
+
+def signature(model: LoadedModel) -> dict[str, Any]:
+    """The model's inputs and outputs as the local API describes them (symbolic dimensions as null)."""
+    def describe(args: Any) -> list[dict[str, Any]]:
+        return [{"name": arg.name, "dtype": str(np.dtype(_DTYPES[arg.type])) if arg.type in _DTYPES else arg.type,
+                 "shape": [dim if isinstance(dim, int) and dim > 0 else None for dim in (arg.shape or [])]}
+                for arg in args]
+    return {"inputs": describe(model.session.get_inputs()), "outputs": describe(model.session.get_outputs())}
+
+
+class SlotRuntimes:
+    """One ModelRuntime per model slot: each swapped, unloaded and called independently of the others."""
+
+    def __init__(self, *, grace_seconds: float = 5.0, infer: InferCallback | None = None,
+                 recorder: Recorder | None = None) -> None:
+        self._options = {"grace_seconds": grace_seconds, "infer": infer, "recorder": recorder}
+        self._slots: dict[str, ModelRuntime] = {}
+        self._lock = threading.Lock()
+
+    def slot(self, model: str) -> ModelRuntime:
+        with self._lock:
+            runtime = self._slots.get(model)
+            if runtime is None:
+                runtime = self._slots[model] = ModelRuntime(**self._options)  # type: ignore[arg-type]
+            return runtime
+
+    def active(self, model: str) -> LoadedModel | None:
+        runtime = self._slots.get(model)
+        return runtime.active if runtime is not None else None
+
+    def actives(self) -> dict[str, LoadedModel]:
+        """Every model serving now, by name."""
+        with self._lock:
+            runtimes = list(self._slots.items())
+        return {name: runtime.active for name, runtime in runtimes if runtime.active is not None}
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        return self.slot(model.name).swap(model)
+
+    def unload(self, model: str) -> LoadedModel | None:
+        runtime = self._slots.get(model)
+        return runtime.unload() if runtime is not None else None
+
+    def run(self, model: str, inputs: dict[str, Any]) -> tuple[LoadedModel, object]:
+        runtime = self._slots.get(model)
+        if runtime is None:
+            raise NoActiveModel(f"no model {model!r} runs on this device")
+        return runtime.run(inputs)
+
+    def close(self) -> None:
+        with self._lock:
+            runtimes, self._slots = list(self._slots.values()), {}
+        for runtime in runtimes:
+            runtime.close()
+
+
+class InferenceWorkers:
+    """SYNTHETIC load: N threads calling every active slot on generated random inputs (simulator, demo, tests).
+
+    The windows they produce measure random inputs, not an application's traffic.
+    """
+
+    def __init__(self, runtime: SlotRuntimes | ModelRuntime, *, threads: int, interval_seconds: float = 0.0) -> None:
         self.runtime = runtime
         self.threads = threads
         self.interval_seconds = interval_seconds
@@ -211,11 +327,21 @@ class InferenceWorkers:
             thread.join(timeout)
         self._threads = []
 
+    def _slots(self) -> list[ModelRuntime]:
+        if isinstance(self.runtime, ModelRuntime):
+            return [self.runtime]
+        return [self.runtime.slot(name) for name in self.runtime.actives()]
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.runtime.infer()
-            except NoActiveModel:
+            served = False
+            for slot in self._slots():
+                try:
+                    slot.infer()
+                    served = True
+                except NoActiveModel:
+                    continue  # unloaded since the list was taken
+            if not served:
                 self._stop.wait(0.2)
                 continue
             if self.interval_seconds:

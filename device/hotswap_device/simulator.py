@@ -1,12 +1,14 @@
-"""A fleet of virtual devices in one process, speaking the real device protocol (devices/PROTOCOL.md) over HTTP.
+"""A fleet of virtual devices in one process, speaking device protocol 2 (devices/PROTOCOL.md) over HTTP.
 
     python -m hotswap_device.simulator --server http://127.0.0.1:8000 --enroll-key hse_... --devices 5000 \\
-        --behaviour 'resnet-1.1.0=latency:40±5,errors:0.02,accuracy:0.85' --duration 600
+        --behaviour 'detector-1.1.0=latency:40±5,errors:0.02,accuracy:0.85;classifier=latency:8' --duration 600
 
 Each device enrolls once (credentials are cached in a state file, so a restart reuses them), checks in on
-its own jittered timer with If-None-Match, obeys the server's poll interval, verifies and "installs" its
-desired version (a simulated delay, or a real download with --download), reports installs and metric
-windows drawn from the per-version behaviour. Imports nothing from Django; `run_fleet(config)` runs it
+its own jittered timer with If-None-Match, obeys the server's poll interval, and acts on each model slot's
+desired state as the reference agent does, with the agent's own protocol code (hotswap_device.client):
+verifies the slot's manifest, "installs" the version (a simulated delay, or a real download with --download),
+removes a model, refuses what the agent refuses. It reports installs and, per model it runs, SYNTHETIC
+metric windows drawn from that model version's behaviour. Imports nothing from Django; `run_fleet(config)` runs it
 in-process. With OTEL_TRACES_EXPORTER=console or otlp (service `hotswap-simulator`) each install is a
 `model.swap` span under the distribution's trace, as the reference agent's are (device/hotswap_device/tracing.py).
 """
@@ -24,7 +26,6 @@ import logging
 import math
 import os
 import random
-import re
 import secrets
 import signal
 import ssl
@@ -42,6 +43,22 @@ import httpx
 
 from hotswap_device import logs as agent_logs
 from hotswap_device import tracing
+from hotswap_device.client import (
+    CONFIRM,
+    KEEP,
+    REFUSED,
+    REMOVE,
+    ApiError,
+    CheckinExchange,
+    Decision,
+    SlotView,
+    TransientError,
+    encode,
+    enrollment_read,
+    install_report,
+    model_entry,
+    plan_desired,
+)
 from hotswap_device.fleet import (
     DEFAULT_REGIONS,
     DEFAULT_TYPES,
@@ -51,12 +68,11 @@ from hotswap_device.fleet import (
     behaviour_for,
     device_spec,
     health_sample,
-    iso,
     metric_window,
     parse_behaviours,
 )
-from hotswap_device.manifest import ManifestRefused, PinnedKey, verify_manifest
-from hotswap_device.protocol import CHECKIN_PATH, ENROLL_PATH, MANIFEST_KEY_PATH, MAX_ITEMS
+from hotswap_device.manifest import PinnedKey
+from hotswap_device.protocol import CHECKIN_PATH, ENROLL_PATH, MANIFEST_KEY_PATH, MAX_ITEMS, MAX_MODELS
 
 logger = logging.getLogger("hotswap.simulator")
 
@@ -74,7 +90,6 @@ POOL_SIZE = 8  # connections per httpx pool (see Fleet.run)
 INSTALL_ATTEMPTS = 3
 STOP_GRACE_SECONDS = 5.0
 SERVICE_NAME = "hotswap-simulator"  # the spans' service.name, unless OTEL_SERVICE_NAME says otherwise
-_FIELD_INDEX = re.compile(r"^(installs|metrics)\[(\d+)\]")
 
 
 @dataclass
@@ -169,8 +184,52 @@ class _Fatal(Exception):
     """The whole fleet must stop (an invalid enrollment key, an unreachable server)."""
 
 
+@dataclass
+class SimSlot:
+    """One model slot of a virtual device: what it runs and under which sequence (as the agent's SlotState)."""
+
+    running: dict | None = None  # {"model", "version", "sha256"}
+    running_sequence: int | None = None
+    last_sequence: int | None = None
+    removed: bool = False
+    rejected: dict | None = None
+    window_start: datetime = field(default_factory=lambda: datetime.now(UTC))
+    install_failures: dict[int, int] = field(default_factory=dict)  # sequence → failed attempts
+    retry_next_poll: bool = False
+
+    def view(self) -> SlotView:
+        running = self.running or {}
+        return SlotView(running_version=running.get("version"), running_sha256=running.get("sha256"),
+                        running_sequence=self.running_sequence, last_sequence=self.last_sequence,
+                        removed=self.removed, rejected=self.rejected)
+
+    def saved(self) -> dict:
+        return {"running": self.running, "running_sequence": self.running_sequence,
+                "last_sequence": self.last_sequence, "removed": self.removed}
+
+    @classmethod
+    def from_saved(cls, data: Mapping) -> SimSlot:
+        return cls(running=data.get("running"), running_sequence=data.get("running_sequence"),
+                   last_sequence=data.get("last_sequence"), removed=bool(data.get("removed")))
+
+
+def _saved_slots(saved: Mapping) -> dict[str, SimSlot]:
+    """The slots of a saved device; a state file of protocol 1 (one `running` model) becomes that model's slot."""
+    if "slots" in saved:
+        return {str(name): SimSlot.from_saved(slot) for name, slot in (saved.get("slots") or {}).items()}
+    running = saved.get("running")
+    if not isinstance(running, dict) or not running.get("model"):
+        return {}
+    sequence = saved.get("last_sequence")
+    return {running["model"]: SimSlot(running=running, running_sequence=sequence, last_sequence=sequence)}
+
+
 class VirtualDevice:
-    """One simulated device: its identity, credential, pinned key, what it runs, and its unsent reports."""
+    """One simulated device: its identity, credential, pinned key, its model slots, and its unsent reports.
+
+    It speaks the protocol through the reference agent's own protocol client (hotswap_device.client): the
+    same enrollment, check-in body, 400 handling and per-slot manifest checks as a real device.
+    """
 
     def __init__(self, fleet: Fleet, spec: DeviceSpec, saved: Mapping | None):
         self.fleet, self.spec = fleet, spec
@@ -180,18 +239,13 @@ class VirtualDevice:
         self.key: PinnedKey | None = None
         if saved.get("public_key"):
             self.key = PinnedKey.from_info({"key_id": saved.get("key_id", ""), "public_key": saved["public_key"]})
-        self.running: dict | None = saved.get("running")
-        self.last_sequence: int = int(saved.get("last_sequence", 0))
+        self.slots: dict[str, SimSlot] = _saved_slots(saved)
         self.poll: float = fleet.clamp_poll(saved.get("poll") or fleet.config.poll_seconds)
         self.etag = ""
-        self.desired: dict | None = None
+        self.desired: list = []
         self.traceparent = ""
-        self.refused_signature = ""
-        self.install_failures: dict[int, int] = {}
-        self.retry_next_poll = False
         self.pending_installs: list[dict] = []
         self.pending_metrics: list[dict] = []
-        self.window_start = datetime.now(UTC)
         self.last_checkin = 0.0  # monotonic time of the last answered check-in
         self.checked_in = False
         self.stopped = False
@@ -199,12 +253,17 @@ class VirtualDevice:
     def saved(self) -> dict:
         return {"credential": self.credential, "key_id": self.key.key_id if self.key else "",
                 "public_key": base64.b64encode(self.key.public_key).decode() if self.key else "",
-                "running": self.running,
-                "last_sequence": self.last_sequence, "poll": self.poll}
+                "slots": {name: slot.saved() for name, slot in self.slots.items()}, "poll": self.poll}
 
-    @property
-    def version_label(self) -> str:
-        return f"{self.running['model']}-{self.running['version']}" if self.running else "none"
+    def running(self) -> dict[str, dict]:
+        """model → {"model", "version", "sha256"} of every slot serving now."""
+        return {name: slot.running for name, slot in sorted(self.slots.items()) if slot.running}
+
+    def version_labels(self, model: str | None = None) -> list[str]:
+        """`model-version` of each model it runs (or of `model` only); ["none"] when it runs none of them."""
+        labels = [f"{name}-{running['version']}" for name, running in self.running().items()
+                  if model is None or name == model]
+        return labels or ["none"]
 
     # --- the device's life --------------------------------------------------------------------------------------
 
@@ -244,207 +303,196 @@ class VirtualDevice:
                 if fleet.stopping:
                     return False
                 body = self.spec.enrollment_body(fleet.config.enroll_key)
-                response = await fleet.request("POST", ENROLL_PATH, index=self.spec.index, json=body)
-                if response is not None and response.status_code == 429:
-                    fleet.throttled(response)
-                    continue
-            if response is not None and response.status_code == 201:
-                answer = response.json()
-                self.credential = answer["credential"]
-                self.key = PinnedKey.from_info(answer["manifest_public_key"])
-                self.poll = fleet.clamp_poll(answer.get("poll_interval_seconds") or self.poll)
-                self.running, self.last_sequence = None, 0
+                response = await fleet.request("POST", ENROLL_PATH, index=self.spec.index, content=encode(body),
+                                               headers={"Content-Type": "application/json"})
+                try:
+                    if response is None:
+                        raise TransientError("no answer")
+                    answer = enrollment_read(response.status_code, response.headers, response.content)
+                except TransientError as exc:
+                    if exc.status == 429:
+                        fleet.throttled(exc.retry_after)
+                        continue
+                    answer = None
+                except ApiError as exc:
+                    if exc.status == 403:
+                        raise _Fatal(f"the enrollment key was refused ({exc.code}): create a new one") from exc
+                    if exc.status == 409:
+                        fleet.stats.error("enroll: device exists", f"{self.spec.device_id} exists on the server but "
+                                          "this simulator has no credential for it (state file lost?)")
+                    else:
+                        fleet.stats.error(f"enroll: {exc.status} {exc.code}", exc.message[:300])
+                    return False
+            if answer is not None:
+                self.credential, self.key = answer.credential, answer.key
+                self.poll = fleet.clamp_poll(answer.poll_interval_seconds or self.poll)
+                self.slots = {}
                 fleet.stats.enrolled += 1
                 fleet.stats.enrolled_now += 1
                 fleet.dirty = True
                 return True
-            code = _error_code(response)
-            if response is not None and response.status_code == 403:
-                raise _Fatal(f"the enrollment key was refused ({code}): create a new one")
-            if response is not None and response.status_code == 409:
-                fleet.stats.error("enroll: device exists", f"{self.spec.device_id} exists on the server but this "
-                                  "simulator has no credential for it (state file lost?)")
-                return False
-            if response is not None and response.status_code < 500:
-                fleet.stats.error(f"enroll: {response.status_code} {code}", response.text[:300])
-                return False
             failures += 1
             if failures >= 5:
                 return False
             await fleet.sleep(min(30.0, 2.0**failures) * self.rng.uniform(0.5, 1.5))
         return False
 
-    def _collect_window(self, now: datetime) -> None:
-        if not self.running or (now - self.window_start).total_seconds() < MIN_WINDOW_SECONDS:
+    def _collect_window(self, name: str, slot: SimSlot, now: datetime) -> None:
+        """Closes the slot's window at `now`: synthetic calls drawn from that model version's behaviour."""
+        if not slot.running or (now - slot.window_start).total_seconds() < MIN_WINDOW_SECONDS:
             return
-        model, version = self.running["model"], self.running["version"]
-        window = metric_window(behaviour_for(self.fleet.config.behaviours, model, version), model=model,
-                               version=version, start=self.window_start, end=now,
+        version = slot.running["version"]
+        window = metric_window(behaviour_for(self.fleet.config.behaviours, name, version), model=name,
+                               version=version, start=slot.window_start, end=now,
                                inference_rate=self.fleet.config.inference_rate, rng=self.rng)
-        self.window_start = now
+        slot.window_start = now
         if window:
             self.pending_metrics.append(window)
-            if len(self.pending_metrics) > MAX_PENDING:
+            if len(self.pending_metrics) > MAX_PENDING * MAX_MODELS:
                 del self.pending_metrics[0]
-                self.fleet.stats.error("metric window dropped", "more than 100 unsent windows (server unreachable)")
+                self.fleet.stats.error("metric window dropped", "too many unsent windows (server unreachable)")
 
     async def checkin(self) -> bool:
-        """One check-in (resent once without the items a 400 names); True when the server answered 200/304."""
+        """One check-in (resent at once without the items a 400 names); True when the server answered 200/304."""
         fleet = self.fleet
-        self._collect_window(datetime.now(UTC))
-        for _ in range(2):
-            installs, metrics = self.pending_installs[:MAX_PENDING], self.pending_metrics[:MAX_PENDING]
-            body: dict = {"running": self.running, "health": health_sample(self.spec, self.rng)}
-            if installs:
-                body["installs"] = installs
-            if metrics:
-                body["metrics"] = metrics
-            headers = {"Authorization": f"Device {self.credential}",
-                       "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
-            if self.etag:
-                headers["If-None-Match"] = self.etag
-            response = await fleet.request("POST", CHECKIN_PATH, index=self.spec.index, json=body, headers=headers)
+        now = datetime.now(UTC)
+        for name, slot in self.slots.items():
+            self._collect_window(name, slot, now)
+        exchange = CheckinExchange(
+            credential=self.credential, models=list(self.running().values()), installs=self.pending_installs,
+            metrics=self.pending_metrics, health=health_sample(self.spec, self.rng), etag=self.etag,
+            traceparent=f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01", limit=MAX_PENDING, attempts=2)
+        while True:
+            try:
+                body, headers = exchange.request()
+            except TransientError:
+                return False
+            response = await fleet.request("POST", CHECKIN_PATH, index=self.spec.index, content=encode(body),
+                                           headers=headers)
             if response is None:
                 return False
-            status = response.status_code
-            if status in (200, 304):
-                del self.pending_installs[: len(installs)]
-                del self.pending_metrics[: len(metrics)]
-                fleet.stats.metric_windows += len(metrics)
-                for report in installs:
-                    fleet.stats.installs[report["status"]] += 1
-                fleet.stats.checkins += 1
-                self.last_checkin = time.monotonic()
-                if not self.checked_in:
-                    self.checked_in = True
-                    fleet.stats.checked_in_devices += 1
-                self.etag = response.headers.get("ETag", self.etag)
-                if status == 304:
-                    fleet.stats.not_modified += 1
-                else:
-                    answer = response.json()
-                    self.desired = answer.get("desired")
-                    self.traceparent = response.headers.get("traceparent", "")
-                    if answer.get("poll_interval_seconds"):
-                        self.poll = fleet.clamp_poll(answer["poll_interval_seconds"])
-                return True
-            code = _error_code(response)
-            if status == 400 and self._drop_named(response, installs, metrics):
+            try:
+                answer = exchange.answer(response.status_code, response.headers, response.content)
+            except (ApiError, TransientError) as exc:
+                await self._refused(exchange, exc, response)
+                return False
+            if answer is None:
                 fleet.stats.error("checkin: 400 (named items dropped, rest resent)", response.text[:300])
                 continue
-            if status == 401:
-                fleet.stats.error(f"checkin: 401 {code}", f"{self.spec.device_id}: re-enrolling")
-                self.credential, self.etag = "", ""
-                if not await self.enroll():
-                    self.stopped = True
-                return False
-            if status == 403:
-                fleet.stats.error(f"checkin: 403 {code}", self.spec.device_id)
+            break
+        fleet.stats.metric_windows += exchange.sent_metrics
+        for report in exchange.acknowledged_installs:
+            fleet.stats.installs[report["status"]] += 1
+        fleet.stats.checkins += 1
+        self.last_checkin = time.monotonic()
+        if not self.checked_in:
+            self.checked_in = True
+            fleet.stats.checked_in_devices += 1
+        self.etag = answer.etag or self.etag
+        if answer.status == 304:
+            fleet.stats.not_modified += 1
+        else:
+            self.desired = answer.desired or []
+            self.traceparent = answer.traceparent
+            if answer.poll_interval_seconds:
+                self.poll = fleet.clamp_poll(answer.poll_interval_seconds)
+        return True
+
+    async def _refused(self, exchange: CheckinExchange, exc: Exception, response: httpx.Response) -> None:
+        fleet = self.fleet
+        status = response.status_code
+        code = exc.code if isinstance(exc, ApiError) else ""
+        if status == 401:
+            fleet.stats.error(f"checkin: 401 {code}", f"{self.spec.device_id}: re-enrolling")
+            self.credential, self.etag = "", ""
+            if not await self.enroll():
                 self.stopped = True
-                return False
-            fleet.stats.error(f"checkin: {status} {code}".strip(), response.text[:300])
-            if status in (400, 413):
-                # Nothing to salvage by resending the same body: drop it, counted above.
-                del self.pending_installs[: len(installs)]
-                del self.pending_metrics[: len(metrics)]
-            if status == 429:
-                with contextlib.suppress(ValueError):
-                    await fleet.sleep(float(response.headers.get("Retry-After", "0")))
-            return False
-        return False
+            return
+        if status == 403:
+            fleet.stats.error(f"checkin: 403 {code}", self.spec.device_id)
+            self.stopped = True
+            return
+        fleet.stats.error(f"checkin: {status} {code}".strip(), response.text[:300])
+        if status in (400, 413):
+            # Nothing to salvage by resending the same body: drop it, counted above.
+            exchange.drop_batch()
+        if isinstance(exc, TransientError) and exc.retry_after:
+            await fleet.sleep(exc.retry_after)
 
-    def _drop_named(self, response: httpx.Response, installs: list, metrics: list) -> bool:
-        """Removes the installs/metric windows a 400 names in `details`; False if it names anything else."""
-        try:
-            details = response.json()["error"]["details"]
-        except (ValueError, KeyError, TypeError):
-            return False
-        named: dict[str, set[int]] = {"installs": set(), "metrics": set()}
-        for detail in details or []:
-            match = _FIELD_INDEX.match(str(detail.get("field", "")))
-            if not match:
-                return False
-            named[match[1]].add(int(match[2]))
-        for pending, sent, key in ((self.pending_installs, installs, "installs"),
-                                   (self.pending_metrics, metrics, "metrics")):
-            for index in sorted(named[key], reverse=True):
-                if index < len(sent) and pending and pending[index] is sent[index]:
-                    del pending[index]
-        return any(named.values())
+    # --- desired state, slot by slot --------------------------------------------------------------------------
 
-    # --- desired state ------------------------------------------------------------------------------------------
-
-    def _install_report(self, manifest: dict, status: str, *, traceparent: str, duration_ms: int | None = None,
-                        error: str = "") -> None:
-        report = {"model": str(manifest.get("model", ""))[:64] or "unknown",
-                  "version": str(manifest.get("version", ""))[:64] or "unknown", "status": status,
-                  "at": iso(datetime.now(UTC)), "error": error[:2000]}
-        if isinstance(manifest.get("sequence"), int) and manifest["sequence"] >= 0:
-            report["sequence"] = manifest["sequence"]
-        if duration_ms is not None:
-            report["duration_ms"] = duration_ms
-        if traceparent:
-            report["traceparent"] = traceparent
-        self.pending_installs.append(report)
+    def _report(self, manifest: Mapping, status: str, **fields) -> None:
+        self.pending_installs.append(install_report(manifest, status, **fields))
 
     async def converge(self) -> bool:
-        """Acts on the desired state; True when there is something new to report right away."""
-        desired = self.desired
-        if not desired or not self.key:
+        """Acts on each slot's desired state; True when there is something new to report right away."""
+        if not self.desired or not self.key:
             return False
-        manifest = desired.get("manifest") or {}
-        sequence = manifest.get("sequence")
-        running = self.running
-        same = bool(running and running.get("model") == manifest.get("model")
-                    and running.get("version") == manifest.get("version")
-                    and running.get("sha256") == manifest.get("sha256"))
-        if same and isinstance(sequence, int) and sequence <= self.last_sequence:
+        views = {name: slot.view() for name, slot in self.slots.items()}
+        news = False
+        for decision in plan_desired(self.desired, key=self.key, device_id=self.spec.device_id, slots=views,
+                                     now=datetime.now(UTC)):
+            if self.fleet.stopping:
+                break
+            news = await self._apply(decision) or news
+        return news
+
+    async def _apply(self, decision: Decision) -> bool:
+        manifest = decision.manifest
+        if decision.kind == KEEP:
             return False
-        if str(desired.get("signature", "")) == self.refused_signature:
-            return False
-        if isinstance(sequence, int) and self.install_failures.get(sequence, 0) >= INSTALL_ATTEMPTS:
-            return False
-        if self.retry_next_poll:  # a failed install is retried one poll interval later, not at once
-            self.retry_next_poll = False
-            return False
-        if same:  # already runs it (e.g. the same version set again): confirm the new sequence; no swap, no span
-            if not self._refused(desired, manifest, traceparent=self.traceparent):
-                self.last_sequence = sequence
-                self._install_report(manifest, "active", duration_ms=0, traceparent=self.traceparent)
-                self.fleet.dirty = True
+        if decision.kind == REFUSED:
+            if decision.reported:
+                return False
+            # A refusal is a swap that failed its first step, as on the reference agent's trace.
+            with tracing.span("model.swap", traceparent=self.traceparent, attributes=_swap_attributes(
+                    self.spec.device_id, manifest) if tracing.enabled() else None) as swap:
+                with tracing.span("model.verify", attributes={"verify.subject": "manifest"}) as check:
+                    tracing.failed(check, decision.error)
+                tracing.annotate(swap, **{"install.outcome": "refused"})
+                tracing.failed(swap, decision.error)
+                self.fleet.stats.refusals[decision.code] += 1
+                self._report(manifest, "refused", error=decision.error,
+                             traceparent=tracing.traceparent_of(swap, self.traceparent))
+            self.slots.setdefault(decision.model, SimSlot()).rejected = decision.rejection
             return True
+        slot = self.slots.setdefault(decision.model, SimSlot())
+        sequence = manifest["sequence"]
+        if decision.kind == REMOVE:
+            self._collect_window(decision.model, slot, datetime.now(UTC))
+            removed = slot.running
+            slot.running, slot.running_sequence, slot.last_sequence, slot.removed = None, None, sequence, True
+            if removed:
+                self._report(manifest, "removed", version=removed["version"], duration_ms=0,
+                             traceparent=self.traceparent)
+            self.fleet.dirty = True
+            return bool(removed)
+        if decision.kind == CONFIRM:  # already runs it (the same version set again): confirm the new sequence
+            slot.running_sequence = slot.last_sequence = sequence
+            self._report(manifest, "active", duration_ms=0, traceparent=self.traceparent)
+            self.fleet.dirty = True
+            return True
+        if slot.install_failures.get(sequence, 0) >= INSTALL_ATTEMPTS:
+            return False
+        if slot.retry_next_poll:  # a failed install is retried one poll interval later, not at once
+            slot.retry_next_poll = False
+            return False
         # The agent's model.swap, a child of the answer's traceparent (the distribution's trace); the reports
         # carry the swap's own context so the server's device.update links to it. Without tracing each span
         # below is one `is None` test and the server's traceparent is reported as is.
         with tracing.span("model.swap", traceparent=self.traceparent, attributes=_swap_attributes(
                 self.spec.device_id, manifest) if tracing.enabled() else None) as swap:
-            outcome, error = await self._swap(desired, manifest, tracing.traceparent_of(swap, self.traceparent))
+            with tracing.span("model.verify", attributes={"verify.subject": "manifest"}):
+                pass  # plan_desired checked it, with the agent's own code
+            outcome, error = await self._swap(decision.model, slot, manifest,
+                                              tracing.traceparent_of(swap, self.traceparent))
             tracing.annotate(swap, **{"install.outcome": outcome})
             if error:
                 tracing.failed(swap, error)
         return outcome != "interrupted"
 
-    def _refused(self, desired: dict, manifest: dict, *, traceparent: str) -> str:
-        """The reference agent's manifest checks; the refusal (counted and reported) or "" when it passes."""
-        running = self.running
-        try:
-            # The agent's own code, so the simulated fleet refuses exactly what real devices refuse.
-            verify_manifest(desired, key=self.key, device_id=self.spec.device_id, last_sequence=self.last_sequence,
-                            running=(running["model"], running["version"]) if running else None,
-                            now=datetime.now(UTC))
-        except ManifestRefused as refusal:
-            self.refused_signature = str(desired.get("signature", ""))
-            self.fleet.stats.refusals[refusal.code] += 1
-            self._install_report(manifest, "refused", error=str(refusal), traceparent=traceparent)
-            return str(refusal)
-        return ""
-
-    async def _swap(self, desired: dict, manifest: dict, traceparent: str) -> tuple[str, str]:
-        """Verifies, fetches and switches to the desired version, queueing its reports; (outcome, error)."""
-        with tracing.span("model.verify", attributes={"verify.subject": "manifest"}) as check:
-            if refusal := self._refused(desired, manifest, traceparent=traceparent):
-                tracing.failed(check, refusal)
-                return "refused", refusal
+    async def _swap(self, name: str, slot: SimSlot, manifest: dict, traceparent: str) -> tuple[str, str]:
+        """Fetches and switches the slot to the desired version, queueing its reports; (outcome, error)."""
         sequence = manifest["sequence"]
         started = time.monotonic()
         error = await self._fetch(manifest)
@@ -452,23 +500,23 @@ class VirtualDevice:
             return "interrupted", ""
         download_ms = round((time.monotonic() - started) * 1000)
         if error:
-            self.install_failures[sequence] = self.install_failures.get(sequence, 0) + 1
-            self.retry_next_poll = True
-            self._install_report(manifest, "failed", duration_ms=download_ms, error=error, traceparent=traceparent)
+            slot.install_failures[sequence] = slot.install_failures.get(sequence, 0) + 1
+            slot.retry_next_poll = True
+            self._report(manifest, "failed", duration_ms=download_ms, error=error, traceparent=traceparent)
             return "failed", error
         # Where the agent loads the model into onnxruntime and warms it up: a virtual device has no runtime.
         with tracing.span("model.load", attributes={"model.version": str(manifest["version"]), "warmup.runs": 0,
                                                     "device.simulated": True}):
             pass
-        self._install_report(manifest, "installed", duration_ms=download_ms, traceparent=traceparent)
+        self._report(manifest, "installed", duration_ms=download_ms, traceparent=traceparent)
         # Close the old version's window at the swap, so each window belongs to exactly one version.
         now = datetime.now(UTC)
-        self._collect_window(now)
-        self.running = {"model": manifest["model"], "version": manifest["version"], "sha256": manifest["sha256"]}
-        self.last_sequence = sequence
-        self.window_start = now
-        self._install_report(manifest, "active", duration_ms=round((time.monotonic() - started) * 1000),
-                             traceparent=traceparent)
+        self._collect_window(name, slot, now)
+        slot.running = model_entry(name, manifest["version"], manifest["sha256"])
+        slot.running_sequence = slot.last_sequence = sequence
+        slot.removed, slot.rejected, slot.window_start = False, None, now
+        self._report(manifest, "active", duration_ms=round((time.monotonic() - started) * 1000),
+                     traceparent=traceparent)
         self.fleet.dirty = True
         return "installed", ""
 
@@ -520,15 +568,6 @@ def _swap_attributes(device_id: str, manifest: dict) -> dict:
             "manifest.rollback": bool(manifest.get("rollback"))}
 
 
-def _error_code(response: httpx.Response | None) -> str:
-    if response is None:
-        return ""
-    try:
-        return str(response.json()["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return ""
-
-
 def load_state(path: Path | None, server: str) -> dict[str, dict]:
     """What the state file remembers about the devices of `server` (device_id → credential, key, version...)."""
     if not path or not path.exists():
@@ -572,11 +611,8 @@ class Fleet:
         seconds = max(0.1, float(seconds))
         return min(seconds, self.config.max_poll_seconds) if self.config.max_poll_seconds else seconds
 
-    def throttled(self, response: httpx.Response) -> None:
-        try:
-            wait = float(response.headers.get("Retry-After", "")) or 5.0
-        except ValueError:
-            wait = 5.0
+    def throttled(self, retry_after: float | None) -> None:
+        wait = retry_after or 5.0
         self.stats.enroll_throttled += 1
         self.enroll_resume_at = max(self.enroll_resume_at, time.monotonic() + min(wait, 600.0))
 
@@ -636,7 +672,8 @@ class Fleet:
     # --- progress -----------------------------------------------------------------------------------------------
 
     def snapshot_versions(self) -> Counter:
-        return Counter(d.version_label for d in self.devices)
+        """How many devices run each model version (a device running two models counts under both)."""
+        return Counter(label for d in self.devices for label in d.version_labels())
 
     async def _progress(self, started: float) -> None:
         output = self.config.progress
@@ -786,10 +823,12 @@ class BackgroundFleet:
         self.thread.start()
         self.future = asyncio.run_coroutine_threadsafe(self.fleet.run(), self.loop)
 
-    def running(self, regions: Iterable[str]) -> Counter:
-        """What the devices of these regions say they run (version labels)."""
+    def running(self, regions: Iterable[str], model: str | None = None) -> Counter:
+        """What the devices of these regions run: `model-version` labels per model slot (of `model` only, if
+        given), "none" for a device that runs none."""
         wanted = set(regions)
-        return Counter(d.version_label for d in list(self.fleet.devices) if d.spec.region in wanted)
+        return Counter(label for d in list(self.fleet.devices) if d.spec.region in wanted
+                       for label in d.version_labels(model))
 
     def stop(self, timeout: float = 30) -> FleetStats:
         self.loop.call_soon_threadsafe(self.stop_event.set)

@@ -32,35 +32,77 @@ class ModelRecord:
 
 
 @dataclass
+class SlotState:
+    """One model slot: what runs, the version kept on disk for an instant rollback, and its own sequence."""
+
+    current: ModelRecord | None = None
+    previous: ModelRecord | None = None
+    # The highest sequence accepted for this model: a manifest with a lower one is refused.
+    last_sequence: int | None = None
+    # Set once the slot's removal (at last_sequence) is done and reported.
+    removed: bool = False
+    # The last manifest refused or failed for this slot, so re-issued copies of it are not reported again.
+    rejected: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SlotState:
+        return cls(current=ModelRecord.from_dict(data.get("current")),
+                   previous=ModelRecord.from_dict(data.get("previous")),
+                   last_sequence=data.get("last_sequence"), removed=bool(data.get("removed")),
+                   rejected=data.get("rejected"))
+
+
+STATE_VERSION = 2
+
+
+@dataclass
 class AgentState:
     """Everything the agent must remember across restarts besides its secrets."""
 
-    last_sequence: int | None = None
-    current: ModelRecord | None = None
-    previous: ModelRecord | None = None
+    slots: dict[str, SlotState] = field(default_factory=dict)  # model name → its slot
     etag: str | None = None
     poll_interval_seconds: float = 60.0
     # Reports not yet acknowledged by the server: kept on disk so a restart does not lose them.
     pending_installs: list[dict[str, Any]] = field(default_factory=list)
     pending_metrics: list[dict[str, Any]] = field(default_factory=list)
-    # The last manifest refused or failed, so re-issued copies of it are not reported again and again.
-    rejected: dict[str, Any] | None = None
+
+    def slot(self, model: str) -> SlotState:
+        return self.slots.setdefault(model, SlotState())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"state_version": STATE_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentState:
+        if "slots" not in data:
+            return cls._from_single_slot(data)
         return cls(
-            last_sequence=data.get("last_sequence"),
-            current=ModelRecord.from_dict(data.get("current")),
-            previous=ModelRecord.from_dict(data.get("previous")),
+            slots={str(name): SlotState.from_dict(slot) for name, slot in (data.get("slots") or {}).items()},
             etag=data.get("etag"),
             poll_interval_seconds=float(data.get("poll_interval_seconds") or 60.0),
             pending_installs=list(data.get("pending_installs") or []),
             pending_metrics=list(data.get("pending_metrics") or []),
-            rejected=data.get("rejected"),
         )
+
+    @classmethod
+    def _from_single_slot(cls, data: dict[str, Any]) -> AgentState:
+        """An agent of protocol 1 kept one model: it becomes the slot of that model, its sequence that slot's
+        (the server's migration does the same with the device's desired state). Its ETag belongs to the old
+        protocol's answer, so it is dropped and the first check-in gets the whole desired set."""
+        current = ModelRecord.from_dict(data.get("current"))
+        previous = ModelRecord.from_dict(data.get("previous"))
+        state = cls(poll_interval_seconds=float(data.get("poll_interval_seconds") or 60.0),
+                    pending_installs=list(data.get("pending_installs") or []),
+                    pending_metrics=list(data.get("pending_metrics") or []))
+        model = (current or previous).name if (current or previous) else None
+        if model is not None:
+            rejected = data.get("rejected")
+            state.slots[model] = SlotState(
+                current=current,
+                previous=previous if previous is not None and previous.name == model else None,
+                last_sequence=data.get("last_sequence"),
+                rejected=rejected if isinstance(rejected, dict) and rejected.get("model") == model else None)
+        return state
 
 
 class DataDir:
@@ -141,6 +183,10 @@ class DataDir:
 
     def partial_path(self, name: str, version: str) -> Path:
         return self.models / f"{_safe(name)}-{_safe(version)}.partial"
+
+    def partials_of(self, name: str) -> list[Path]:
+        """Unfinished downloads of any version of model `name` (versions start with a digit)."""
+        return list(self.models.glob(f"{_safe(name)}-[0-9]*.partial"))
 
 
 def _safe(part: str) -> str:

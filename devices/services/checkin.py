@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -23,48 +24,90 @@ from hotswap.exceptions import ApplicationError
 from hotswap.lib.tracing import valid_traceparent
 from hotswap.lib.untrusted import json_parse, unstorable
 from hotswap.settings.env import env
-from hotswap_device.protocol import HISTOGRAM_LENGTH, MAX_COUNT, MAX_ITEMS, MAX_LATENCY_MS, MAX_WINDOW
+from hotswap_device.protocol import (
+    ACTION_INSTALL,
+    ACTION_REMOVE,
+    CHECKIN_FIELDS,
+    CLOCK_SKEW,
+    HISTOGRAM_LENGTH,
+    MAX_COUNT,
+    MAX_ITEMS,
+    MAX_LATENCY_MS,
+    MAX_MODELS,
+    MAX_NAME_LENGTH,
+    MAX_REPORT_AGE,
+    MAX_WINDOW,
+    MODEL_FIELDS,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_UNSUPPORTED,
+)
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
 from models_app.storage import artifact_store
 
-MAX_WINDOW_AGE = timedelta(days=7)
-# Every time a device sends lies within [now - MAX_REPORT_AGE, now + CLOCK_SKEW]: a report older than raw
-# windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00) would be stored
-# as a BC timestamp that PostgreSQL accepts but Python cannot read back (a 500 for every page listing it).
-MAX_REPORT_AGE = MAX_WINDOW_AGE
-CLOCK_SKEW = timedelta(seconds=60)
 # How long a version found missing is believed missing (per process): a device naming one gets 400s
 # without a query per item, and a version uploaded meanwhile is found within this.
 UNKNOWN_VERSION_SECONDS = 10.0
 INSTALL_STATUSES = set(InstallReport.Status.values)
 
 
+class CheckinSlot(NamedTuple):
+    """One model slot of the calling device, as the check-in needs it (its desired state, if any)."""
+
+    model: str
+    sequence: int
+    version_id: int | None
+    remove: bool
+    rollback: bool
+    traceparent: str
+    version_status: str
+
+    @property
+    def ships(self) -> bool:
+        """Whether the answer carries a manifest for it: a removal, or a version that may still be shipped.
+
+        A version found corrupt after it was desired is withheld: the device keeps what it runs.
+        """
+        return self.remove or (self.version_id is not None and status_ships(self.version_status))
+
+
 class CheckinDevice(NamedTuple):
-    """What the hot path needs of the calling device and its desired state: one row, no model instances."""
+    """What the hot path needs of the calling device and its slots: one row, no model instances."""
 
     pk: int
     device_id: str
     status: str
     key_hash: str
-    sequence: int
-    version_id: int | None
-    rollback: bool
-    traceparent: str
-    version_status: str
+    slots: tuple[CheckinSlot, ...]  # the most recently set first
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(slot.model for slot in self.slots)
+
+    @property
+    def traceparent(self) -> str:
+        """The trace of the latest change of a desired state the answer carries, handed to the device."""
+        return next((slot.traceparent for slot in self.slots if slot.ships and slot.traceparent), "")
 
 
-# One indexed read per check-in. Raw SQL: building the equivalent ORM join costs ~2 ms of CPU per
+# One indexed read per check-in: the device and every slot, aggregated into one row (an index probe of
+# one_slot_per_device_model per device). Raw SQL: building the equivalent ORM join costs ~2 ms of CPU per
 # call, most of a check-in's budget on a 2-core server. Decommissioning revokes every credential, yet
 # the device must hear 403 DEVICE_DECOMMISSIONED (PROTOCOL §2: stop, do not re-enroll): a revoked
 # credential still identifies a decommissioned device, whose status the view then refuses.
 _IDENTITY_SQL = """
-    SELECT d.id, d.device_id, d.status, c.key_hash, coalesce(s.sequence, 0), s.version_id,
-           coalesce(s.rollback, false), coalesce(s.traceparent, ''), coalesce(v.status, '')
+    SELECT d.id, d.device_id, d.status, c.key_hash, s.slots
     FROM devices_devicecredential c
     JOIN devices_device d ON d.id = c.device_id
-    LEFT JOIN devices_desiredstate s ON s.device_id = d.id
-    LEFT JOIN models_app_modelversion v ON v.id = s.version_id
+    LEFT JOIN LATERAL (
+        SELECT json_agg(json_build_array(m.name, s.sequence, s.version_id, s.remove, s.rollback, s.traceparent,
+                                         coalesce(v.status, ''))
+                        ORDER BY s.set_at DESC NULLS LAST, m.name) AS slots
+        FROM devices_modelslot s
+        JOIN models_app_aimodel m ON m.id = s.ai_model_id
+        LEFT JOIN models_app_modelversion v ON v.id = s.version_id
+        WHERE s.device_id = d.id
+    ) s ON true
     WHERE c.prefix = %s AND (c.revoked_at IS NULL OR d.status = 'decommissioned')
 """
 
@@ -105,7 +148,9 @@ def checkin_device(*, prefix: str) -> CheckinDevice | None:
             if attempt == 2 or connection.in_atomic_block:
                 raise
             connection.close()
-    return CheckinDevice(*row) if row else None
+    if row is None:
+        return None
+    return CheckinDevice(*row[:4], tuple(CheckinSlot(*slot) for slot in row[4] or ()))
 
 
 _PREPARED_DEFAULT = env.bool("CHECKIN_PREPARED_STATEMENTS", default=True)
@@ -139,7 +184,7 @@ def _manifest_version(version_id: int) -> ManifestVersion:
 class CheckinReport:
     """A validated check-in body."""
 
-    running: dict | None
+    models: list[dict]  # every model the device runs now: {model, version, sha256}
     health: dict | None
     installs: list[dict]
     metrics: list[dict]
@@ -151,27 +196,54 @@ class CheckinInvalid(ApplicationError):
     code = "VALIDATION_ERROR"
 
 
-def checkin_parse(body: bytes, *, now: datetime) -> CheckinReport:
-    """Parses and validates a check-in body (devices/PROTOCOL.md §3), all or nothing.
+class ProtocolVersionUnsupported(ApplicationError):
+    """The body is in another protocol version's shape: nothing of it is read, nothing stored."""
 
-    NaN and Infinity parse as numbers so the number checks name the item that holds one: the agent
-    drops exactly the items named and resends the rest. Text that cannot be stored, and nesting too
-    deep, are refused while parsing (hotswap/lib/untrusted.py).
+    code = PROTOCOL_VERSION_UNSUPPORTED
+
+
+def checkin_parse(body: bytes, *, now: datetime, slot_models: frozenset[str] = frozenset()) -> CheckinReport:
+    """Parses and validates a v2 check-in body (devices/PROTOCOL.md §3), all or nothing.
+
+    slot_models are the models the device has a slot for: a report must name one of them or a model the
+    body says the device runs. NaN and Infinity parse as numbers so the number checks name the item that
+    holds one: the agent drops exactly the items named and resends the rest. Text that cannot be stored,
+    and nesting too deep, are refused while parsing (hotswap/lib/untrusted.py).
     """
     data = json_parse(body or b"{}", allow_nan=True)
     problems = _Problems()
     if not isinstance(data, dict):
         problems.add("", "The body must be a JSON object.")
         problems.raise_if_any()
-    problems.unknown_keys("", data, {"running", "health", "installs", "metrics", "traceparent"})
-    running = _running(data.get("running"), problems)
+    _protocol(data)
+    problems.unknown_keys("", data, set(CHECKIN_FIELDS))
+    models = _models(data.get("models"), problems)
     health = _health(data.get("health"), problems)
-    installs = [_install(item, f"installs[{i}]", problems, now)
+    reportable = slot_models | {entry["model"] for entry in models}
+    installs = [_install(item, f"installs[{i}]", problems, now, reportable)
                 for i, item in enumerate(_items(data, "installs", problems))]
-    metrics = [_window(item, f"metrics[{i}]", problems, now)
+    metrics = [_window(item, f"metrics[{i}]", problems, now, reportable)
                for i, item in enumerate(_items(data, "metrics", problems))]
     problems.raise_if_any()
-    return CheckinReport(running=running, health=health, installs=installs, metrics=metrics)
+    return CheckinReport(models=models, health=health, installs=installs, metrics=metrics)
+
+
+def _protocol(data: dict) -> None:
+    """Refuses a body of another protocol version before reading any of it: no silent misreading."""
+    version = data.get("protocol")
+    if type(version) is int and version == PROTOCOL_VERSION and "running" not in data:
+        return
+    if "protocol" not in data:
+        said = "This body has no `protocol` field (a version 1 body)"
+    elif type(version) is not int:
+        said = "Its `protocol` must be the whole number 2"
+    elif version != PROTOCOL_VERSION:
+        said = f"This body says protocol {version}"
+    else:
+        said = "This body has version 1's `running` field; version 2 lists every running model in `models`"
+    message = (f"This server speaks device protocol {PROTOCOL_VERSION} only. {said}: update the device agent "
+               f"(devices/PROTOCOL.md). Nothing was stored.")
+    raise ProtocolVersionUnsupported(message, details=[{"field": "protocol", "message": message}])
 
 
 class _Problems:
@@ -204,7 +276,8 @@ def _items(data: dict, key: str, problems: _Problems) -> list:
     return value
 
 
-def _string(value: Any, field: str, problems: _Problems, *, max_length: int = 64, required: bool = True) -> str:
+def _string(value: Any, field: str, problems: _Problems, *, max_length: int = MAX_NAME_LENGTH,
+            required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value) or len(value) > max_length:
@@ -231,6 +304,9 @@ def _count(value: Any, field: str, problems: _Problems) -> int | None:
 
 
 def _time(value: Any, field: str, problems: _Problems, now: datetime) -> datetime | None:
+    # Every time a device sends lies within [now - MAX_REPORT_AGE, now + CLOCK_SKEW]: a report older than raw
+    # windows are useful for is not worth storing, and an unbounded one (year 1 at +14:00) would be stored as a
+    # BC timestamp that PostgreSQL accepts but Python cannot read back (a 500 for every page listing it).
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
@@ -275,16 +351,40 @@ post_save.connect(_forget_version, sender=ModelVersion, dispatch_uid="checkin-kn
 post_delete.connect(_forget_version, sender=ModelVersion, dispatch_uid="checkin-known-versions-delete")
 
 
-def _running(value: Any, problems: _Problems) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        problems.add("running", "Must be an object {model, version, sha256} or null.")
-        return None
-    problems.unknown_keys("running", value, {"model", "version", "sha256"})
-    return {"model": _string(value.get("model"), "running.model", problems),
-            "version": _string(value.get("version"), "running.version", problems),
-            "sha256": _string(value.get("sha256"), "running.sha256", problems, required=False)}
+def _models(value: Any, problems: _Problems) -> list[dict]:
+    """The models the device runs: each at most once, at most MAX_MODELS."""
+    if not isinstance(value, list):
+        problems.add("models", "Required: a list of every model the device runs now, [] for none.")
+        return []
+    if len(value) > MAX_MODELS:
+        problems.add("models", f"A device runs at most {MAX_MODELS} models; this check-in lists {len(value)}.")
+        return []
+    models: list[dict] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        where = f"models[{i}]"
+        if not isinstance(item, dict):
+            problems.add(where, "Must be an object {model, version, sha256}.")
+            continue
+        problems.unknown_keys(where, item, set(MODEL_FIELDS))
+        entry = {"model": _string(item.get("model"), f"{where}.model", problems),
+                 "version": _string(item.get("version"), f"{where}.version", problems),
+                 "sha256": _string(item.get("sha256"), f"{where}.sha256", problems, required=False)}
+        if entry["model"] in seen:
+            problems.add(f"{where}.model", f"Model {entry['model']} is listed twice; a device runs one version "
+                                           f"of a model at a time.")
+        elif entry["model"]:
+            seen.add(entry["model"])
+            models.append(entry)
+    return models
+
+
+def _reportable(report: dict, where: str, problems: _Problems, reportable: frozenset[str] | set[str]) -> None:
+    """A report belongs to one of the device's slots, or to a model the device says it runs."""
+    model = report.get("model")
+    if model and model not in reportable:
+        problems.add(f"{where}.model", f"This device was never offered model {model} and does not list it in "
+                                       f"`models`: a report must be about a model it has or runs.")
 
 
 def _health(value: Any, problems: _Problems) -> dict | None:
@@ -298,7 +398,7 @@ def _health(value: Any, problems: _Problems) -> dict | None:
             if key in ("cpu_percent", "memory_percent", "disk_percent")}
 
 
-def _install(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
+def _install(item: Any, where: str, problems: _Problems, now: datetime, reportable: set[str]) -> dict:
     if not isinstance(item, dict):
         problems.add(where, "Must be an object.")
         return {}
@@ -318,11 +418,12 @@ def _install(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
     }
     if report["status"] not in INSTALL_STATUSES:
         problems.add(f"{where}.status", f"Must be one of {', '.join(sorted(INSTALL_STATUSES))}.")
+    _reportable(report, where, problems, reportable)
     _known_version(report, where, problems)
     return report
 
 
-def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
+def _window(item: Any, where: str, problems: _Problems, now: datetime, reportable: set[str]) -> dict:
     if not isinstance(item, dict):
         problems.add(where, "Must be an object.")
         return {}
@@ -371,6 +472,7 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
         if labelled is not None and count is not None and labelled > count:
             problems.add(f"{where}.labelled_count", "Cannot exceed inference_count.")
         window["labelled_count"] = labelled
+    _reportable(window, where, problems, reportable)
     _known_version(window, where, problems)
     return window
 
@@ -384,7 +486,10 @@ def _window(item: Any, where: str, problems: _Problems, now: datetime) -> dict:
 # would have been deleted with it). The version is resolved by model_id inside it; WITH ORDINALITY ...
 # ORDER BY keeps ids in the order they were sent. A report is stored once: ON CONFLICT DO NOTHING on
 # its identity (the unique constraints install_report_once and metric_window_once) drops a resend, or
-# a copy in the same batch, at the cost of the index probe the constraint makes anyway.
+# a copy in the same batch, at the cost of the index probe the constraint makes anyway. Install reports
+# are attributed to their model's slot of the reporting device (the last per model counts): a refusal or
+# failure of the slot's current sequence is kept on it (refused_sequence, refused_reason) until the device
+# reports that sequence active; `removed` clears what the slot runs (unless a later heartbeat says otherwise).
 _REPORTS_SQL = """
     WITH installs AS (
         INSERT INTO devices_installreport (device_id, version_id, model_name, model_version, status, error, sequence,
@@ -397,6 +502,26 @@ _REPORTS_SQL = """
         LEFT JOIN models_app_modelversion mv ON mv.model_id = v.model || '-' || v.version
         ORDER BY v.ordinality
         ON CONFLICT DO NOTHING
+    ), slot_news AS (
+        SELECT DISTINCT ON (v.model) v.model, v.status, v.error, v.sequence, v.at
+        FROM ROWS FROM (jsonb_to_recordset(%(installs)s::jsonb) AS (
+                 model text, status text, error text, sequence bigint, at timestamptz)) WITH ORDINALITY AS v
+        WHERE v.status IN ('refused', 'failed', 'active', 'removed')
+        ORDER BY v.model, v.ordinality DESC
+    ), slots AS (
+        UPDATE devices_modelslot s SET
+            refused_sequence = CASE WHEN n.status = 'removed' THEN s.refused_sequence
+                                    WHEN n.status = 'active' THEN NULL ELSE n.sequence END,
+            refused_reason = CASE WHEN n.status = 'removed' THEN s.refused_reason
+                                  WHEN n.status = 'active' THEN '' ELSE left(coalesce(n.error, ''), 2000) END,
+            running_version_id = CASE WHEN n.status = 'removed' THEN NULL ELSE s.running_version_id END,
+            reported_version = CASE WHEN n.status = 'removed' THEN '' ELSE s.reported_version END,
+            reported_sha256 = CASE WHEN n.status = 'removed' THEN '' ELSE s.reported_sha256 END,
+            reported_at = CASE WHEN n.status = 'removed' THEN least(n.at, now()) ELSE s.reported_at END
+        FROM slot_news n JOIN models_app_aimodel m ON m.name = n.model
+        WHERE s.device_id = %(device)s AND s.ai_model_id = m.id
+          AND CASE WHEN n.status = 'removed' THEN s.reported_at IS NULL OR s.reported_at <= n.at
+                   ELSE n.sequence = s.sequence END
     ), windows AS (
         INSERT INTO devices_metricwindow (device_id, version_id, model_name, model_version, window_start,
                                           window_end, inference_count, error_count, latency_p50_ms,
@@ -455,7 +580,7 @@ def checkin_record(*, device: CheckinDevice, report: CheckinReport, now: datetim
     """
     windows = [{**window, "device": device.pk} for window in report.metrics]
     buffer = reports_json(windows) if windows and not report.installs else ""
-    recorded = heartbeats.heartbeat_record(device_pk=device.pk, running=report.running, health=report.health,
+    recorded = heartbeats.heartbeat_record(device_pk=device.pk, models=report.models, health=report.health,
                                            now=now, metric_windows=buffer)
     if recorded.retry_after is not None:
         return recorded.retry_after
@@ -473,10 +598,17 @@ def _url_period() -> int:
 
 
 def checkin_etag(device: CheckinDevice, *, now: datetime) -> str:
-    """Changes with the desired state, and once per half manifest lifetime so a 304 never hides an expired URL."""
-    if not _ships(device):
-        return f'"{device.sequence}-none"'
-    return f'"{device.sequence}-{int(now.timestamp()) // _url_period()}"'
+    """One tag over the device's whole desired set, so an idle device gets one 304 whatever its number of slots.
+
+    It changes with any slot's desired state (model, sequence, version, action, rollback, whether it ships),
+    and once per half manifest lifetime so a 304 never hides an expired URL or manifest.
+    """
+    shipped = sorted((slot.model, slot.sequence, slot.version_id, slot.remove, slot.rollback)
+                     for slot in device.slots if slot.ships)
+    if not shipped:
+        return '"none"'
+    digest = hashlib.blake2b(repr(shipped).encode(), digest_size=8).hexdigest()
+    return f'"{digest}-{int(now.timestamp()) // _url_period()}"'
 
 
 class _Lru:
@@ -508,10 +640,10 @@ class _Lru:
 
 
 # Presigning is the dearest part of an answer, and a link depends only on the artifact and the URL
-# period, so every device of a rollout shares one. Signed manifests are kept per device and state:
+# period, so every device of a rollout shares one. Signed manifests are kept per device slot and state:
 # every input of one is in its key (issued_at stays the first issue's time, which it is).
 _links = _Lru(1024)
-_manifests = _Lru(4096)
+_manifests = _Lru(8192)
 # model_id -> True (in the registry) or until when (time.monotonic()) it is believed missing.
 _known_versions = _Lru(4096)
 
@@ -527,33 +659,48 @@ def _download_url(version: ManifestVersion, expires_at: datetime, now: datetime)
     return url
 
 
-def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> dict | None:
-    """The signed `desired` block for the device, or None when nothing in particular is desired."""
-    if not _ships(device):
-        return None
-    version = _manifest_version(device.version_id)
+def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> list[dict]:
+    """The answer's `desired` list: one signed manifest per slot with a desired state, by model name.
+
+    A slot's manifest is cached by every input of it (issued_at stays the first issue's time, which it is):
+    an unchanged slot costs a dict lookup when another slot of the device changes.
+    """
     period = _url_period()
     expires_at = datetime.fromtimestamp((int(now.timestamp()) // period + 2) * period, tz=now.tzinfo)
-    url = _download_url(version, expires_at, now)
-    if request is not None and url.startswith("/"):
-        url = request.build_absolute_uri(url)  # local storage links are paths on the host the device called
-    key = (device.pk, device.sequence, device.version_id, device.rollback, url)
-    desired = _manifests.get(key)
-    if desired is None:
-        manifest = {
-            "device_id": device.device_id, "model": version.model, "version": version.version,
-            "sha256": version.sha256, "size": version.size, "url": url, "format": version.detected_format,
-            "issued_at": _iso(now), "expires_at": _iso(expires_at), "rollback": device.rollback,
-            "sequence": device.sequence,
-        }
-        desired = manifests.sign(manifest)
-        _manifests.put(key, desired)
+    desired = []
+    for slot in sorted(device.slots, key=lambda slot: slot.model):
+        if slot.ships:
+            desired.append(_slot_manifest(device, slot, now=now, expires_at=expires_at, request=request))
     return desired
 
 
-def _ships(device: CheckinDevice) -> bool:
-    # A version found corrupt after it was desired is withheld: the device keeps what it runs.
-    return device.version_id is not None and status_ships(device.version_status)
+def _slot_manifest(device: CheckinDevice, slot: CheckinSlot, *, now: datetime, expires_at: datetime,
+                   request) -> dict:
+    if slot.remove:
+        key = (device.pk, slot.model, slot.sequence, ACTION_REMOVE, expires_at)
+        signed = _manifests.get(key)
+        if signed is None:
+            signed = manifests.sign({
+                "action": ACTION_REMOVE, "device_id": device.device_id, "model": slot.model,
+                "issued_at": _iso(now), "expires_at": _iso(expires_at), "sequence": slot.sequence,
+            })
+            _manifests.put(key, signed)
+        return signed
+    version = _manifest_version(slot.version_id)
+    url = _download_url(version, expires_at, now)
+    if request is not None and url.startswith("/"):
+        url = request.build_absolute_uri(url)  # local storage links are paths on the host the device called
+    key = (device.pk, slot.model, slot.sequence, slot.version_id, slot.rollback, url)
+    signed = _manifests.get(key)
+    if signed is None:
+        signed = manifests.sign({
+            "action": ACTION_INSTALL, "device_id": device.device_id, "model": version.model,
+            "version": version.version, "sha256": version.sha256, "size": version.size, "url": url,
+            "format": version.detected_format, "issued_at": _iso(now), "expires_at": _iso(expires_at),
+            "rollback": slot.rollback, "sequence": slot.sequence,
+        })
+        _manifests.put(key, signed)
+    return signed
 
 
 def _iso(moment: datetime) -> str:

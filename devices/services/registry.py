@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from devices.models import DesiredState, Device, DeviceCredential, EnrollmentKey
+from devices.models import Device, DeviceCredential, EnrollmentKey
 from devices.services.credentials import device_credential_issue
 from hotswap.exceptions import ApplicationError, ConflictError
 
@@ -55,7 +55,7 @@ def device_register(
     registered_by: AbstractBaseUser | None = None,
     enrollment_key: EnrollmentKey | None = None,
 ) -> Device:
-    """Adds a device to the registry with an empty desired state (it runs whatever it has)."""
+    """Adds a device to the registry with no model slots yet (it runs whatever it has; check-ins add them)."""
     if device_id.lower() in RESERVED_DEVICE_IDS:
         raise _field_error("device_id", f"'{device_id}' is reserved; choose another device id.")
     if Device.objects.filter(device_id=device_id).exists():
@@ -74,7 +74,6 @@ def device_register(
         if Device.objects.filter(device_id=device_id).exists():
             raise device_exists_error(device_id) from None
         raise
-    DesiredState.objects.create(device=device)
     logger.info("device registered", extra={"device_id": device_id,
                                             "via": "enrollment" if enrollment_key else "operator"})
     return device

@@ -220,8 +220,16 @@ def stacked_bar(counts: list[tuple[str, int]], colors: dict[str, str]) -> dict:
          "color": colors[label]} for label, count in counts]}
 
 
+def versions_by_model(rows: list[dict]) -> list[dict]:
+    """Per model (by name), the stacked bars of the versions of it each region runs (fleet_versions_by_model)."""
+    models: dict[str, list[dict]] = {}
+    for row in rows:
+        models.setdefault(row["model"], []).append(row)
+    return [{"model": model, **versions_by_region(model_rows)} for model, model_rows in sorted(models.items())]
+
+
 def versions_by_region(rows: list[dict], *, nothing: str = "nothing reported") -> dict:
-    """Stacked bars of the versions each region runs, from fleet_versions_by_region rows.
+    """Stacked bars of the versions each region runs, from rows of (region, version or None, devices).
 
     The MAX_VERSIONS most common versions keep a colour of their own (the same in every bar); the rest are
     counted together as "other versions".

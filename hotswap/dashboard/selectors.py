@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db.models import Case, CharField, Count, Q, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, F, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
-from devices.models import Device
+from devices.models import Device, ModelSlot
 from rollouts.models import OPEN_STATUSES, Distribution
 from rollouts.selectors import distribution_metrics
 
@@ -37,17 +37,21 @@ def fleet_by_region() -> list[dict]:
     return [{**row, "total": row["online"] + row["offline"]} for row in rows]
 
 
-def fleet_versions_by_region() -> list[dict]:
-    """Devices per (region, version they run), in one grouped query.
+def fleet_versions_by_model() -> list[dict]:
+    """Devices per (model, region, version of it they run), in one grouped query over the model slots.
 
     The version is the registry's model_id when what the device reports matches a registry version, else
-    `<model>-<version>` as reported, else None (nothing reported yet).
+    `<model>-<version>` as reported. Each model counts on its own: a device running three models counts
+    once under each.
     """
-    reported = Case(When(reported_model="", then=Value(None)),
-                    default=Concat("reported_model", Value("-"), "reported_version"), output_field=CharField())
-    running = Coalesce("current_version__model_id", reported, output_field=CharField())
-    return list(_fleet().values("region", version=running).annotate(devices=Count("id"))
-                .order_by("region", "version"))
+    reported = Concat("ai_model__name", Value("-"), "reported_version", output_field=CharField())
+    running = Coalesce("running_version__model_id", reported, output_field=CharField())
+    slots = (ModelSlot.objects.exclude(device__status=Device.Status.DECOMMISSIONED).exclude(reported_version="")
+             .order_by())
+    rows = (slots.values(model=F("ai_model__name"), region=F("device__region"), running=running)
+            .annotate(devices=Count("id")).order_by("model", "region", "running"))
+    return [{"model": row["model"], "region": row["region"], "version": row["running"], "devices": row["devices"]}
+            for row in rows]
 
 
 def dashboard_distributions(*, now: datetime | None = None, recent: timedelta = RECENT,

@@ -11,13 +11,13 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from hotswap.dashboard.charts import distribution_charts, number, stacked_bar, versions_by_region
+from hotswap.dashboard.charts import distribution_charts, number, stacked_bar, versions_by_model
 from hotswap.dashboard.selectors import (
     RECENT,
     dashboard_distributions,
     distribution_series,
     fleet_by_region,
-    fleet_versions_by_region,
+    fleet_versions_by_model,
 )
 from rollouts.admin import progress_bar
 from rollouts.models import Distribution, Stage
@@ -80,7 +80,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict:
         "now": now,
         "regions": regions,
         "fleet": {key: sum(row[key] for row in regions) for key in ("online", "offline", "total")},
-        "versions": versions_by_region(fleet_versions_by_region()),
+        "models": versions_by_model(fleet_versions_by_model()),
         "distributions": [distribution_panel(d, now=now) for d in dashboard_distributions(now=now)],
         "recent_hours": int(RECENT.total_seconds() // 3600),
         "refresh_ms": REFRESH_MS,

@@ -118,8 +118,16 @@ _FINISHED_SQL = f"""
           WHERE t.stage_id IS NULL AND t.to_status IN ('completed', 'rolled_back', 'aborted')) f
     GROUP BY 1, 2
 """  # noqa: S608
-# One pass over the fleet; the groups are few (regions x statuses x versions).
-_DEVICES_SQL = "SELECT region, status, current_version_id, count(*) FROM devices_device GROUP BY 1, 2, 3"
+# One pass over the fleet and one over its model slots; the groups are few (regions x statuses, and versions).
+# The slots' rows come as status 'running' (no device has it): online devices running each version.
+_DEVICES_SQL = """
+    SELECT region, status, NULL::bigint, count(*) FROM devices_device GROUP BY 1, 2
+    UNION ALL
+    SELECT NULL, 'running', s.running_version_id, count(*)
+    FROM devices_modelslot s JOIN devices_device d ON d.id = s.device_id
+    WHERE d.status = 'active' AND s.running_version_id IS NOT NULL
+    GROUP BY 3
+"""
 # An `active` report with duration 0 means "already running it" (agent.py): no update, no swap.
 # Install reports are append-only: ids in (low, high] are aggregated once and kept (see _Settled).
 _INSTALLS_SQL = f"""
@@ -346,17 +354,17 @@ class DomainCollector:
         offline = GaugeMetricFamily("hotswap_devices_offline", f"Devices silent for more than "
                                     f"{settings.DEVICE_OFFLINE_AFTER_SECONDS} s, by region.", labels=["region"])
         # Regions come from enrollment: the largest METRICS_MAX_REGIONS keep their label, the rest are "other".
+        running: Counter[int] = Counter({version_id: count for _, status, version_id, count in groups
+                                         if status == "running"})
+        devices = [(region, status, count) for region, status, _, count in groups if status != "running"]
         sizes: Counter[str] = Counter()
-        for region, _, _, count in groups:
+        for region, _, count in devices:
             sizes[region or "unknown"] += count
         kept = {region for region, _ in sizes.most_common(settings.METRICS_MAX_REGIONS)}
         counts: dict[str, Counter[str]] = defaultdict(Counter)
-        running: Counter[int] = Counter()
-        for region, status, version_id, count in groups:
+        for region, status, count in devices:
             name = region or "unknown"
             counts[status][name if name in kept else "other"] += count
-            if status == "active" and version_id is not None:
-                running[version_id] += count
         for region, count in sorted(counts["active"].items()):
             online.add_metric([region], count)
         for region, count in sorted(counts["offline"].items()):

@@ -11,3 +11,7 @@ ROLLOUT_FAILURE_THRESHOLD = env.float("ROLLOUT_FAILURE_THRESHOLD", default=0.1)
 ROLLOUT_JUDGE = env.str("ROLLOUT_JUDGE", default="rollouts.health.health_judge")
 # Alerts (automatic rollback, halts, inconclusive verdicts) are POSTed here as JSON when set.
 ROLLOUT_ALERT_WEBHOOK_URL = env.str("ROLLOUT_ALERT_WEBHOOK_URL", default="")
+# How long the devices' metric windows are (the reference agent's default): a stage's first windows reach
+# the server one window and one poll (and one flush) after its installs, so the judge waits that long
+# before it calls a soak with too little data inconclusive.
+ROLLOUT_TELEMETRY_WINDOW_SECONDS = env.int("ROLLOUT_TELEMETRY_WINDOW_SECONDS", default=60)

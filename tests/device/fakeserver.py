@@ -18,7 +18,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hotswap_device.manifest import canonical_bytes
+from hotswap_device.protocol import (
+    ACTION_INSTALL,
+    ACTION_REMOVE,
+    CHECKIN_FIELDS,
+    MAX_MODELS,
+    MODEL_FIELDS,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_UNSUPPORTED,
+    V1_RUNNING_FIELD,
+    canonical_bytes,
+)
 
 
 def key_info(key: Ed25519PrivateKey) -> dict[str, str]:
@@ -45,8 +55,30 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def protocol_problems(body: Any) -> tuple[str, list[dict[str, str]]]:
+    """The v2 shape rules of a check-in body (PROTOCOL_V2): (error code, details), or ("", []) when it fits."""
+    if not isinstance(body, dict) or body.get("protocol") != PROTOCOL_VERSION or V1_RUNNING_FIELD in body:
+        return PROTOCOL_VERSION_UNSUPPORTED, [{"field": "protocol", "message": "This server speaks device protocol 2."}]
+    details = [{"field": key, "message": "Unknown field."} for key in body if key not in CHECKIN_FIELDS]
+    models = body.get("models")
+    if not isinstance(models, list) or len(models) > MAX_MODELS:
+        return "VALIDATION_ERROR", [*details, {"field": "models", "message": "Required: a list."}]
+    seen: set[str] = set()
+    for index, entry in enumerate(models):
+        if not isinstance(entry, dict) or set(entry) != set(MODEL_FIELDS):
+            details.append({"field": f"models[{index}]", "message": "Must be {model, version, sha256}."})
+        elif entry["model"] in seen:
+            details.append({"field": f"models[{index}].model", "message": "Listed twice."})
+        else:
+            seen.add(entry["model"])
+    return ("VALIDATION_ERROR", details) if details else ("", [])
+
+
 class FakeServer:
-    """Speaks PROTOCOL.md closely enough for the agent; every request is recorded for assertions."""
+    """Speaks protocol v2 closely enough for the agent; every request is recorded for assertions.
+
+    Desired state is kept per model slot, each with its own sequence; one ETag covers the whole set.
+    """
 
     enroll_key = "hse_test_enroll"
 
@@ -61,8 +93,8 @@ class FakeServer:
         self.checkins: list[dict[str, Any]] = []  # accepted check-in bodies
         self.forced: list[tuple[int, dict[str, Any]]] = []  # answers to give before behaving normally
         self.validate: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None
-        self.desired: dict[str, Any] | None = None
-        self.sequence = 0
+        self.desired: dict[str, dict[str, Any]] = {}  # model → its slot's desired state
+        self.sequences: dict[str, int] = {}
         self.traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
         self.credential = "hsd_test_" + secrets.token_hex(8)
         self.device_id: str | None = None
@@ -88,28 +120,47 @@ class FakeServer:
         self.files[path] = content if served is None else served
         return path
 
+    def _next_sequence(self, model: str, sequence: int | None) -> int:
+        self.sequences[model] = self.sequences.get(model, 0) + 1 if sequence is None else sequence
+        return self.sequences[model]
+
     def set_desired(self, model: str, version: str, content: bytes, *, rollback: bool = False,
                     served: bytes | None = None, expires_in: int = 900, device_id: str | None = None,
                     sequence: int | None = None) -> None:
+        """The slot of `model` should run `version` (under the slot's next sequence, or the one given)."""
         path = self.publish(model, version, content, served=served)
-        self.sequence = self.sequence + 1 if sequence is None else sequence
-        self.desired = {"model": model, "version": version, "sha256": hashlib.sha256(content).hexdigest(),
-                        "size": len(content), "path": path, "rollback": rollback, "expires_in": expires_in,
-                        "device_id": device_id, "sequence": self.sequence}
+        self.desired[model] = {"action": ACTION_INSTALL, "model": model, "version": version,
+                               "sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "path": path,
+                               "rollback": rollback, "expires_in": expires_in, "device_id": device_id,
+                               "sequence": self._next_sequence(model, sequence)}
+
+    def remove(self, model: str, *, sequence: int | None = None) -> None:
+        """The device should unload and delete `model`."""
+        self.desired[model] = {"action": ACTION_REMOVE, "model": model, "expires_in": 900, "device_id": None,
+                               "sequence": self._next_sequence(model, sequence)}
+
+    def sequence(self, model: str) -> int:
+        return self.sequences[model]
 
     @property
     def etag(self) -> str:
-        return f'"{self.sequence}-{id(self.sign_with)}"'
+        # One ETag over the whole desired set: every slot's model, sequence, version, rollback and action.
+        parts = sorted((d["model"], d["sequence"], d.get("version"), d.get("rollback"), d["action"], d["expires_in"])
+                       for d in self.desired.values())
+        return f'"{hashlib.sha256(repr(parts).encode()).hexdigest()[:16]}-{id(self.sign_with)}"'
 
-    def answer_desired(self) -> dict[str, Any] | None:
-        if self.desired is None:
-            return None
-        d, now = self.desired, datetime.now(UTC)
-        manifest = {"device_id": d["device_id"] or self.device_id, "model": d["model"], "version": d["version"],
-                    "sha256": d["sha256"], "size": d["size"], "url": self.url + d["path"], "format": "onnx",
-                    "issued_at": iso(now), "expires_at": iso(now + timedelta(seconds=d["expires_in"])),
-                    "rollback": d["rollback"], "sequence": d["sequence"]}
-        return sign(manifest, self.sign_with or self.key)
+    def answer_desired(self) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        answer = []
+        for d in self.desired.values():
+            manifest = {"action": d["action"], "device_id": d["device_id"] or self.device_id, "model": d["model"],
+                        "issued_at": iso(now), "expires_at": iso(now + timedelta(seconds=d["expires_in"])),
+                        "sequence": d["sequence"]}
+            if d["action"] == ACTION_INSTALL:
+                manifest.update(version=d["version"], sha256=d["sha256"], size=d["size"], url=self.url + d["path"],
+                                format="onnx", rollback=d["rollback"])
+            answer.append(sign(manifest, self.sign_with or self.key))
+        return answer
 
     def file_requests(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == path]
@@ -154,7 +205,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 if body.get("enrollment_key") != server.enroll_key:
                     return self._error(403, "ENROLLMENT_KEY_INVALID")
                 server.device_id = body["device_id"]
-                return self._json(201, {"device_id": body["device_id"], "credential": server.credential,
+                return self._json(201, {"protocol": PROTOCOL_VERSION, "device_id": body["device_id"],
+                                        "credential": server.credential,
                                         "checkin_url": "/api/v1/devices/checkin",
                                         "poll_interval_seconds": server.poll_interval,
                                         "manifest_public_key": key_info(server.key)})
@@ -165,6 +217,9 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             if server.forced:
                 status, answer = server.forced.pop(0)
                 return self._json(status, answer)
+            code, details = protocol_problems(body)
+            if code:
+                return self._error(400, code, details)
             details = server.validate(body) if server.validate else []
             if details:
                 return self._error(400, "VALIDATION_ERROR", details)
@@ -177,7 +232,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.end_headers()
                 return None
-            return self._json(200, {"desired": server.answer_desired(), "poll_interval_seconds": server.poll_interval,
+            return self._json(200, {"protocol": PROTOCOL_VERSION, "desired": server.answer_desired(),
+                                    "poll_interval_seconds": server.poll_interval,
                                     "accepted": {"installs": len(body.get("installs", [])),
                                                  "metrics": len(body.get("metrics", []))},
                                     "server_time": iso(datetime.now(UTC))}, headers)

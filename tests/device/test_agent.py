@@ -60,17 +60,18 @@ def test_it_downloads_verifies_swaps_and_reports_installed_then_active(server, m
     result = agent.run_once()
 
     assert (result.action, result.version) == ("installed", "1.0.0")
-    assert agent.runtime.active.version == "1.0.0"
+    assert agent.runtime.active("resnet").version == "1.0.0"
     assert statuses(server) == [("1.0.0", "installed"), ("1.0.0", "active")]
     installed, active = server.installs
-    assert installed["sequence"] == active["sequence"] == server.sequence
+    assert installed["sequence"] == active["sequence"] == server.sequence("resnet")
     assert 0 <= installed["duration_ms"] <= active["duration_ms"]
     assert active["traceparent"] == server.traceparent  # links the report to the desired-state change
     # The reports went out at once, in a second check-in that already says what runs.
-    assert server.checkins[-1]["running"] == {"model": "resnet", "version": "1.0.0",
-                                              "sha256": hashlib.sha256(models["1.0.0"]).hexdigest()}
+    assert server.checkins[-1]["protocol"] == 2
+    assert server.checkins[-1]["models"] == [{"model": "resnet", "version": "1.0.0",
+                                              "sha256": hashlib.sha256(models["1.0.0"]).hexdigest()}]
     assert (agent.store.models / "resnet-1.0.0.onnx").read_bytes() == models["1.0.0"]
-    assert agent.state.last_sequence == server.sequence
+    assert agent.state.slots["resnet"].last_sequence == server.sequence("resnet")
 
 
 def test_it_sends_if_none_match_and_does_nothing_on_304(server, make_agent, models):
@@ -104,7 +105,7 @@ def test_it_reports_when_the_version_it_runs_is_desired_under_a_new_sequence(ser
 
     assert result.action == "already_running"
     assert server.installs[-1] | {"at": None} == {"model": "resnet", "version": "1.0.0", "status": "active",
-                                                  "sequence": server.sequence, "duration_ms": 0, "error": "",
+                                                  "sequence": server.sequence("resnet"), "duration_ms": 0, "error": "",
                                                   "traceparent": server.traceparent, "at": None}
     assert len(server.file_requests("/files/resnet-1.0.0.onnx")) == 1
 
@@ -120,10 +121,11 @@ def test_it_upgrades_keeps_the_previous_model_and_rolls_back_without_a_download(
     server.set_desired("resnet", "1.1.0", models["1.1.0"], rollback=True)
     result = agent.run_once()
 
-    assert (result.action, agent.runtime.active.version) == ("installed", "1.1.0")
+    assert (result.action, agent.runtime.active("resnet").version) == ("installed", "1.1.0")
     assert len(server.file_requests("/files/resnet-1.1.0.onnx")) == 1  # only the original download
     assert statuses(server)[-2:] == [("1.1.0", "installed"), ("1.1.0", "active")]
-    assert (agent.state.current.version, agent.state.previous.version) == ("1.1.0", "1.2.0")
+    slot = agent.state.slots["resnet"]
+    assert (slot.current.version, slot.previous.version) == ("1.1.0", "1.2.0")
 
 
 def test_it_refuses_a_downgrade_not_marked_rollback_and_reports_it_once(server, make_agent, models):
@@ -137,18 +139,18 @@ def test_it_refuses_a_downgrade_not_marked_rollback_and_reports_it_once(server, 
     agent.run_once()
 
     assert result.action == "refused"
-    assert agent.runtime.active.version == "1.1.0"
+    assert agent.runtime.active("resnet").version == "1.1.0"
     refusals = [i for i in server.installs if i["status"] == "refused"]
     assert len(refusals) == 1
-    assert refusals[0]["version"] == "1.0.0" and refusals[0]["sequence"] == server.sequence
+    assert refusals[0]["version"] == "1.0.0" and refusals[0]["sequence"] == server.sequence("resnet")
     assert "older than the running 1.1.0" in refusals[0]["error"]
     assert server.file_requests("/files/resnet-1.0.0.onnx") == []
 
 
 @pytest.mark.parametrize(("setup", "expected"), [
     (lambda s: setattr(s, "sign_with", Ed25519PrivateKey.generate()), "does not verify with the pinned key"),
-    (lambda s: s.desired.update(expires_in=-5), "The manifest expired at"),
-    (lambda s: s.desired.update(device_id="cam-2"), "is for device 'cam-2'"),
+    (lambda s: s.desired["resnet"].update(expires_in=-5), "The manifest expired at"),
+    (lambda s: s.desired["resnet"].update(device_id="cam-2"), "is for device 'cam-2'"),
 ], ids=["other key", "expired", "other device"])
 def test_it_refuses_and_reports_bad_manifests_without_downloading(server, make_agent, models, setup, expected):
     agent = make_agent()
@@ -157,7 +159,7 @@ def test_it_refuses_and_reports_bad_manifests_without_downloading(server, make_a
 
     result = agent.run_once()
 
-    assert result.action == "refused" and agent.runtime.active is None
+    assert result.action == "refused" and agent.runtime.active("resnet") is None
     [report] = server.installs
     assert report["status"] == "refused" and expected in report["error"]
     assert server.file_requests("/files/resnet-1.0.0.onnx") == []
@@ -170,7 +172,7 @@ def test_it_refuses_a_lower_sequence(server, make_agent, models):
     server.set_desired("resnet", "1.1.0", models["1.1.0"], sequence=4)
 
     assert agent.run_once().action == "refused"
-    assert "lower than the last accepted (5)" in server.installs[-1]["error"]
+    assert "lower than the last accepted (5) for resnet" in server.installs[-1]["error"]
 
 
 def test_it_reports_tampered_artifact_bytes_as_failed_and_removes_them(server, make_agent, models):
@@ -181,7 +183,7 @@ def test_it_reports_tampered_artifact_bytes_as_failed_and_removes_them(server, m
 
     result = agent.run_once()
 
-    assert result.action == "failed" and agent.runtime.active is None
+    assert result.action == "failed" and agent.runtime.active("resnet") is None
     [report] = server.installs
     assert report["status"] == "failed" and report["error"].startswith("sha256 mismatch")
     assert list(agent.store.models.iterdir()) == []
@@ -206,7 +208,7 @@ def test_it_resumes_an_interrupted_download_at_the_next_cycle(server, make_agent
 
     first = agent.run_once()
 
-    assert first.action == "deferred" and agent.runtime.active is None
+    assert first.action == "deferred" and agent.runtime.active("resnet") is None
     assert agent.state.etag is None  # so the next check-in brings the manifest (and a fresh URL) again
     assert agent.store.partial_path("resnet", "1.0.0").exists()
     assert agent.run_once().action == "installed"
@@ -289,21 +291,21 @@ def test_it_restores_the_active_model_after_a_restart(server, make_agent, models
 
     again = make_agent()
 
-    assert again.runtime.active.version == "1.0.0"
+    assert again.runtime.active("resnet").version == "1.0.0"
     assert again.run_once().status == "not_modified"
-    assert server.checkins[-1]["running"]["version"] == "1.0.0"
+    assert [m["version"] for m in server.checkins[-1]["models"]] == ["1.0.0"]
 
 
 def test_it_reports_metric_windows_from_its_inference_threads_per_version(server, make_agent, models):
-    agent = make_agent(inference_threads=2, inference_interval_seconds=0.001)
-    agent.start_inference()
+    agent = make_agent(synthetic_threads=2, synthetic_interval_seconds=0.001)
+    agent.start_synthetic_load()
     server.set_desired("resnet", "1.0.0", models["1.0.0"])
     agent.run_once()
     time.sleep(0.3)
     server.set_desired("resnet", "1.1.0", models["1.1.0"])
     agent.run_once()
     time.sleep(0.3)
-    agent.stop_inference()
+    agent.stop_synthetic_load()
 
     agent.flush_metrics()
     agent.run_once()
@@ -319,19 +321,19 @@ def test_it_reports_metric_windows_from_its_inference_threads_per_version(server
 def test_it_runs_forever_until_stopped(server, make_agent, models):
     server.poll_interval = 1
     server.set_desired("resnet", "1.0.0", models["1.0.0"])
-    agent = make_agent(inference_threads=1)
+    agent = make_agent(synthetic_threads=1)
     stop = threading.Event()
     loop = threading.Thread(target=agent.run_forever, args=(stop,))
     loop.start()
     deadline = time.monotonic() + 10
-    while agent.runtime.active is None and time.monotonic() < deadline:
+    while agent.runtime.active("resnet") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.2)
     stop.set()
     loop.join(10)
 
     assert not loop.is_alive()
-    assert agent.runtime.active.version == "1.0.0"
+    assert agent.runtime.active("resnet").version == "1.0.0"
     # The last partial metric window is kept for the next start.
     assert agent.store.load_state().pending_metrics[0]["version"] == "1.0.0"
 

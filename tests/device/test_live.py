@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 
+import numpy as np
 import pytest
 
 from devices.heartbeats import heartbeats_flush
@@ -75,8 +76,9 @@ def test_it_enrolls_installs_reports_upgrades_refuses_and_rolls_back(tmp_path):
 
             assert agent.run_once().status == "not_modified"  # ETag: nothing changed
 
-            for _ in range(25):
-                assert agent.runtime.infer() is True
+            for seed in range(25):  # an application's calls through the agent
+                rows = np.random.default_rng(seed).standard_normal((1, 4)).astype(np.float32)
+                assert agent.infer("resnet", {"input": rows}).version == "1.0.0"
             agent.flush_metrics()
             agent.run_once()
             assert metric_windows_flush() == 1  # what Celery beat does every METRIC_FLUSH_SECONDS
@@ -87,19 +89,19 @@ def test_it_enrolls_installs_reports_upgrades_refuses_and_rolls_back(tmp_path):
 
             set_desired("live-1", v2)
             assert agent.run_once().action == "installed"
-            assert agent.runtime.active.version == "1.1.0"
+            assert agent.runtime.active("resnet").version == "1.1.0"
 
             set_desired("live-1", v1)  # a downgrade that is not a rollback
             assert agent.run_once().action == "refused"
             refused = InstallReport.objects.get(device=device, status="refused")
             assert refused.model_version == "1.0.0" and "older than the running 1.1.0" in refused.error
-            assert agent.runtime.active.version == "1.1.0"
+            assert agent.runtime.active("resnet").version == "1.1.0"
 
             downloads.clear()
             set_desired("live-1", v1, rollback=True)
             assert agent.run_once().action == "installed"
             assert downloads == []  # the previous model was still on disk
-            assert agent.runtime.active.version == "1.0.0"
+            assert agent.runtime.active("resnet").version == "1.0.0"
             assert reports("live-1")[-2:] == [("1.0.0", "installed"), ("1.0.0", "active")]
         finally:
             agent.close()
@@ -123,7 +125,7 @@ def test_it_refuses_and_reports_a_manifest_signed_with_another_key(tmp_path):
         finally:
             agent.close()
 
-    assert result.action == "refused" and agent.runtime.active is None
+    assert result.action == "refused" and agent.runtime.active("resnet") is None
     assert downloads == []
     [report] = InstallReport.objects.filter(device__device_id="live-2")
     assert (report.status, report.model_version) == ("refused", "1.0.0")

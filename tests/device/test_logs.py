@@ -37,9 +37,9 @@ def test_the_filter_cleans_formatted_messages_and_fields():
 
 def test_the_agent_command_logs_its_download_without_the_signature(server, models, tmp_path):
     server.set_desired("resnet", "1.0.0", models["1.0.0"])
-    signed = f"{server.desired['path']}?{SIGNED_QUERY}"
-    server.files[signed] = server.files[server.desired["path"]]
-    server.desired["path"] = signed
+    signed = f"{server.desired['resnet']['path']}?{SIGNED_QUERY}"
+    server.files[signed] = server.files[server.desired["resnet"]["path"]]
+    server.desired["resnet"]["path"] = signed
 
     done = subprocess.run([sys.executable, "-m", "hotswap_device", "--server", server.url,
                            "--enroll-key", server.enroll_key, "--data-dir", str(tmp_path / "agent"), "--once"],

@@ -16,8 +16,8 @@ PINNED = PinnedKey.from_info(key_info(KEY))
 
 
 def make_manifest(**fields) -> dict:
-    return {"device_id": "cam-1", "model": "resnet", "version": "1.1.0", "sha256": "a" * 64, "size": 1234,
-            "url": "http://storage/x", "format": "onnx", "issued_at": iso(NOW),
+    return {"action": "install", "device_id": "cam-1", "model": "resnet", "version": "1.1.0", "sha256": "a" * 64,
+            "size": 1234, "url": "http://storage/x", "format": "onnx", "issued_at": iso(NOW),
             "expires_at": iso(NOW + timedelta(minutes=15)), "rollback": False, "sequence": 3, **fields}
 
 
@@ -80,7 +80,7 @@ def test_it_refuses_a_lower_sequence():
     error = refusal(sign(make_manifest(sequence=1), KEY), last_sequence=2)
 
     assert error.code == "old_sequence"
-    assert "lower than the last accepted (2)" in str(error)
+    assert "lower than the last accepted (2) for resnet" in str(error)
 
 
 def test_it_refuses_a_downgrade():
@@ -108,9 +108,25 @@ def test_it_refuses_a_manifest_for_another_device():
 
 
 @pytest.mark.parametrize("fields", [{"size": "12"}, {"sequence": True}, {"sha256": "xyz"}, {"version": "1.0"},
-                                    {"expires_at": "tomorrow"}])
+                                    {"expires_at": "tomorrow"}, {"action": "upgrade"}, {"action": None}])
 def test_it_refuses_malformed_fields(fields):
     assert refusal(sign(make_manifest(**fields), KEY)).code == "malformed"
+
+
+def remove_manifest(**fields) -> dict:
+    return {"action": "remove", "device_id": "cam-1", "model": "resnet", "issued_at": iso(NOW),
+            "expires_at": iso(NOW + timedelta(minutes=15)), "sequence": 3, **fields}
+
+
+def test_it_accepts_a_removal_which_carries_no_version_and_refuses_a_stale_one():
+    manifest = remove_manifest()
+
+    assert check(sign(manifest, KEY)) == manifest
+    assert refusal(sign(remove_manifest(sequence=1), KEY), last_sequence=2).code == "old_sequence"
+    assert refusal(sign(remove_manifest(device_id="cam-2"), KEY)).code == "wrong_device"
+    tampered = sign(manifest, KEY)
+    tampered["manifest"]["model"] = "yolo"  # a signed removal of one model cannot be turned against another
+    assert refusal(tampered).code == "bad_signature"
 
 
 @pytest.mark.parametrize(("lower", "higher"), [

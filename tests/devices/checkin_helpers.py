@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from django.db.models import F
 from django.utils import timezone
 
 from devices.credentials import DEVICE_KIND, new_secret
-from devices.models import DesiredState, Device, DeviceCredential
+from devices.models import Device, DeviceCredential, ModelSlot
 from models_app import services
 from models_app.storage import artifact_store
 from models_app.uploads import PendingArtifact
@@ -18,7 +19,6 @@ from tests.artifacts import onnx_model_bytes
 def device_with_credential(device_id: str = "cam-1", **fields) -> tuple[Device, str]:
     device = Device.objects.create(device_id=device_id, device_type=fields.pop("device_type", "edge-camera"),
                                    region=fields.pop("region", "eu-west"), **fields)
-    DesiredState.objects.create(device=device)
     secret = new_secret(DEVICE_KIND)
     DeviceCredential.objects.create(device=device, prefix=secret.prefix, key_hash=secret.key_hash)
     return device, secret.raw
@@ -32,11 +32,37 @@ def registry_version(name: str = "resnet", version: str = "1.0.0", hidden: int =
     return created, content
 
 
-def checkin(client, credential: str, body: dict | bytes | None = None, etag: str | None = None):
+def slot_set(device: Device, version=None, *, ai_model=None, remove: bool = False, rollback: bool = False,
+             traceparent: str = "", source: str = "manual") -> ModelSlot:
+    """Sets one slot's desired state as devices.services.desired_state does (sequence + 1), through the ORM."""
+    ai_model = ai_model or version.ai_model
+    slot, _ = ModelSlot.objects.get_or_create(device=device, ai_model=ai_model)
+    ModelSlot.objects.filter(pk=slot.pk).update(
+        version=None if remove else version, remove=remove, rollback=rollback, traceparent=traceparent,
+        source=source, sequence=F("sequence") + 1, set_at=timezone.now(), refused_sequence=None, refused_reason="")
+    slot.refresh_from_db()
+    return slot
+
+
+def running(model: str = "resnet", version: str = "1.0.0", sha256: str = "") -> dict:
+    """One entry of a check-in's `models` list."""
+    return {"model": model, "version": version, "sha256": sha256}
+
+
+def v2(models: list[dict] | None = None, **fields) -> dict:
+    """A protocol 2 check-in body: `models` (default: none running) and any other fields."""
+    return {"protocol": 2, "models": models or [], **fields}
+
+
+def checkin(client, credential: str, body: dict | bytes | None = None, etag: str | None = None, *,
+            exact: bool = False):
+    """POSTs a check-in. A dict body is completed to protocol 2 (`protocol`, `models: []`) unless exact."""
     headers = {"HTTP_AUTHORIZATION": f"Device {credential}"}
     if etag:
         headers["HTTP_IF_NONE_MATCH"] = etag
-    payload = body if isinstance(body, bytes) else json.dumps(body or {})
+    if not isinstance(body, bytes) and not exact:
+        body = {"protocol": 2, "models": [], **(body or {})}
+    payload = body if isinstance(body, bytes) else json.dumps(body)
     return client.post("/api/v1/devices/checkin", payload, content_type="application/json", **headers)
 
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from rest_framework.test import APIClient
 
-from devices.models import Device
+from devices.models import Device, ModelSlot
 from devices.services import checkin
 from devices.services.credentials import device_credential_issue
 from devices.services.enrollment import enrollment_key_create
@@ -24,7 +24,7 @@ def _device(**fields) -> Device:
     device_id = fields.pop("device_id", None) or f"dev-{next(_numbers):05d}"
     register = {key: fields.pop(key) for key in list(fields) if key in _REGISTER_FIELDS}
     device = device_register(device_id=device_id, **register)
-    if fields:  # what a device reports (status, last_seen, reported_*): written as a check-in would
+    if fields:  # what a device reports (status, last_seen, health): written as a check-in would
         Device.objects.filter(pk=device.pk).update(**fields)
         device.refresh_from_db()
     return device
@@ -38,10 +38,10 @@ def _forget_known_versions():
 
 @pytest.fixture
 def make_device(db):
-    """make_device(**fields) -> Device, registered through the service (so it has its DesiredState row).
+    """make_device(**fields) -> Device, registered through the service (no model slots yet).
 
-    Registration fields go to device_register; anything else (status, last_seen, reported_model,
-    current_version, cpu_percent...) is written afterwards, as check-ins would.
+    Registration fields go to device_register; anything else (status, last_seen, cpu_percent...) is
+    written afterwards, as check-ins would. Slots: ModelSlot.objects.create or checkin_helpers.slot_set.
     """
     return _device
 
@@ -93,5 +93,22 @@ def device_client():
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Device {credential}")
         return client
+
+    return make
+
+
+@pytest.fixture
+def make_slot(db):
+    """make_slot(device, *, running=None, desired=None, **fields) -> the device's ModelSlot of that model (ORM).
+
+    running: the version the device reports running; desired: the version it should run (sequence 1).
+    """
+
+    def make(device: Device, *, running: ModelVersion | None = None, desired: ModelVersion | None = None,
+             **fields) -> ModelSlot:
+        values = {"version": desired, "sequence": 1 if desired else 0, "running_version": running,
+                  "reported_version": running.version if running else "",
+                  "reported_sha256": running.sha256 if running else "", **fields}
+        return ModelSlot.objects.create(device=device, ai_model=(desired or running).ai_model, **values)
 
     return make

@@ -15,15 +15,22 @@ from django.utils import timezone
 
 from devices.heartbeats import heartbeats_flush
 from devices.manifests import canonical_bytes
-from devices.models import Device, InstallReport, MetricWindow
-from devices.services.desired_state import desired_state_set
+from devices.models import Device, InstallReport, MetricWindow, ModelSlot
 from devices.services.registry import device_decommission
 from devices.services.telemetry import metric_windows_flush
 from hotswap.lib.untrusted import MAX_JSON_DEPTH
-from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
+from tests.devices.checkin_helpers import (
+    checkin,
+    device_with_credential,
+    metric_window,
+    registry_version,
+    running,
+    slot_set,
+)
 from tests.live import gunicorn_server
 
 pytestmark = pytest.mark.django_db
+IDLE = '{"protocol": 2, "models": []}'
 
 
 def verify(desired: dict, public_key_b64: str) -> None:
@@ -34,11 +41,11 @@ def verify(desired: dict, public_key_b64: str) -> None:
 def test_it_answers_an_idle_device_with_nothing_desired_and_an_etag(client):
     _device, credential = device_with_credential()
 
-    response = checkin(client, credential, {"running": None})
+    response = checkin(client, credential, {"models": []})
 
     assert response.status_code == 200
     body = response.json()
-    assert body["desired"] is None
+    assert body["protocol"] == 2 and body["desired"] == []
     assert body["poll_interval_seconds"] == 60
     assert response["ETag"]
     assert response["traceparent"].startswith("00-")
@@ -63,20 +70,20 @@ def test_it_does_one_database_read_and_no_write_on_the_warm_path(client, django_
     etag = checkin(client, credential)["ETag"]
 
     with django_assert_num_queries(1):
-        assert checkin(client, credential, {"running": None, "health": {"cpu_percent": 5}},
+        assert checkin(client, credential, {"models": [running()], "health": {"cpu_percent": 5}},
                        etag=etag).status_code == 304
 
 
 def test_it_hands_out_a_signed_manifest_for_the_desired_version(client):
     device, credential = device_with_credential()
     version, content = registry_version()
-    desired_state_set(devices=[device], version=version, reason="first model")
+    slot_set(device, version)
 
     response = checkin(client, credential)
 
-    desired = response.json()["desired"]
+    [desired] = response.json()["desired"]
     manifest = desired["manifest"]
-    assert manifest["device_id"] == "cam-1"
+    assert manifest["action"] == "install" and manifest["device_id"] == "cam-1"
     assert (manifest["model"], manifest["version"]) == ("resnet", "1.0.0")
     assert manifest["sha256"] == hashlib.sha256(content).hexdigest() and manifest["size"] == len(content)
     assert manifest["rollback"] is False and manifest["sequence"] == 1
@@ -85,43 +92,106 @@ def test_it_hands_out_a_signed_manifest_for_the_desired_version(client):
     assert requests.get(manifest["url"], timeout=10).content == content
 
 
-def change_by_service(device, version) -> None:
-    desired_state_set(devices=[device], version=version)
+@pytest.fixture
+def three_models(db):
+    """A device running detector 1.0.0, recogniser 2.0.0 and orientation 1.0.0 (all in the registry)."""
+    device, credential = device_with_credential()
+    versions = {name: registry_version(name, version, hidden=hidden)[0]
+                for name, version, hidden in (("detector", "1.0.0", 8), ("recogniser", "2.0.0", 9),
+                                              ("orientation", "1.0.0", 10))}
+    models = [running(v.ai_model.name, v.version, v.sha256) for v in versions.values()]
+    return device, credential, versions, models
 
 
-def change_by_raw_sql(device, version) -> None:
+def test_a_three_model_device_gets_one_signed_manifest_per_slot_with_its_own_sequence(client, three_models):
+    device, credential, versions, models = three_models
+    detector_next, _ = registry_version("detector", "1.1.0", hidden=11)
+    slot_set(device, versions["detector"])
+    slot_set(device, detector_next)  # the detector's slot at sequence 2
+    slot_set(device, versions["orientation"], remove=True)  # orientation: unload it (sequence 1)
+    # The recogniser runs with no desired state: the answer says nothing about it, the device keeps it.
+    assert checkin(client, credential, {"models": models}).status_code == 200
+    heartbeats_flush()
+
+    answer = checkin(client, credential, {"models": models}).json()
+
+    public_key = client.get("/api/v1/devices/manifest-key").json()["public_key"]
+    for desired in answer["desired"]:
+        verify(desired, public_key)
+    manifests = [d["manifest"] for d in answer["desired"]]
+    assert [(m["action"], m["model"], m["sequence"]) for m in manifests] == [
+        ("install", "detector", 2), ("remove", "orientation", 1)]
+    assert manifests[0]["version"] == "1.1.0" and manifests[0]["rollback"] is False
+    assert set(manifests[1]) == {"action", "device_id", "model", "issued_at", "expires_at", "sequence"}
+    assert ModelSlot.objects.get(device=device, ai_model__name="recogniser").running_version == versions["recogniser"]
+
+
+def change_by_orm(slot: ModelSlot, version) -> None:
+    slot_set(slot.device, version)
+
+
+def change_by_raw_sql(slot: ModelSlot, version) -> None:
     # How rollouts change desired state in bulk: nothing on the check-in path may hold an old copy.
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE devices_desiredstate SET version_id = %s, sequence = sequence + 1 WHERE device_id = %s",
-                       [version.pk, device.pk])
+        cursor.execute("UPDATE devices_modelslot SET version_id = %s, sequence = sequence + 1 WHERE id = %s",
+                       [version.pk, slot.pk])
 
 
-@pytest.mark.parametrize("change", [change_by_service, change_by_raw_sql])
-def test_it_changes_the_etag_and_the_answer_at_the_next_check_in_when_the_desired_state_changes(client, change):
-    device, credential = device_with_credential()
-    first, _ = registry_version(version="1.0.0")
-    second, _ = registry_version(version="1.1.0", hidden=9)
-    desired_state_set(devices=[device], version=first)
+@pytest.mark.parametrize("change", [change_by_orm, change_by_raw_sql])
+def test_one_etag_covers_the_whole_desired_set_and_changes_with_any_slot(client, three_models, change):
+    device, credential, versions, models = three_models
+    slots = {name: slot_set(device, version) for name, version in versions.items()}
+    first = checkin(client, credential, {"models": models})
+    etag = first["ETag"]
+
+    idle = [checkin(client, credential, {"models": models}, etag=etag) for _ in range(3)]
+    assert [r.status_code for r in idle] == [304] * 3 and {r["ETag"] for r in idle} == {etag}
+
+    change(slots["recogniser"], registry_version("recogniser", "2.1.0", hidden=12)[0])
+    response = checkin(client, credential, {"models": models}, etag=etag)
+
+    assert response.status_code == 200 and response["ETag"] != etag
+    before = {d["manifest"]["model"]: d for d in first.json()["desired"]}
+    after = {d["manifest"]["model"]: d for d in response.json()["desired"]}
+    assert (after["recogniser"]["manifest"]["version"], after["recogniser"]["manifest"]["sequence"]) == ("2.1.0", 2)
+    assert after["detector"] == before["detector"] and after["orientation"] == before["orientation"]
+    assert checkin(client, credential, {"models": models}, etag=response["ETag"]).status_code == 304
+
+
+@pytest.mark.parametrize("field", ["rollback", "remove"])
+def test_the_etag_changes_with_a_slots_rollback_flag_or_removal_even_at_the_same_sequence(client, three_models,
+                                                                                        field):
+    device, credential, versions, _models = three_models
+    slot = slot_set(device, versions["detector"])
     etag = checkin(client, credential)["ETag"]
-    assert checkin(client, credential).json()["desired"]["manifest"]["version"] == "1.0.0"
 
-    change(device, second)
+    ModelSlot.objects.filter(pk=slot.pk).update(**{field: True}, **({"version": None} if field == "remove" else {}))
+
+    assert checkin(client, credential, etag=etag).status_code == 200
+
+
+def test_a_slot_whose_version_turned_corrupt_is_left_out_and_the_others_still_ship(client, three_models):
+    device, credential, versions, _models = three_models
+    for version in versions.values():
+        slot_set(device, version)
+    etag = checkin(client, credential)["ETag"]
+
+    versions["recogniser"].__class__.objects.filter(pk=versions["recogniser"].pk).update(status="corrupt")
     response = checkin(client, credential, etag=etag)
 
-    assert response.status_code == 200
-    assert response["ETag"] != etag
-    assert response.json()["desired"]["manifest"]["version"] == "1.1.0"
-    assert response.json()["desired"]["manifest"]["sequence"] == 2
+    assert response.status_code == 200 and response["ETag"] != etag
+    assert [d["manifest"]["model"] for d in response.json()["desired"]] == ["detector", "orientation"]
 
 
 def test_devices_of_a_rollout_share_a_download_link_per_url_period(client, settings):
     devices = [device_with_credential(f"cam-{i}") for i in range(3)]
     version, content = registry_version()
-    desired_state_set(devices=[device for device, _ in devices], version=version)
+    for device, _ in devices:
+        slot_set(device, version)
 
-    manifests = [checkin(client, credential).json()["desired"]["manifest"] for _, credential in devices]
+    manifests = [checkin(client, credential).json()["desired"][0]["manifest"] for _, credential in devices]
     settings.MANIFEST_TTL_SECONDS = 7200  # another URL period
-    later = checkin(client, devices[0][1]).json()["desired"]["manifest"]
+    later = checkin(client, devices[0][1]).json()["desired"][0]["manifest"]
 
     assert len({m["url"] for m in manifests}) == 1 and len({m["device_id"] for m in manifests}) == 3
     assert later["url"] != manifests[0]["url"] and later["expires_at"] != manifests[0]["expires_at"]
@@ -131,8 +201,8 @@ def test_devices_of_a_rollout_share_a_download_link_per_url_period(client, setti
 def test_it_rejects_a_tampered_manifest_signature(client):
     device, credential = device_with_credential()
     version, _ = registry_version()
-    desired_state_set(devices=[device], version=version)
-    desired = checkin(client, credential).json()["desired"]
+    slot_set(device, version)
+    [desired] = checkin(client, credential).json()["desired"]
     public_key = client.get("/api/v1/devices/manifest-key").json()["public_key"]
 
     desired["manifest"]["version"] = "9.9.9"
@@ -145,7 +215,7 @@ def test_it_stores_install_reports_and_metric_windows(client):
     device, credential = device_with_credential()
     version, _ = registry_version()
     body = {
-        "running": {"model": "resnet", "version": "1.0.0", "sha256": version.sha256},
+        "models": [running(sha256=version.sha256)],
         "installs": [{"model": "resnet", "version": "1.0.0", "status": "active", "sequence": 1, "duration_ms": 900,
                       "at": timezone.now().isoformat()}],
         "metrics": [metric_window(accuracy=0.91, labelled_count=40,
@@ -171,6 +241,7 @@ def test_every_reported_field_is_stored_in_the_order_sent(client, installs_too):
     end = timezone.now() - timedelta(seconds=5)
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     body = {
+        "models": [running()],
         "installs": [
             {"model": "resnet", "version": "1.0.0", "status": "downloading", "sequence": 7, "at": at.isoformat()},
             {"model": "resnet", "version": "1.0.0", "status": "failed", "sequence": 7, "duration_ms": 1234,
@@ -212,7 +283,7 @@ def test_it_stores_reports_sent_with_a_matching_etag(client, make_version):
     _device, credential = device_with_credential()
     etag = checkin(client, credential)["ETag"]
 
-    response = checkin(client, credential, {"metrics": [metric_window()]}, etag=etag)
+    response = checkin(client, credential, {"models": [running()], "metrics": [metric_window()]}, etag=etag)
 
     assert response.status_code == 304
     assert metric_windows_flush() == 1
@@ -247,14 +318,18 @@ def test_it_stores_reports_sent_with_a_matching_etag(client, make_version):
         ({"metrics": [{**metric_window(), "window_start": "9999-12-31T23:58:00-14:00",
                        "window_end": "9999-12-31T23:59:00-14:00"}]}, "metrics[0].window_start"),
         ({"health": {"cpu_percent": "high"}}, "health.cpu_percent"),
-        ({"running": {"model": "m"}}, "running.version"),
+        ({"models": [running(), {"model": "m"}]}, "models[1].version"),
+        ({"models": [running(), running()]}, "models[1].model"),
+        ({"models": [running(f"m{i}") for i in range(33)]}, "models"),
+        ({"models": {"resnet": "1.0.0"}}, "models"),
+        ({"models": [running(), {"model": "m", "version": "1", "sha256": "", "extra": 1}]}, "models[1].extra"),
         ({"firmware": "2.1"}, "firmware"),
     ],
 )
 def test_it_rejects_bad_reports_saying_what_is_wrong_and_stores_nothing(client, body, field):
     _device, credential = device_with_credential()
     # A valid install rides along: all or nothing, so it must not be stored either.
-    body = {"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}], **body}
+    body = {"models": [running()], "installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}], **body}
 
     response = checkin(client, credential, body)
 
@@ -265,8 +340,8 @@ def test_it_rejects_bad_reports_saying_what_is_wrong_and_stores_nothing(client, 
     assert MetricWindow.objects.count() == 0 and InstallReport.objects.count() == 0
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"metrics": [{"inference_count": NaN}]}', b"[1, 2]",
-                                 b'{"health": {"cpu_percent": Infinity}}'])
+@pytest.mark.parametrize("raw", [b"{not json", b'{"protocol": 2, "models": [], "metrics": [{"inference_count": NaN}]}',
+                                 b"[1, 2]", b'{"protocol": 2, "models": [], "health": {"cpu_percent": Infinity}}'])
 def test_it_rejects_malformed_json_and_non_numbers(client, raw):
     _device, credential = device_with_credential()
 
@@ -280,19 +355,21 @@ def test_it_rejects_malformed_json_and_non_numbers(client, raw):
 def test_it_refuses_text_postgresql_cannot_store_naming_the_field_and_keeps_the_flush_working(client, text):
     device, credential = device_with_credential()
     healthy, healthy_credential = device_with_credential("cam-2")
-    checkin(client, healthy_credential, {"running": {"model": "resnet", "version": "1.0.0"}})
+    version, _ = registry_version()
+    checkin(client, healthy_credential, {"models": [running()]})
 
-    response = checkin(client, credential, {"running": {"model": text, "version": "1.0.0"},
+    response = checkin(client, credential, {"models": [running(text)],
                                             "metrics": [metric_window(), metric_window(model=text)]})
 
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "VALIDATION_ERROR"
-    assert {d["field"] for d in error["details"]} == {"running.model", "metrics[1].model"}
+    assert {d["field"] for d in error["details"]} == {"models[0].model", "metrics[1].model"}
     assert heartbeats_flush() == 1 and metric_windows_flush() == 0  # only the healthy device's heartbeat
     device.refresh_from_db()
     healthy.refresh_from_db()
-    assert device.last_seen is None and healthy.reported_model == "resnet"
+    assert device.last_seen is None and not device.slots.exists()
+    assert healthy.slots.get().running_version == version
 
 
 @pytest.mark.parametrize("where", ["metrics[3].latency_ms.p50", "health.cpu_percent", "metrics[0].accuracy"])
@@ -301,7 +378,8 @@ def test_it_names_the_item_holding_nan_or_infinity_so_the_agent_can_drop_exactly
                                                                                      constant):
     make_version()
     _device, credential = device_with_credential()
-    body = {"health": {"cpu_percent": 1.5}, "metrics": [metric_window(accuracy=0.5) for _ in range(4)]}
+    body = {"protocol": 2, "models": [running()], "health": {"cpu_percent": 1.5},
+            "metrics": [metric_window(accuracy=0.5) for _ in range(4)]}
     *parents, leaf = where.replace("[", ".").replace("]", "").split(".")
     target = body
     for step in parents:
@@ -322,7 +400,7 @@ def test_it_names_the_item_holding_nan_or_infinity_so_the_agent_can_drop_exactly
 def test_it_refuses_a_body_nested_deeper_than_the_cap(client, depth):
     _device, credential = device_with_credential()
 
-    response = checkin(client, credential, b'{"running": ' + b"[" * depth + b"]" * depth + b"}")
+    response = checkin(client, credential, b'{"protocol": 2, "models": ' + b"[" * depth + b"]" * depth + b"}")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "MALFORMED_REQUEST"
@@ -333,11 +411,11 @@ def test_brackets_inside_strings_do_not_count_as_nesting(client, make_version):
     _device, credential = device_with_credential()
     deep_looking = "[{" * MAX_JSON_DEPTH + '\\" \\\\'  # with escaped quotes and backslashes
 
-    response = checkin(client, credential, {"running": {"model": deep_looking, "version": "1.0.0"},
+    response = checkin(client, credential, {"models": [running(), running(deep_looking)],
                                             "metrics": [metric_window()] * MAX_JSON_DEPTH})
 
     assert response.status_code == 400  # too long a model name, judged on its content
-    assert [d["field"] for d in response.json()["error"]["details"]] == ["running.model"]
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["models[1].model"]
 
 
 def test_it_caps_the_body(client, settings):
@@ -393,7 +471,7 @@ def test_a_device_reports_only_about_itself(client, make_version):
     device, credential = device_with_credential("cam-1")
     other, _ = device_with_credential("cam-2")
 
-    checkin(client, credential, {"metrics": [metric_window()]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window()]})
     metric_windows_flush()
 
     assert MetricWindow.objects.get().device == device
@@ -414,7 +492,8 @@ def test_it_rate_limits_a_chatty_device_without_touching_the_others(client, sett
     _device, credential = device_with_credential("chatty")
     _other, other_credential = device_with_credential("calm")
 
-    statuses = [checkin(client, credential, {"metrics": [metric_window()]}).status_code for _ in range(4)]
+    statuses = [checkin(client, credential, {"models": [running()], "metrics": [metric_window()]}).status_code
+                for _ in range(4)]
 
     assert statuses == [200, 200, 200, 429]
     limited = checkin(client, credential)
@@ -433,7 +512,8 @@ def test_it_stores_reports_in_either_commit_mode_in_the_order_sent(client, setti
     installs = [{"model": "resnet", "version": "1.0.0", "status": status, "at": at}
                 for status in ("downloading", "installed", "active")]
 
-    checkin(client, credential, {"installs": installs, "metrics": [metric_window(), metric_window(count=7)]})
+    checkin(client, credential, {"models": [running()], "installs": installs,
+                                 "metrics": [metric_window(), metric_window(count=7)]})
 
     assert list(InstallReport.objects.filter(device=device).order_by("id").values_list("status", flat=True)) == [
         "downloading", "installed", "active"]
@@ -448,7 +528,7 @@ def test_a_server_whose_database_connections_died_while_idle_answers_the_next_ch
     _device, credential = device_with_credential()
     with gunicorn_server() as (base, _process):
         def check_in(etag: str = "") -> requests.Response:
-            return requests.post(f"{base}/api/v1/devices/checkin", data="{}", timeout=30, headers={
+            return requests.post(f"{base}/api/v1/devices/checkin", data=IDLE, timeout=30, headers={
                 "Authorization": f"Device {credential}", "Content-Type": "application/json", "If-None-Match": etag})
 
         etag = check_in().headers["ETag"]
@@ -471,7 +551,7 @@ def test_a_report_sent_again_is_accepted_and_stored_once(client, make_version, i
     device, credential = device_with_credential()
     install = {"model": "resnet", "version": "1.0.0", "status": "failed", "sequence": 3, "error": "no space",
                "at": timezone.now().isoformat()}
-    body = {"installs": [install] if installs_too else [], "metrics": [metric_window(count=9)]}
+    body = {"models": [running()], "installs": [install] if installs_too else [], "metrics": [metric_window(count=9)]}
 
     accepted = sent_three_times(client, credential, body)
     metric_windows_flush()
@@ -488,8 +568,8 @@ def test_a_retried_install_is_a_new_report(client, make_version):
     first, second = timezone.now() - timedelta(seconds=30), timezone.now()
 
     for at in (first, second):
-        checkin(client, credential, {"installs": [{"model": "resnet", "version": "1.0.0", "status": "failed",
-                                                    "sequence": 3, "at": at.isoformat()}]})
+        checkin(client, credential, {"models": [running()], "installs": [
+            {"model": "resnet", "version": "1.0.0", "status": "failed", "sequence": 3, "at": at.isoformat()}]})
 
     assert list(device.install_reports.order_by("id").values_list("reported_at", flat=True)) == [first, second]
 
@@ -501,7 +581,8 @@ def test_copies_of_a_window_in_one_check_in_are_stored_once(client, make_version
     window = metric_window(count=9)
     installs = [{"model": "resnet", "version": "1.0.0", "status": "active", "sequence": 1}] * 100
 
-    response = checkin(client, credential, {"installs": installs if installs_too else [], "metrics": [window] * 100})
+    response = checkin(client, credential, {"models": [running()], "installs": installs if installs_too else [],
+                                            "metrics": [window] * 100})
     metric_windows_flush()
 
     assert response.json()["accepted"] == {"installs": 100 if installs_too else 0, "metrics": 100}
@@ -512,7 +593,8 @@ def test_copies_of_a_window_in_one_check_in_are_stored_once(client, make_version
 def test_it_refuses_reports_on_versions_the_registry_does_not_have_naming_each(client, make_version):
     make_version()
     _device, credential = device_with_credential()
-    body = {"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"},
+    body = {"models": [running(), running("ghost", "0.1.0")],
+            "installs": [{"model": "resnet", "version": "1.0.0", "status": "active"},
                          {"model": "ghost", "version": "0.1.0", "status": "active"}],
             "metrics": [metric_window(), metric_window("resnet", "9.9.9")]}
 
@@ -526,11 +608,12 @@ def test_it_refuses_reports_on_versions_the_registry_does_not_have_naming_each(c
 
 def test_a_version_uploaded_after_a_refusal_is_accepted_at_once(client, make_version):
     _device, credential = device_with_credential()
-    assert checkin(client, credential, {"metrics": [metric_window()]}).status_code == 400
+    body = {"models": [running()], "metrics": [metric_window()]}
+    assert checkin(client, credential, body).status_code == 400
 
     make_version()
 
-    assert checkin(client, credential, {"metrics": [metric_window()]}).status_code == 200
+    assert checkin(client, credential, body).status_code == 200
 
 
 
@@ -551,7 +634,8 @@ def test_a_window_the_database_could_not_store_is_refused_at_the_check_in_not_ac
 def test_gunicorn_serves_a_check_in_sent_chunked_and_caps_it(make_version):
     make_version()
     device, credential = device_with_credential()
-    body = json.dumps({"installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
+    body = json.dumps({"protocol": 2, "models": [running()],
+                       "installs": [{"model": "resnet", "version": "1.0.0", "status": "active"}],
                        "metrics": [metric_window()]}).encode()
 
     def chunks(data: bytes):
@@ -563,7 +647,7 @@ def test_gunicorn_serves_a_check_in_sent_chunked_and_caps_it(make_version):
                 "Authorization": f"Device {credential}", "Content-Type": "application/json"})
 
         accepted = check_in(body)
-        too_large = check_in(json.dumps({"metrics": [metric_window()] * 30}).encode())
+        too_large = check_in(json.dumps({"protocol": 2, "models": [], "metrics": [metric_window()] * 30}).encode())
 
     assert accepted.request.headers["Transfer-Encoding"] == "chunked"
     assert accepted.status_code == 200, accepted.text

@@ -10,7 +10,7 @@ from django.utils import timezone
 from devices import heartbeats
 from devices.models import Device
 from devices.tasks import device_heartbeats_flush, devices_mark_offline
-from tests.devices.checkin_helpers import checkin, device_with_credential, registry_version
+from tests.devices.checkin_helpers import checkin, device_with_credential, registry_version, running, slot_set
 
 pytestmark = pytest.mark.django_db
 
@@ -23,38 +23,79 @@ def _empty_buffer():
 def test_it_buffers_heartbeats_and_flushes_them_in_bulk(client):
     device, credential = device_with_credential()
     version, _ = registry_version()
-    running = {"model": "resnet", "version": "1.0.0", "sha256": version.sha256}
-    checkin(client, credential, {"running": running, "health": {"cpu_percent": 31.5, "disk_percent": 80}})
+    models = [running(sha256=version.sha256)]
+    checkin(client, credential, {"models": models, "health": {"cpu_percent": 31.5, "disk_percent": 80}})
 
     device.refresh_from_db()
-    assert device.last_seen is None  # the check-in itself wrote nothing
-    assert heartbeats.heartbeats_pending()[device.pk]["running"] == running
+    assert device.last_seen is None and not device.slots.exists()  # the check-in itself wrote nothing
+    assert heartbeats.heartbeats_pending()[device.pk]["models"] == models
 
     assert device_heartbeats_flush() == 1
     assert device_heartbeats_flush() == 0  # runs twice, same result
 
     device.refresh_from_db()
     assert device.last_seen is not None
-    assert (device.current_version, device.reported_version, device.cpu_percent) == (version, "1.0.0", 31.5)
-    assert device.disk_percent == 80 and device.memory_percent is None
+    assert (device.cpu_percent, device.disk_percent, device.memory_percent) == (31.5, 80, None)
+    slot = device.slots.get()  # a model it runs but was never offered: a slot with no desired state
+    assert (slot.running_version, slot.reported_version, slot.reported_sha256) == (version, "1.0.0", version.sha256)
+    assert (slot.version, slot.sequence, slot.state, slot.reported_at) == (None, 0, "unmanaged", device.last_seen)
 
 
-def test_it_keeps_unknown_versions_as_reported(client):
+def test_each_running_model_is_written_into_its_own_slot_and_a_model_no_longer_listed_runs_nothing(client):
     device, credential = device_with_credential()
-    checkin(client, credential, {"running": {"model": "homegrown", "version": "0.1.0", "sha256": ""}})
+    other, other_credential = device_with_credential("cam-2")
+    detector, _ = registry_version("detector", "1.0.0")
+    recogniser, _ = registry_version("recogniser", "2.0.0", hidden=9)
+    desired = slot_set(device, detector)  # offered: its desired state stays as it is
+    checkin(client, credential, {"models": [running("detector", "1.0.0"), running("recogniser", "2.0.0")]})
+    checkin(client, other_credential, {"models": [running("recogniser", "2.0.0")]})
+    heartbeats.heartbeats_flush()
+
+    slots = {s.ai_model.name: s for s in device.slots.select_related("ai_model")}
+    assert {name: (s.running_version, s.state) for name, s in slots.items()} == {
+        "detector": (detector, "in_sync"), "recogniser": (recogniser, "unmanaged")}
+    assert (slots["detector"].sequence, slots["detector"].version) == (desired.sequence, detector)
+
+    checkin(client, credential, {"models": [running("detector", "1.0.0")]})  # it stopped the recogniser
+    heartbeats.heartbeats_flush()
+
+    assert device.slots.get(ai_model__name="recogniser").running_version is None
+    assert device.slots.get(ai_model__name="detector").running_version == detector
+    assert other.slots.get().running_version == recogniser
+
+
+def test_it_keeps_unknown_versions_as_reported_and_models_the_registry_does_not_know_have_no_slot(client):
+    registry_version("resnet", "1.0.0")
+    device, credential = device_with_credential()
+    checkin(client, credential, {"models": [running("resnet", "0.9.0-local"), running("homegrown", "0.1.0")]})
 
     heartbeats.heartbeats_flush()
 
     device.refresh_from_db()
-    assert device.current_version is None and device.reported_model == "homegrown"
+    slot = device.slots.get()
+    assert (slot.ai_model.name, slot.running_version, slot.reported_version) == ("resnet", None, "0.9.0-local")
+    assert device.last_seen is not None
+
+
+def test_a_late_flush_moves_no_slot_backwards():
+    device, _ = device_with_credential()
+    version, _ = registry_version()
+    now = timezone.now()
+    heartbeats.heartbeat_record(device_pk=device.pk, models=[running()], health=None, now=now)
+    heartbeats.heartbeats_flush()
+    heartbeats.heartbeat_record(device_pk=device.pk, models=[], health=None, now=now - timedelta(minutes=5))
+
+    heartbeats.heartbeats_flush()
+
+    assert device.slots.get().running_version == version
 
 
 def test_it_never_moves_last_seen_backwards():
     device, _ = device_with_credential()
     now = timezone.now()
-    heartbeats.heartbeat_record(device_pk=device.pk, running=None, health=None, now=now)
+    heartbeats.heartbeat_record(device_pk=device.pk, models=[], health=None, now=now)
     heartbeats.heartbeats_flush()
-    heartbeats.heartbeat_record(device_pk=device.pk, running=None, health=None, now=now - timedelta(minutes=5))
+    heartbeats.heartbeat_record(device_pk=device.pk, models=[], health=None, now=now - timedelta(minutes=5))
 
     heartbeats.heartbeats_flush()
 
@@ -136,12 +177,12 @@ def test_it_sets_a_heartbeat_the_database_refuses_aside_and_flushes_and_detects_
     quiet, _ = device_with_credential("cam-quiet", last_seen=now - timedelta(minutes=10))
     counted = heartbeats.set_aside_counts().get("heartbeats", 0)
     for device in fleet[:2]:
-        heartbeats.heartbeat_record(device_pk=device.pk, running=None, health={"cpu_percent": 5.0}, now=now)
+        heartbeats.heartbeat_record(device_pk=device.pk, models=[], health={"cpu_percent": 5.0}, now=now)
     # What a check-in buffered before the edge refused such names (PostgreSQL cannot store either).
-    heartbeats.heartbeat_record(device_pk=poisoned.pk, running={"model": model, "version": "1.0.0", "sha256": ""},
+    heartbeats.heartbeat_record(device_pk=poisoned.pk, models=[running(model)],
                                 health=None, now=now)
     for device in fleet[2:]:
-        heartbeats.heartbeat_record(device_pk=device.pk, running=None, health={"cpu_percent": 5.0}, now=now)
+        heartbeats.heartbeat_record(device_pk=device.pk, models=[], health={"cpu_percent": 5.0}, now=now)
 
     assert devices_mark_offline() == 1  # the task flushes first: it neither fails nor misses the others
 
@@ -162,10 +203,24 @@ def test_the_set_aside_heartbeats_are_capped(set_aside_empty, monkeypatch):
     now = timezone.now()
     devices = [device_with_credential(f"cam-{i}")[0] for i in range(5)]
     for device in devices:
-        heartbeats.heartbeat_record(device_pk=device.pk, running={"model": "a\u0000b", "version": "1", "sha256": ""},
+        heartbeats.heartbeat_record(device_pk=device.pk, models=[running("a\u0000b", "1")],
                                     health=None, now=now)
 
     assert heartbeats.heartbeats_flush() == 0
 
     kept = set_aside_empty.lrange(heartbeats.set_aside_key("heartbeats"), 0, -1)
     assert len(kept) == 3
+
+
+def test_a_heartbeat_a_version_1_server_buffered_before_the_upgrade_is_flushed_into_its_slot():
+    device, _ = device_with_credential()
+    version, _ = registry_version()
+    seen = timezone.now()
+    old_entry = {"at": seen.isoformat(), "running": running(sha256=version.sha256), "health": None}
+    heartbeats.redis_client().hset(heartbeats._buffer_key(), device.pk, json.dumps(old_entry))
+
+    assert heartbeats.heartbeats_flush() == 1
+
+    assert device.slots.get().running_version == version
+    device.refresh_from_db()
+    assert device.last_seen == seen

@@ -17,7 +17,7 @@ from devices.services import telemetry
 from devices.services.telemetry import metric_windows_flush, metric_windows_prune
 from devices.tasks import metric_windows_flush as metric_windows_flush_task
 from hotswap.celery import app as celery_app
-from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window
+from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, running
 
 pytestmark = pytest.mark.django_db
 
@@ -45,11 +45,13 @@ def buffered_checkins() -> int:
 def test_a_check_in_with_windows_reads_once_writes_nothing_and_the_flush_stores_them(client,
                                                                                    django_assert_num_queries):
     device, credential = device_with_credential()
-    etag = checkin(client, credential, {"metrics": [metric_window(count=4)]})["ETag"]  # the versions are known
+    # The versions are known after this.
+    etag = checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=4)]})["ETag"]
     assert metric_windows_flush() == 1
 
     with django_assert_num_queries(1):
-        response = checkin(client, credential, {"metrics": [metric_window(count=5), metric_window(count=6)]},
+        response = checkin(client, credential, {"models": [running()],
+                                                "metrics": [metric_window(count=5), metric_window(count=6)]},
                            etag=etag)
 
     assert response.status_code == 304
@@ -65,7 +67,7 @@ def test_the_flush_keeps_the_order_check_ins_were_answered_in_across_chunks(clie
     settings.METRIC_FLUSH_CHUNK = 2
     credentials = [device_with_credential(f"cam-{i}")[1] for i in range(3)]
     for count in range(1, 8):
-        checkin(client, credentials[count % 3], {"metrics": [metric_window(count=count)]})
+        checkin(client, credentials[count % 3], {"models": [running()], "metrics": [metric_window(count=count)]})
 
     assert metric_windows_flush() == 7
 
@@ -79,7 +81,7 @@ def test_a_flush_that_died_halfway_is_finished_by_the_next_without_storing_a_chu
     settings.METRIC_FLUSH_CHUNK = 2
     _device, credential = device_with_credential()
     for count in range(1, 6):
-        checkin(client, credential, {"metrics": [metric_window(count=count)]})
+        checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=count)]})
     real_flush_chunk, chunks = telemetry._flush_chunk, []
 
     def dies_after_the_second_chunk(receipt, arrays):
@@ -94,7 +96,8 @@ def test_a_flush_that_died_halfway_is_finished_by_the_next_without_storing_a_chu
         metric_windows_flush()
     assert stored_counts() == [1, 2, 3, 4]
     monkeypatch.setattr(telemetry, "_flush_chunk", real_flush_chunk)
-    checkin(client, credential, {"metrics": [metric_window(count=6)]})  # arrives meanwhile: a fresh buffer
+    # Arrives meanwhile: a fresh buffer.
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=6)]})
 
     assert metric_windows_flush() == 2  # the died batch's last chunk, and the new check-in
 
@@ -105,8 +108,8 @@ def test_a_full_buffer_makes_check_ins_write_their_windows_themselves(client, se
     settings.METRIC_BUFFER_MAX_CHECKINS = 1
     _device, credential = device_with_credential()
 
-    checkin(client, credential, {"metrics": [metric_window(count=1)]})
-    checkin(client, credential, {"metrics": [metric_window(count=2)]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=1)]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=2)]})
 
     assert stored_counts() == [2]  # the flush has fallen behind: written at once
     assert metric_windows_flush() == 1
@@ -116,8 +119,8 @@ def test_a_full_buffer_makes_check_ins_write_their_windows_themselves(client, se
 def test_windows_of_a_device_deleted_before_the_flush_go_with_it_and_the_others_are_stored(client):
     gone, gone_credential = device_with_credential("cam-gone")
     _kept, kept_credential = device_with_credential("cam-kept")
-    checkin(client, gone_credential, {"metrics": [metric_window(count=1)]})
-    checkin(client, kept_credential, {"metrics": [metric_window(count=2)]})
+    checkin(client, gone_credential, {"models": [running()], "metrics": [metric_window(count=1)]})
+    checkin(client, kept_credential, {"models": [running()], "metrics": [metric_window(count=2)]})
     Device.objects.filter(pk=gone.pk).delete()
 
     assert metric_windows_flush() == 1
@@ -137,7 +140,7 @@ def test_check_ins_without_windows_buffer_nothing(client):
 
 def test_receipts_are_pruned_with_the_raw_windows(client, settings):
     _device, credential = device_with_credential()
-    checkin(client, credential, {"metrics": [metric_window()]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window()]})
     metric_windows_flush()
     now = timezone.now()
 
@@ -166,7 +169,7 @@ def test_windows_the_database_refuses_are_set_aside_without_holding_up_the_rest(
     counted = heartbeats.set_aside_counts().get("metric-windows", 0)
     device, credential = device_with_credential()
     other, other_credential = device_with_credential("cam-other")
-    checkin(client, credential, {"metrics": [metric_window(count=1)]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=1)]})
 
     def buffered(*windows: dict, device: Device = device) -> str:  # as a check-in buffers its windows
         entry = json.dumps([as_buffered(window, device) for window in windows])
@@ -179,10 +182,10 @@ def test_windows_the_database_refuses_are_set_aside_without_holding_up_the_rest(
               {**metric_window(count=92, errors=95), "window_start": now, "window_end": now}]
     buffered(metric_window(count=2), poison[0], metric_window(count=3))  # the good ones of its check-in too
     buffered(poison[1], device=other)
-    checkin(client, other_credential, {"metrics": [metric_window(count=4)]})
+    checkin(client, other_credential, {"models": [running()], "metrics": [metric_window(count=4)]})
     buffered(poison[2])
     redis.rpush(heartbeats.metric_buffer_key(), b"not json")
-    checkin(client, credential, {"metrics": [metric_window(count=5)]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=5)]})
 
     assert metric_windows_flush() == 5
 
@@ -225,7 +228,7 @@ def test_windows_an_earlier_flush_rejected_without_bound_join_the_capped_expirin
 
 def test_an_unreachable_database_sets_nothing_aside_and_the_windows_wait_for_the_next_flush(client, monkeypatch):
     _device, credential = device_with_credential()
-    checkin(client, credential, {"metrics": [metric_window(count=1)]})
+    checkin(client, credential, {"models": [running()], "metrics": [metric_window(count=1)]})
     counted = heartbeats.set_aside_counts().get("metric-windows", 0)
 
     def unreachable(**kwargs):

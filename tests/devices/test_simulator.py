@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import random
 import statistics
 import time
@@ -14,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devices.services.checkin import checkin_parse
+from hotswap_device.client import CheckinExchange, encode, model_entry
 from hotswap_device.fleet import (
     DEFAULT_BEHAVIOUR,
     Behaviour,
@@ -100,7 +100,10 @@ def test_metric_windows_follow_the_behaviour_and_pass_the_servers_validation(mak
     windows = [metric_window(behaviour, model="m", version="1.0.0", start=now - timedelta(seconds=60), end=now,
                              inference_rate=10, rng=rng) for _ in range(200)]
 
-    report = checkin_parse(json.dumps({"running": None, "metrics": windows[:100]}).encode(), now=now)
+    # The body exactly as a device sends it (the shared protocol client builds it), with the server's parser.
+    body, _headers = CheckinExchange(credential="hsd_x", models=[model_entry("m", "1.0.0", "0" * 64)],
+                                     installs=[], metrics=windows[:100]).request()
+    report = checkin_parse(encode(body), now=now)
 
     assert len(report.metrics) == 100
     assert 39 <= statistics.median(w["latency_ms"]["p50"] for w in windows) <= 41

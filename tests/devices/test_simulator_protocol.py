@@ -24,7 +24,9 @@ from devices.services import checkin
 from devices.services.checkin import CheckinInvalid, checkin_parse
 from hotswap_device.fleet import parse_behaviours
 from hotswap_device.manifest import canonical_bytes
+from hotswap_device.protocol import PROTOCOL_VERSION
 from hotswap_device.simulator import FleetConfig, run_fleet
+from tests.device.fakeserver import protocol_problems
 
 ENROLL_KEY = "hse_0a1b2c3d_fleet-secret"
 BASE = "http://fake.hotswap"
@@ -35,7 +37,7 @@ def _error(status: int, code: str, message: str = "", details=None) -> httpx.Res
 
 
 class FakeServer:
-    """Enroll, check-in with ETag/304 and signed manifests, artifact downloads: the protocol, nothing more."""
+    """Enroll, check-in with ETag/304 and signed per-slot manifests, artifact downloads: protocol v2, nothing more."""
 
     def __init__(self, *, poll: float = 0.2):
         self.poll = poll
@@ -91,9 +93,9 @@ class FakeServer:
         assert set(body["capabilities"]) == {"cpu_cores", "memory_mb", "storage_gb", "gpu"}
         credential = f"hsd_{secrets.token_hex(4)}_{secrets.token_urlsafe(16)}"
         self.credentials[credential] = device_id
-        self.devices[device_id] = {"spec": body, "sequence": 0, "desired": None}
+        self.devices[device_id] = {"spec": body, "sequences": {}, "desired": {}}
         self.enrollments += 1
-        return httpx.Response(201, json={"device_id": device_id, "credential": credential,
+        return httpx.Response(201, json={"protocol": PROTOCOL_VERSION, "device_id": device_id, "credential": credential,
                                          "checkin_url": "/api/v1/devices/checkin", "poll_interval_seconds": self.poll,
                                          "manifest_public_key": self.key_info})
 
@@ -101,7 +103,7 @@ class FakeServer:
         """An operator pre-registers a device and issues its credential."""
         credential = f"hsd_{secrets.token_hex(4)}_{secrets.token_urlsafe(16)}"
         self.credentials[credential] = device_id
-        self.devices[device_id] = {"spec": None, "sequence": 0, "desired": None}
+        self.devices[device_id] = {"spec": None, "sequences": {}, "desired": {}}
         return credential
 
     def _checkin(self, request: httpx.Request) -> httpx.Response:
@@ -113,21 +115,26 @@ class FakeServer:
         if device_id in self.decommissioned:
             return _error(403, "DEVICE_DECOMMISSIONED")
         now = datetime.now(UTC)
+        body = json.loads(request.content)
+        code, details = protocol_problems(body)
+        if code:
+            return _error(400, code, "This server speaks device protocol 2.", details)
         try:
             checkin_parse(request.content, now=now)  # the real server's validation, all or nothing
         except CheckinInvalid as exc:
             return _error(400, exc.code, exc.message, exc.details)
-        body = json.loads(request.content)
         self.installs += [(device_id, item) for item in body.get("installs", [])]
         self.metrics += [(device_id, item) for item in body.get("metrics", [])]
         device = self.devices[device_id]
-        device["running"] = body.get("running")
-        etag = f'"{device["sequence"]}"'
+        device["models"] = body["models"]
+        # One ETag over the device's whole desired set.
+        etag = f'"{sorted(device["sequences"].items())}"'.replace(" ", "")
         if request.headers.get("If-None-Match") == etag:
             return httpx.Response(304, headers={"ETag": etag})
         return httpx.Response(200, headers={"ETag": etag, "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"},
-                              json={"desired": self._desired(device_id, now), "poll_interval_seconds": self.poll,
-                                    "accepted": {}, "server_time": now.isoformat()})
+                              json={"protocol": PROTOCOL_VERSION, "desired": self._desired(device_id, now),
+                                    "poll_interval_seconds": self.poll, "accepted": {},
+                                    "server_time": now.isoformat()})
 
     def set_desired(self, device_ids, *, model: str, version: str, content: bytes, rollback: bool = False,
                     tamper: str = "", served: bytes | None = None) -> None:
@@ -135,28 +142,36 @@ class FakeServer:
         self.artifacts[sha256] = content if served is None else served
         checkin._known_versions.put(f"{model}-{version}", True)  # in the registry the real validation consults
         for device_id in device_ids:
-            device = self.devices[device_id]
-            device["sequence"] += 1
-            device["desired"] = {"model": model, "version": version, "sha256": sha256, "size": len(content),
-                                 "url": f"{BASE}/artifacts/{sha256}", "rollback": rollback, "tamper": tamper}
+            self._slot(device_id, model, {"action": "install", "version": version, "sha256": sha256,
+                                          "size": len(content), "url": f"{BASE}/artifacts/{sha256}",
+                                          "format": "onnx", "rollback": rollback, "tamper": tamper})
 
-    def _desired(self, device_id: str, now: datetime) -> dict | None:
+    def remove(self, device_ids, *, model: str) -> None:
+        for device_id in device_ids:
+            self._slot(device_id, model, {"action": "remove", "tamper": ""})
+
+    def _slot(self, device_id: str, model: str, desired: dict) -> None:
         device = self.devices[device_id]
-        desired = device["desired"]
-        if desired is None:
-            return None
-        manifest = {"device_id": device_id, "format": "onnx", "issued_at": now.isoformat(),
-                    "expires_at": (now + timedelta(minutes=10)).isoformat(), "sequence": device["sequence"],
-                    **{k: v for k, v in desired.items() if k != "tamper"}}
-        signature = self.signing_key.sign(canonical_bytes(manifest))
-        if desired["tamper"] == "signature":
-            manifest = {**manifest, "size": manifest["size"] + 1}
-        return {"manifest": manifest, "signature": base64.b64encode(signature).decode(),
-                "key_id": self.key_info["key_id"]}
+        device["sequences"][model] = device["sequences"].get(model, 0) + 1
+        device["desired"][model] = {"model": model, **desired}
 
-    def installs_of(self, status: str, version: str | None = None) -> dict[str, dict]:
+    def _desired(self, device_id: str, now: datetime) -> list[dict]:
+        device, answer = self.devices[device_id], []
+        for model, desired in device["desired"].items():
+            manifest = {"device_id": device_id, "issued_at": now.isoformat(),
+                        "expires_at": (now + timedelta(minutes=10)).isoformat(),
+                        "sequence": device["sequences"][model], **{k: v for k, v in desired.items() if k != "tamper"}}
+            signature = self.signing_key.sign(canonical_bytes(manifest))
+            if desired["tamper"] == "signature":
+                manifest = {**manifest, "size": manifest["size"] + 1}
+            answer.append({"manifest": manifest, "signature": base64.b64encode(signature).decode(),
+                           "key_id": self.key_info["key_id"]})
+        return answer
+
+    def installs_of(self, status: str, version: str | None = None, model: str | None = None) -> dict[str, dict]:
         return {device_id: item for device_id, item in self.installs
-                if item["status"] == status and (version is None or item["version"] == version)}
+                if item["status"] == status and (version is None or item["version"] == version)
+                and (model is None or item["model"] == model)}
 
 
 def config(server: FakeServer, tmp_path, **overrides) -> FleetConfig:
@@ -380,3 +395,83 @@ def test_devices_with_operator_issued_credentials_skip_enrollment_and_pin_the_pu
     saved = json.loads((tmp_path / "state.json").read_text())["servers"][BASE]
     assert saved["t-00001"]["credential"] == credentials["t-00001"]
     assert saved["t-00001"]["public_key"] == server.key_info["public_key"]
+
+
+# --- several models per virtual device -------------------------------------------------------------------------
+
+
+def test_each_device_runs_two_models_with_their_own_behaviour_and_swaps_one_while_the_other_serves(tmp_path):
+    server = FakeServer()
+    behaviours = parse_behaviours(["detector=latency:40±2", "classifier-1.0.0=latency:10±1",
+                                   "classifier-1.1.0=latency:25±1,errors:0"])
+    fleet_config = config(server, tmp_path, devices=4, behaviours=behaviours, inference_rate=200)
+    ids = lambda: sorted(server.devices)  # noqa: E731
+
+    async def steps():
+        await _until(lambda: len(server.devices) == 4)
+        server.set_desired(ids(), model="detector", version="1.0.0", content=b"detector")
+        server.set_desired(ids(), model="classifier", version="1.0.0", content=b"classifier")
+        await _until(lambda: len(server.installs_of("active")) == 4
+                     and all(len(server.devices[d].get("models", [])) == 2 for d in ids()))
+        await _until(lambda: {d for d, w in server.metrics if w["model"] == "classifier"} == set(ids()))
+        server.set_desired(ids(), model="classifier", version="1.1.0", content=b"classifier 1.1")
+        await _until(lambda: len(server.installs_of("active", "1.1.0")) == 4)
+        await _until(lambda: {d for d, w in server.metrics if w["version"] == "1.1.0"} == set(ids()))
+
+    stats = asyncio.run(_with_fleet(fleet_config, steps))
+
+    assert stats.versions == Counter({"detector-1.0.0": 4, "classifier-1.1.0": 4})
+    assert all(sorted(m["model"] for m in server.devices[d]["models"]) == ["classifier", "detector"] for d in ids())
+    # The detector was installed once per device and never touched by the classifier's upgrade.
+    detector = [item for _, item in server.installs if item["model"] == "detector"]
+    assert Counter(item["status"] for item in detector) == Counter({"installed": 4, "active": 4})
+    assert {item["sequence"] for _, item in server.installs if item["version"] == "1.1.0"} == {2}  # its slot's
+    p50 = {}
+    for _, window in server.metrics:
+        p50.setdefault((window["model"], window["version"]), []).append(window["latency_ms"]["p50"])
+    median = {key: sorted(values)[len(values) // 2] for key, values in p50.items()}
+    assert 37 <= median[("detector", "1.0.0")] <= 43
+    assert 8 <= median[("classifier", "1.0.0")] <= 12 and 22 <= median[("classifier", "1.1.0")] <= 28
+
+
+def test_a_refused_slot_does_not_block_the_other_and_a_removed_one_is_reported(tmp_path):
+    server = FakeServer()
+    fleet_config = config(server, tmp_path, devices=2)
+    ids = lambda: sorted(server.devices)  # noqa: E731
+
+    async def steps():
+        await _until(lambda: len(server.devices) == 2)
+        server.set_desired(ids(), model="detector", version="1.1.0", content=b"d110")
+        await _until(lambda: len(server.installs_of("active", model="detector")) == 2)
+        # In one answer: a downgrade of the detector (not a rollback) and a new classifier.
+        server.set_desired(ids(), model="detector", version="1.0.0", content=b"d100")
+        server.set_desired(ids(), model="classifier", version="2.0.0", content=b"c200")
+        await _until(lambda: len(server.installs_of("active", model="classifier")) == 2
+                     and len(server.installs_of("refused")) == 2)
+        server.remove(ids()[:1], model="classifier")
+        await _until(lambda: len(server.installs_of("removed")) == 1)
+
+    stats = asyncio.run(_with_fleet(fleet_config, steps))
+
+    assert stats.versions == Counter({"detector-1.1.0": 2, "classifier-2.0.0": 1})
+    assert stats.refusals == Counter({"downgrade": 2})
+    removed = server.installs_of("removed")[ids()[0]]
+    assert (removed["model"], removed["version"], removed["sequence"]) == ("classifier", "2.0.0", 2)
+    assert [m["model"] for m in server.devices[ids()[0]]["models"]] == ["detector"]
+
+
+def test_a_state_file_of_protocol_1_becomes_each_device_s_slot(tmp_path):
+    server = FakeServer()
+    credential = server.register("t-00001")
+    sha256 = hashlib.sha256(b"old").hexdigest()
+    checkin._known_versions.put("resnet-1.0.0", True)  # in the registry the real validation consults
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "servers": {BASE: {"t-00001": {
+        "credential": credential, "key_id": "fake-key", "public_key": server.key_info["public_key"],
+        "running": {"model": "resnet", "version": "1.0.0", "sha256": sha256}, "last_sequence": 3, "poll": 0.2}}}}))
+
+    stats = asyncio.run(run_fleet(config(server, tmp_path, devices=1, enroll_key="", duration=0.8)))
+
+    assert stats.versions == Counter({"resnet-1.0.0": 1}) and stats.errors == Counter()
+    assert server.devices["t-00001"]["models"] == [{"model": "resnet", "version": "1.0.0", "sha256": sha256}]
+    saved = json.loads((tmp_path / "state.json").read_text())["servers"][BASE]["t-00001"]
+    assert saved["slots"]["resnet"]["last_sequence"] == 3 and "running" not in saved

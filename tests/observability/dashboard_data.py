@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from devices.models import Device, MetricWindow
+from devices.models import Device, MetricWindow, ModelSlot
 from devices.services.telemetry import metric_rollup_recent
 from models_app.models import ModelVersion
 from rollouts.models import Assignment, Distribution
@@ -20,11 +20,13 @@ from tests.rollouts.conftest import offered, report_installs
 MINUTE = timedelta(minutes=1)
 
 
-def runs(devices: list[Device], version: ModelVersion | None) -> None:
-    """The devices report they run `version`, as their check-ins would."""
-    Device.objects.filter(pk__in=[d.pk for d in devices]).update(
-        current_version=version, reported_model=version.ai_model.name if version else "",
-        reported_version=version.version if version else "")
+def runs(devices: list[Device], version: ModelVersion) -> None:
+    """The devices report they run `version` (in its model's slot), as their check-ins would."""
+    ModelSlot.objects.bulk_create(
+        [ModelSlot(device=device, ai_model_id=version.ai_model_id, running_version=version,
+                   reported_version=version.version, reported_sha256=version.sha256) for device in devices],
+        update_conflicts=True, unique_fields=["device", "ai_model"],
+        update_fields=["running_version", "reported_version", "reported_sha256"])
 
 
 def windows(devices: list[Device], version: ModelVersion, *, start: datetime, end: datetime, latency: float,
@@ -83,7 +85,7 @@ def simulated_rollout(make_fleet, make_version, *, now: datetime | None = None) 
     distribution_advance(distribution_id=rolled_back.pk, now=now - 40 * MINUTE)
     report_installs(offered(rolled_back, 0), now=now - 39 * MINUTE)
     distribution_advance(distribution_id=rolled_back.pk, now=now - 39 * MINUTE + timedelta(seconds=1))
-    canaries = [d for d in _stage_devices(rolled_back, 0) if d.reported_model]
+    canaries = [d for d in _stage_devices(rolled_back, 0) if d.slots.exists()]
     windows(canaries, bad, start=now - 38 * MINUTE, end=now - 25 * MINUTE, latency=45.0, errors=0.02, seed=2)
     rolled_back.refresh_from_db()
     distribution_rollback(distribution=rolled_back, reason="p99 latency regression", now=now - 25 * MINUTE)

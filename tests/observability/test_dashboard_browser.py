@@ -41,11 +41,8 @@ def api_fleet(page) -> list[dict]:
     return devices
 
 
-def running_label(device: dict) -> str:
-    running = device["running"]
-    if running is None:
-        return "nothing reported"
-    return running["model_id"] or f"{running['model']}-{running['version']}"
+def running_label(model: str, running: dict) -> str:
+    return running["model_id"] or f"{model}-{running['version']}"
 
 
 def assert_the_fleet_matches_the_api(page) -> None:
@@ -61,12 +58,17 @@ def assert_the_fleet_matches_the_api(page) -> None:
         assert figures == (online, offline), region
 
     versions = {}
-    for row in page.locator("#fleet-versions tbody tr[data-region]").all():
-        parts = (text.rsplit(": ", 1) for text in row.locator("[data-version]").all_inner_texts())
-        versions[row.get_attribute("data-region")] = Counter({label: int(count) for label, count in parts})
-    expected: dict[str, Counter] = {}
+    for section in page.locator("#fleet-versions [data-model]").all():
+        for row in section.locator("tbody tr[data-region]").all():
+            parts = (text.rsplit(": ", 1) for text in row.locator("[data-version]").all_inner_texts())
+            versions[section.get_attribute("data-model"), row.get_attribute("data-region")] = Counter(
+                {label: int(count) for label, count in parts})
+    expected: dict[tuple[str, str], Counter] = {}
     for device in fleet:
-        expected.setdefault(device["region"], Counter())[running_label(device)] += 1
+        for slot in device["slots"]:
+            if slot["running"]:
+                key = (slot["model"], device["region"])
+                expected.setdefault(key, Counter())[running_label(slot["model"], slot["running"])] += 1
     assert versions == expected
 
 

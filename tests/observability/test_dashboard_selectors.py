@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 from django.utils import timezone
 
-from devices.models import Device
+from devices.models import Device, ModelSlot
 from hotswap.dashboard.selectors import (
     chart_interval,
     dashboard_distributions,
     distribution_series,
     fleet_by_region,
-    fleet_versions_by_region,
+    fleet_versions_by_model,
 )
 from rollouts.models import Distribution
 from tests.observability.dashboard_data import simulated_rollout
@@ -36,22 +36,31 @@ def test_it_counts_devices_online_and_offline_per_region_without_decommissioned_
                     {"region": "us", "online": 1, "offline": 0, "total": 1}]
 
 
-def test_it_counts_the_versions_each_region_runs(make_device, make_version, django_assert_num_queries):
-    old, new = make_version(version="1.0.0"), make_version(version="1.1.0")
-    make_device(region="eu", current_version=old, reported_model="resnet", reported_version="1.0.0")
-    make_device(region="eu", current_version=old, reported_model="resnet", reported_version="1.0.0")
-    make_device(region="eu", current_version=new, reported_model="resnet", reported_version="1.1.0", status="offline")
-    make_device(region="eu")  # nothing reported yet
-    make_device(region="us", reported_model="yolo", reported_version="5.0.0")  # not a registry version
-    make_device(region="us", current_version=new, status="decommissioned")
+def test_it_counts_the_versions_of_each_model_each_region_runs(make_device, make_version,
+                                                                django_assert_num_queries):
+    old, new, yolo = make_version(version="1.0.0"), make_version(version="1.1.0"), make_version("yolo", "1.0.0")
+
+    def device(region, *running, status="active"):
+        made = make_device(region=region, status=status)
+        for model, version in running:
+            ModelSlot.objects.create(device=made, ai_model=model.ai_model, reported_version=version,
+                                     running_version=model if model.version == version else None)
+
+    device("eu", (old, "1.0.0"), (yolo, "1.0.0"))  # two models: counted once under each
+    device("eu", (old, "1.0.0"))
+    device("eu", (new, "1.1.0"), status="offline")
+    device("eu")  # nothing reported yet
+    device("us", (yolo, "5.0.0"))  # not a registry version
+    device("us", (new, "1.1.0"), status="decommissioned")
+    ModelSlot.objects.create(device=make_device(region="us"), ai_model=new.ai_model, version=new)  # desired only
 
     with django_assert_num_queries(1):
-        rows = fleet_versions_by_region()
+        rows = fleet_versions_by_model()
 
-    assert rows == [{"region": "eu", "version": "resnet-1.0.0", "devices": 2},
-                    {"region": "eu", "version": "resnet-1.1.0", "devices": 1},
-                    {"region": "eu", "version": None, "devices": 1},
-                    {"region": "us", "version": "yolo-5.0.0", "devices": 1}]
+    assert rows == [{"model": "resnet", "region": "eu", "version": "resnet-1.0.0", "devices": 2},
+                    {"model": "resnet", "region": "eu", "version": "resnet-1.1.0", "devices": 1},
+                    {"model": "yolo", "region": "eu", "version": "yolo-1.0.0", "devices": 1},
+                    {"model": "yolo", "region": "us", "version": "yolo-5.0.0", "devices": 1}]
 
 
 def test_open_distributions_come_first_then_those_finished_lately(make_version):
@@ -61,8 +70,8 @@ def test_open_distributions_come_first_then_those_finished_lately(make_version):
                                    ("rolled", "rolled_back", now - timedelta(hours=3)), ("paused", "paused", None),
                                    ("scheduled", "scheduled", None), ("running", "running", None)]:
         # Statuses are written directly: this reads them, it does not care how they came about.
-        Distribution.objects.create(version=version, strategy="direct", name=name, scheduled_at=now, status=status,
-                                    finished_at=finished)
+        Distribution.objects.create(version=version, ai_model=version.ai_model, strategy="direct", name=name,
+                                    scheduled_at=now, status=status, finished_at=finished)
 
     shown = dashboard_distributions(now=now)
 
@@ -102,4 +111,4 @@ def test_series_of_a_simulated_rollout_have_the_new_version_against_its_baseline
     rolled_back = distribution_series(distribution=rollout.rolled_back)
     assert rolled_back["rolled_back_at"] == rollout.now - timedelta(minutes=25)
     assert rolled_back["rollback_reason"] == "p99 latency regression"
-    assert Device.objects.filter(region="ap", current_version=rollout.old).count() == 6
+    assert Device.objects.filter(region="ap", slots__running_version=rollout.old).count() == 6

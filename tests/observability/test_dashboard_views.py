@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from devices.models import Device
+from devices.models import ModelSlot
 from rollouts.admin import progress_bar
 from rollouts.selectors import distribution_status
 from tests.observability.dashboard_data import simulated_rollout
@@ -71,17 +71,19 @@ def test_a_viewer_sees_the_fleet_the_versions_and_the_distributions(console, rol
     assert (figure(page, 'data-region="ap"', "online"), figure(page, 'data-region="ap"', "offline")) == ("8", "0")
     assert (figure(page, 'data-region="*"', "online"), figure(page, 'data-region="*"', "offline")) == ("25", "3")
 
-    versions = page[page.index('id="fleet-versions"'):]
+    versions = page[page.index('id="fleet-versions"'):page.index('class="hs-section"')]
+    [(model, section)] = re.findall(r'<div class="hs-model-versions" data-model="([\w-]+)">(.*?)</table>', versions,
+                                    re.S)
     shown = {region: dict(part.rsplit(": ", 1) for part in re.sub(r"<[^>]+>", "", summary).split(" · "))
              for region, summary in re.findall(r'<tr data-region="(\w+)">.*?<div class="hs-bar-summary">(.*?)</div>',
-                                               versions, re.S)}
+                                               section, re.S)}
     expected: dict[str, dict[str, str]] = {}
-    for device in Device.objects.exclude(status="decommissioned").select_related("current_version"):
-        label = device.current_version.model_id if device.current_version else "nothing reported"
-        counts = expected.setdefault(device.region, {})
-        counts[label] = str(int(counts.get(label, "0")) + 1)
-    assert shown == expected
-    assert shown["ap"] == {"resnet-1.0.0": "6", "nothing reported": "2"}
+    for slot in ModelSlot.objects.exclude(device__status="decommissioned").select_related("device",
+                                                                                         "running_version"):
+        counts = expected.setdefault(slot.device.region, {})
+        counts[slot.running_version.model_id] = str(int(counts.get(slot.running_version.model_id, "0")) + 1)
+    assert model == "resnet" and shown == expected
+    assert shown["ap"] == {"resnet-1.0.0": "6"}  # the two that report nothing run no model
 
 
 def test_each_distribution_shows_the_status_api_figures_and_its_charts(console, rollout):

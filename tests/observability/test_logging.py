@@ -75,7 +75,7 @@ def test_without_a_traceparent_the_trace_id_is_the_request_id_the_error_body_sho
 def test_lines_logged_inside_a_device_check_in_name_the_device(client, log_lines):
     _device, credential = device_with_credential("cam-0042")
 
-    response = checkin(client, credential, {"running": {"model": "resnet"}})  # invalid: a 400 is logged at INFO
+    response = checkin(client, credential, {"models": [{"model": "resnet"}]})  # invalid: a 400 is logged at INFO
 
     assert response.status_code == 400
     line = request_line(log_lines(), "/api/v1/devices/checkin")
@@ -85,7 +85,7 @@ def test_lines_logged_inside_a_device_check_in_name_the_device(client, log_lines
 
 def test_answered_check_ins_and_probes_stay_below_info(client, log_lines):
     _device, credential = device_with_credential("cam-0043")
-    assert checkin(client, credential, {"running": None}).status_code == 200
+    assert checkin(client, credential, {"models": []}).status_code == 200
     assert client.get("/health").status_code == 200
     assert not [line for line in log_lines() if line["logger"] == "hotswap.request"]
 

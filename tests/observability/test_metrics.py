@@ -9,7 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from devices.heartbeats import devices_mark_offline
-from devices.models import Device, InstallReport, MetricWindow
+from devices.models import Device, InstallReport, MetricWindow, ModelSlot
 from devices.services.telemetry import metric_rollup_recent
 from models_app.models import ValidationReport
 from rollouts.models import Distribution
@@ -32,6 +32,28 @@ def _window(device: Device, version, *, end, histogram: list[int], p50: float) -
         device=device, version=version, model_name=version.ai_model.name, model_version=version.version,
         window_start=end - timedelta(minutes=1), window_end=end, inference_count=count, error_count=2,
         latency_p50_ms=p50, latency_p95_ms=p50 * 2, latency_p99_ms=p50 * 3, latency_histogram=histogram)
+
+
+def test_each_model_of_a_device_counts_in_its_own_running_gauge_and_the_device_once_online(make_version,
+                                                                                           make_device, scrape):
+    detector, detector_next, recogniser = (make_version("detector", "1.0.0"), make_version("detector", "1.1.0"),
+                                           make_version("recogniser", "2.0.0"))
+    for index, (status, running) in enumerate([("active", (detector, recogniser)), ("active", (detector_next,
+                                               recogniser)), ("active", ()), ("offline", (detector,))]):
+        device = make_device(device_id=f"multi-{index}", region="eu-north", status=status)
+        for version in running:
+            ModelSlot.objects.create(device=device, ai_model=version.ai_model, running_version=version,
+                                     reported_version=version.version)
+
+    values, _text = scrape()
+
+    assert values["hotswap_devices_online", labels(region="eu-north")] == 3
+    assert values["hotswap_devices_offline", labels(region="eu-north")] == 1
+    assert values["hotswap_devices_running", labels(model="detector", version="1.0.0")] == 1  # one is offline
+    assert values["hotswap_devices_running", labels(model="detector", version="1.1.0")] == 1
+    assert values["hotswap_devices_running", labels(model="recogniser", version="2.0.0")] == 2
+    assert values["hotswap_model_versions_active", labels(model="detector")] == 2
+    assert values["hotswap_model_versions_active", labels(model="recogniser")] == 1
 
 
 def test_it_reports_the_domain_metrics_from_the_database(make_version, make_fleet, scrape):
@@ -57,7 +79,7 @@ def test_it_reports_the_domain_metrics_from_the_database(make_version, make_flee
         for a, ms in zip(offered(completed), (800, 1840, 7000), strict=True)
     ])
     distribution_advance(distribution_id=completed.pk, now=now + timedelta(minutes=2))
-    Device.objects.filter(pk__in=[d.pk for d in eu]).update(current_version=new)
+    ModelSlot.objects.filter(device__in=eu, ai_model=new.ai_model).update(running_version=new)
     # A canary of yolo 2.1.0, rolled back after ten minutes.
     rolled_back = distribution_create(version=yolo_new, strategy="canary", target={"regions": ["us-east"]},
                                       now=now)
@@ -304,12 +326,12 @@ def test_it_still_answers_from_the_database_when_redis_is_down(make_version, set
 
 def test_it_shows_how_many_check_ins_wait_in_the_metric_window_buffer(client, scrape, make_version):
     from devices.services.telemetry import metric_windows_flush
-    from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window
+    from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, running
 
     make_version()  # what the windows report on
     _device, credential = device_with_credential()
     for _ in range(3):
-        checkin(client, credential, {"metrics": [metric_window()]})
+        checkin(client, credential, {"models": [running()], "metrics": [metric_window()]})
 
     values, _text = scrape()
     assert (values["hotswap_metric_windows_buffered", frozenset()],

@@ -13,7 +13,7 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.utils import timezone
 
-from devices.models import DesiredState, Device
+from devices.models import ModelSlot
 from rollouts.criteria import DEFAULT_CRITERIA
 from rollouts.models import Distribution, Stage, Transition
 from rollouts.orchestrator import distribution_advance
@@ -180,7 +180,8 @@ def test_abort_stops_for_good(console, canary):
 def test_rollback_returns_the_touched_devices_to_their_previous_version(console, canary, versions):
     old, new = versions
     # The three canary devices that installed run the new version (as their heartbeats would say).
-    Device.objects.filter(assignments__distribution=canary, assignments__state="active").update(current_version=new)
+    ModelSlot.objects.filter(device__assignments__distribution=canary, device__assignments__state="active").update(
+        running_version=new)
     question = console.get(f"{URL}{canary.pk}/actions/rollback/").content.decode()
     assert "5 devices touched by this distribution go back to the version they ran before" in question
 
@@ -188,8 +189,8 @@ def test_rollback_returns_the_touched_devices_to_their_previous_version(console,
 
     canary.refresh_from_db()
     assert canary.status == Distribution.Status.ROLLED_BACK
-    assert not DesiredState.objects.filter(version=new).exists()
-    assert DesiredState.objects.filter(version=old, rollback=True).count() == 5
+    assert not ModelSlot.objects.filter(version=new).exists()
+    assert ModelSlot.objects.filter(version=old, rollback=True).count() == 5
     assert "Rolled back: 5 device(s) go back to their previous version." in messages_of(response)
     page = response.content.decode()
     assert "2 of 5 device(s) back on their previous version" in page  # three must still check in
@@ -440,5 +441,5 @@ def test_a_conflict_with_a_running_distribution_is_explained(console, make_fleet
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert "Targeted devices already belong to a running distribution: resnet canary" in page
+    assert "Targeted devices already belong to an open distribution of resnet: resnet canary" in page
     assert Distribution.objects.count() == 1

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import DesiredState, Device
+from devices.models import ModelSlot
 from rollouts.models import Distribution, Stage
 from rollouts.orchestrator import distribution_advance
 from rollouts.services import distribution_create
@@ -140,17 +140,17 @@ def test_approve_pause_resume_and_roll_back_with_the_buttons(page, make_fleet, m
     expect(page.locator("#status")).to_have_text("Running")
 
     # The devices of both stages run the new version by now (as their check-ins would report).
-    Device.objects.update(current_version=new)
+    ModelSlot.objects.update(running_version=new)
     click_and_confirm(page, "rollback", reason="latency regression")
     distribution.refresh_from_db()
     assert distribution.status == Distribution.Status.ROLLED_BACK
-    assert DesiredState.objects.filter(version=old, rollback=True).count() == 10
+    assert ModelSlot.objects.filter(version=old, rollback=True).count() == 10
     expect(page.locator(".messagelist")).to_contain_text("Rolled back: 10 device(s)")
     expect(page.locator('[data-summary="rollback"]')).to_have_text(
         "0 of 10 device(s) back on their previous version")
     assert enabled_buttons(page) == set()
 
-    Device.objects.update(current_version=old)  # they converge back
+    ModelSlot.objects.update(running_version=old)  # they converge back
     expect(page.locator('[data-summary="rollback"]')).to_have_text(
         "10 of 10 device(s) back on their previous version", timeout=WAIT_MS)
     expect(page.locator("#transitions")).to_contain_text("latency regression")

@@ -55,6 +55,12 @@ class Command(BaseCommand):
                  "database (operator-issued credentials), or auto: enroll unless the server's THROTTLE_ENROLL "
                  f"rate would make that take over {AUTO_ENROLL_MAX_SECONDS} s (default auto)",
         )
+        parser.add_argument(
+            "--demo-models", action="store_true",
+            help="first start of a demo: upload two small generated models (demo-classifier, demo-detector) through "
+                 "the normal validation path and make both desired on the devices registered by then (runstack's "
+                 "demo fleet uses it with --provision register); models already in the registry are left alone",
+        )
 
     def handle(self, *args, **options) -> None:
         try:
@@ -70,6 +76,8 @@ class Command(BaseCommand):
                 config.credentials = self._register(missing)
             else:
                 config.enroll_key = options["enroll_key"] or self._create_key(len(missing))
+        if options["demo_models"]:
+            self._install_demo_models(config)
         connections.close_all()  # from here on the simulator only talks HTTP
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -83,6 +91,14 @@ class Command(BaseCommand):
     def _specs(config: simulator.FleetConfig) -> list[DeviceSpec]:
         return [device_spec(config.first_index + i, prefix=config.prefix, regions=config.regions, types=config.types)
                 for i in range(config.devices)]
+
+    def _install_demo_models(self, config: simulator.FleetConfig) -> None:
+        from devices.demo import demo_models_install
+        from devices.models import Device
+
+        devices = Device.objects.filter(device_id__in=[spec.device_id for spec in self._specs(config)])
+        for line in demo_models_install(devices):
+            self.stdout.write(f"{config.progress_prefix}demo models: {line}")
 
     def _mode(self, options: dict, missing: int) -> str:
         mode = options["provision"]

@@ -69,6 +69,8 @@ def demo_fleet_command(server: str, devices: int) -> list[str]:
     """manage.py simulate_fleet for the demo fleet: registered directly once, credentials kept in the var dir."""
     argv = [sys.executable, "manage.py", "simulate_fleet", "--server", server, "--devices", str(devices),
             "--prefix", DEMO_PREFIX, "--provision", "register",
+            # Two models per device, so slots are at work from the first start (see devices/demo.py).
+            "--demo-models",
             "--state-file", str(VAR_DIR / "simulator" / "demo-fleet.json"),
             # Registered devices hear the server's interval only at their first check-in: start with it.
             "--poll-seconds", str(settings.DEVICE_POLL_INTERVAL_SECONDS),
@@ -183,7 +185,8 @@ class Command(BaseCommand):
     def announce(self, base: str, credentials: str, demo_devices: int = 0) -> None:
         storage = (f"S3 bucket {settings.S3_BUCKET}" if settings.S3_BUCKET
                    else str(settings.STORAGES["artifacts"]["OPTIONS"].get("location")))
-        fleet = (f"{demo_devices} simulated devices ({DEMO_PREFIX}00001…), starting now (HOTSWAP_DEMO_DEVICES=0: none)"
+        fleet = (f"{demo_devices} simulated devices ({DEMO_PREFIX}00001…) running two models each, starting now "
+                 "(HOTSWAP_DEMO_DEVICES=0: none)"
                  if demo_devices > 0 else "none (HOTSWAP_DEMO_DEVICES or --demo-devices N starts one)")
         rule = "=" * 72
         self.stdout.write(

@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devices.manifests import public_key_info
-from devices.models import DesiredState, Device, EnrollmentKey
+from devices.models import Device, EnrollmentKey
 from tests.devices.checkin_helpers import checkin
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,9 @@ def test_it_enrolls_a_device_as_the_protocol_says(make_enrollment_key):
 
     assert response.status_code == 201, response.content
     body = response.json()
-    assert set(body) == {"device_id", "credential", "checkin_url", "poll_interval_seconds", "manifest_public_key"}
+    assert set(body) == {"device_id", "credential", "protocol", "checkin_url", "poll_interval_seconds",
+                         "manifest_public_key"}
+    assert body["protocol"] == 2  # the check-in protocol the server speaks
     assert body["device_id"] == "cam-0001"
     assert body["credential"].startswith("hsd_")
     assert body["checkin_url"] == "/api/v1/devices/checkin"
@@ -38,7 +40,7 @@ def test_it_enrolls_a_device_as_the_protocol_says(make_enrollment_key):
     device = Device.objects.get(device_id="cam-0001")
     assert (device.region, device.memory_mb, device.tags, device.enrollment_key) == ("eu-west", 2048,
                                                                                      ["lobby", "gen2"], key)
-    assert DesiredState.objects.filter(device=device).exists()
+    assert not device.slots.exists()
     assert checkin(Client(), body["credential"]).status_code == 200
 
 

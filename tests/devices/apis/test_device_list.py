@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import DesiredState, Device
+from devices.models import Device, ModelSlot
 
 pytestmark = pytest.mark.django_db
 
@@ -16,34 +16,45 @@ def ids(response) -> list[str]:
 
 
 @pytest.fixture
-def fleet(make_device, make_version):
+def fleet(make_device, make_version, make_slot):
     resnet_1, resnet_2 = make_version("resnet", "1.0.0"), make_version("resnet", "2.0.0")
-    make_device(device_id="cam-a", name="Lobby camera", region="eu-west", device_type="edge-camera",
-                tags=["lobby", "gen2"], memory_mb=2048, reported_model="resnet", reported_version="1.0.0",
-                current_version=resnet_1)
-    make_device(device_id="cam-b", name="Door camera", region="us-east", device_type="edge-camera",
-                tags=["door"], memory_mb=4096, status=Device.Status.OFFLINE, reported_model="resnet",
-                reported_version="2.0.0", current_version=resnet_2)
-    make_device(device_id="gw-c", name="Gateway", region="eu-west", device_type="gateway", tags=["gen2"],
-                memory_mb=512, reported_model="yolo", reported_version="1.0.0")
+    yolo, magika = make_version("yolo", "1.0.0"), make_version("magika", "3.0.0")
+    cam_a = make_device(device_id="cam-a", name="Lobby camera", region="eu-west", device_type="edge-camera",
+                        tags=["lobby", "gen2"], memory_mb=2048)
+    make_slot(cam_a, running=resnet_1)
+    cam_b = make_device(device_id="cam-b", name="Door camera", region="us-east", device_type="edge-camera",
+                        tags=["door"], memory_mb=4096, status=Device.Status.OFFLINE)
+    make_slot(cam_b, running=resnet_2)
+    make_slot(cam_b, desired=magika)  # a model it should run and does not yet
+    gw_c = make_device(device_id="gw-c", name="Gateway", region="eu-west", device_type="gateway", tags=["gen2"],
+                       memory_mb=512)
+    make_slot(gw_c, running=yolo)
+    make_slot(gw_c, running=None, desired=resnet_2)
     make_device(device_id="old-d", region="us-east", device_type="gateway", status=Device.Status.DECOMMISSIONED)
     return {"resnet-1": resnet_1, "resnet-2": resnet_2}
 
 
 def test_it_lists_devices_with_their_state(client_for, fleet):
-    desired = DesiredState.objects.get(device__device_id="cam-a")
-    desired.version, desired.sequence = fleet["resnet-2"], 3
-    desired.save()
+    ModelSlot.objects.filter(device__device_id="cam-a").update(version=fleet["resnet-2"], sequence=3,
+                                                               source="distribution:7")
 
     response = client_for("Viewer").get("/api/v1/devices")
 
     assert ids(response) == ["cam-a", "cam-b", "gw-c", "old-d"]
     first = response.json()["results"][0]
-    assert first["running"] == {"model": "resnet", "version": "1.0.0", "sha256": "", "model_id": "resnet-1.0.0"}
-    assert first["desired"]["version"] == "resnet-2.0.0" and first["desired"]["sequence"] == 3
+    [slot] = first["slots"]
+    assert (slot["model"], slot["state"], slot["sequence"], slot["refused_reason"]) == ("resnet", "installing", 3,
+                                                                                        None)
+    assert slot["running"] == {"model_id": "resnet-1.0.0", "version": "1.0.0", "sha256": fleet["resnet-1"].sha256,
+                               "reported_at": None}
+    assert slot["desired"] == {"action": "install", "version": "resnet-2.0.0", "rollback": False, "set_at": None,
+                               "source": "distribution:7", "reason": ""}
+    assert [(s["model"], s["state"], (s["running"] or {}).get("model_id"))
+            for s in response.json()["results"][1]["slots"]] == [("magika", "installing", None),
+                                                                 ("resnet", "unmanaged", "resnet-2.0.0")]
     assert first["capabilities"] == {"cpu_cores": None, "memory_mb": 2048, "storage_gb": None, "gpu": None}
     assert first["online"] is True and first["tags"] == ["lobby", "gen2"]
-    assert response.json()["results"][3]["running"] is None
+    assert response.json()["results"][3]["slots"] == []
 
 
 @pytest.mark.parametrize(("query", "expected"), [
@@ -55,10 +66,17 @@ def test_it_lists_devices_with_their_state(client_for, fleet):
     ("online=true", ["cam-a", "gw-c"]),
     ("online=false", ["cam-b", "old-d"]),
     ("min_memory_mb=2048", ["cam-a", "cam-b"]),
-    ("model=resnet", ["cam-a", "cam-b"]),
+    ("model=resnet", ["cam-a", "cam-b", "gw-c"]),  # runs it, or should (gw-c)
+    ("model=magika", ["cam-b"]),
+    ("model=ghost", []),
     ("version=resnet-2.0.0", ["cam-b"]),
     ("version=1.0.0", ["cam-a", "gw-c"]),
     ("model=yolo&version=1.0.0", ["gw-c"]),
+    ("model=resnet&version=1.0.0", ["cam-a"]),
+    ("desired_version=resnet-2.0.0", ["gw-c"]),
+    ("desired_version=3.0.0", ["cam-b"]),
+    ("model=resnet&desired_version=3.0.0", []),
+    ("version=9.9.9", []),
     ("search=CAM", ["cam-a", "cam-b"]),
     ("search=door", ["cam-b"]),
     ("search=nothing-like-it", []),
@@ -110,16 +128,17 @@ def test_it_paginates(client_for, make_device):
     assert client.get("/api/v1/devices?page=9").status_code == 404
 
 
-def test_it_uses_the_same_queries_for_one_device_or_many(client_for, make_device, make_version,
+def test_it_uses_the_same_queries_for_one_device_or_many(client_for, make_device, make_version, make_slot,
                                                          django_assert_max_num_queries):
     client = client_for("Viewer")
-    version = make_version()
+    version, other = make_version(), make_version("magika", "1.0.0")
     for index in range(30):
-        device = make_device(device_id=f"dev-{index:02d}", reported_model="resnet", current_version=version)
-        DesiredState.objects.filter(device=device).update(version=version, sequence=1)
+        device = make_device(device_id=f"dev-{index:02d}")
+        make_slot(device, running=version, desired=version)
+        make_slot(device, running=other)
 
-    # auth (user + permissions), count, page: no query per device
-    with django_assert_max_num_queries(6):
+    # auth (user + permissions), count, page, slots: no query per device or per slot
+    with django_assert_max_num_queries(7):
         response = client.get("/api/v1/devices?page_size=30")
 
     assert len(response.json()["results"]) == 30

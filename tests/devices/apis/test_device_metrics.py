@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import DesiredState, InstallReport, MetricWindow
+from devices.models import InstallReport, MetricWindow
 
 pytestmark = pytest.mark.django_db
 
@@ -22,14 +22,11 @@ def install(device, at, status="active", version=None):
                                         status=status, sequence=1, duration_ms=1500, reported_at=at)
 
 
-def test_it_shows_health_running_desired_installs_and_recent_windows(client_for, make_device, make_version):
+def test_it_shows_health_slots_installs_and_recent_windows(client_for, make_device, make_version, make_slot):
     now = timezone.now()
     v1, v2 = make_version("resnet", "1.0.0"), make_version("resnet", "2.0.0")
-    device = make_device(device_id="cam-1", reported_model="resnet", reported_version="1.0.0",
-                         reported_sha256=v1.sha256, current_version=v1, cpu_percent=12.5, memory_percent=40.0,
-                         disk_percent=70.0, last_seen=now)
-    DesiredState.objects.filter(device=device).update(version=v2, sequence=4, rollback=False, set_at=now,
-                                                      source="manual")
+    device = make_device(device_id="cam-1", cpu_percent=12.5, memory_percent=40.0, disk_percent=70.0, last_seen=now)
+    make_slot(device, running=v1, desired=v2, sequence=4, set_at=now, source="manual", reported_at=now)
     for minutes in range(25):
         install(device, now - timedelta(minutes=minutes), version=v1)
     recent = window(device, now - timedelta(minutes=5), version=v1, accuracy=0.93, labelled_count=50,
@@ -42,9 +39,11 @@ def test_it_shows_health_running_desired_installs_and_recent_windows(client_for,
     assert body["health"] == {"cpu_percent": 12.5, "memory_percent": 40.0, "disk_percent": 70.0, "status": "active",
                               "online": True, "last_seen": body["health"]["last_seen"]}
     assert body["health"]["last_seen"] is not None
-    assert body["running"] == {"model": "resnet", "version": "1.0.0", "sha256": v1.sha256, "model_id": "resnet-1.0.0"}
-    assert body["desired"]["version"] == "resnet-2.0.0" and body["desired"]["sequence"] == 4
-    assert body["desired"]["source"] == "manual" and body["desired"]["rollback"] is False
+    [slot] = body["slots"]
+    assert (slot["model"], slot["state"], slot["sequence"]) == ("resnet", "installing", 4)
+    assert slot["running"]["model_id"] == "resnet-1.0.0" and slot["running"]["sha256"] == v1.sha256
+    assert slot["desired"]["version"] == "resnet-2.0.0" and slot["desired"]["action"] == "install"
+    assert slot["desired"]["source"] == "manual" and slot["desired"]["rollback"] is False
     assert len(body["installs"]) == 20
     assert body["installs"][0]["model_id"] == "resnet-1.0.0" and body["installs"][0]["status"] == "active"
     assert [m["window_end"] for m in body["metrics"]] == [recent.window_end.isoformat().replace("+00:00", "Z")]
@@ -75,8 +74,7 @@ def test_it_shows_a_new_device_with_nothing_yet(client_for, make_device):
 
     body = client_for("Viewer").get("/api/v1/devices/cam-1/metrics").json()
 
-    assert body["running"] is None and body["installs"] == [] and body["metrics"] == []
-    assert body["desired"]["version"] is None and body["desired"]["sequence"] == 0
+    assert body["slots"] == [] and body["installs"] == [] and body["metrics"] == []
 
 
 def test_it_refuses_a_bad_since_and_an_unknown_device(client_for, make_device):

@@ -1,9 +1,12 @@
 """POST/GET/PUT/DELETE /api/v1/devices[/<device_id>]: pre-register with a credential, read, update, decommission."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from devices import selectors
-from devices.models import DesiredState, Device, DeviceCredential
+from devices.models import Device, DeviceCredential, InstallReport, MetricWindow
 
 pytestmark = pytest.mark.django_db
 
@@ -19,13 +22,11 @@ def test_it_preregisters_a_device_and_shows_its_credential_once(client_for):
     body = response.json()
     assert body["device_id"] == "cam-0001" and body["region"] == "eu-west" and body["status"] == "active"
     assert body["capabilities"] == NEW_DEVICE["capabilities"]
-    assert body["desired"] == {"version": None, "rollback": False, "sequence": 0, "set_at": None, "source": "",
-                               "reason": ""}
+    assert body["slots"] == []  # it runs whatever it has until its first check-in says what
     key = body["credential"]["key"]
     assert key.startswith(f"hsd_{body['credential']['prefix']}_")
     device = Device.objects.get(device_id="cam-0001")
     assert selectors.device_for_credential(raw_credential=key) == device
-    assert DesiredState.objects.filter(device=device).exists()
     detail = client_for("Viewer").get("/api/v1/devices/cam-0001").json()
     assert key not in str(detail)
     assert [c["prefix"] for c in detail["credentials"]] == [body["credential"]["prefix"]]
@@ -76,7 +77,7 @@ def test_it_gets_one_device_or_404(client_for, make_device):
 
 def test_it_updates_the_fields_given_and_keeps_the_rest(client_for, make_device):
     make_device(device_id="cam-1", name="Old", region="eu-west", tags=["a"], memory_mb=1024, cpu_cores=2,
-                reported_model="resnet")
+                cpu_percent=12.5)
 
     response = client_for("Operator").put("/api/v1/devices/cam-1", {
         "device_id": "cam-1", "name": "New", "tags": ["b", "c"], "capabilities": {"memory_mb": 4096, "gpu": None},
@@ -85,7 +86,7 @@ def test_it_updates_the_fields_given_and_keeps_the_rest(client_for, make_device)
     assert response.status_code == 200, response.content
     device = Device.objects.get(device_id="cam-1")
     assert (device.name, device.region, device.tags) == ("New", "eu-west", ["b", "c"])
-    assert (device.memory_mb, device.cpu_cores, device.gpu, device.reported_model) == (4096, 2, "", "resnet")
+    assert (device.memory_mb, device.cpu_cores, device.gpu, device.cpu_percent) == (4096, 2, "", 12.5)
     assert response.json()["capabilities"]["memory_mb"] == 4096
 
 
@@ -127,3 +128,39 @@ def test_it_decommissions_on_delete_idempotently(client_for, make_enrolled_devic
     assert not DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).exists()
     assert client.get("/api/v1/devices/cam-1").json()["status"] == "decommissioned"
     assert client.delete("/api/v1/devices/nope").status_code == 404
+
+
+def test_it_shows_every_slot_of_a_device_with_its_state_last_install_report_and_last_metric_window(
+        client_for, make_device, make_version, make_slot):
+    now = timezone.now()
+    device = make_device(device_id="cam-1")
+    detector_1, detector_2 = make_version("detector", "1.0.0"), make_version("detector", "1.1.0")
+    recogniser, orientation = make_version("recogniser", "2.0.0"), make_version("orientation", "1.0.0")
+    make_slot(device, running=detector_1, desired=detector_2, sequence=3, refused_sequence=3,
+              refused_reason="1.1.0 is older than what runs; mark it a rollback")
+    make_slot(device, running=recogniser, desired=recogniser, rollback=True, sequence=2)
+    make_slot(device, running=orientation, remove=True, sequence=5)
+    for minutes, status in ((2, "downloading"), (1, "refused")):
+        InstallReport.objects.create(device=device, model_name="detector", model_version="1.1.0", status=status,
+                                     sequence=3, error="older" if status == "refused" else "",
+                                     reported_at=now - timedelta(minutes=minutes))
+    for minutes, count in ((3, 100), (1, 600)):
+        MetricWindow.objects.create(device=device, model_name="recogniser", model_version="2.0.0",
+                                    window_start=now - timedelta(minutes=minutes + 1),
+                                    window_end=now - timedelta(minutes=minutes), inference_count=count,
+                                    error_count=0, latency_p50_ms=1, latency_p95_ms=2, latency_p99_ms=3)
+
+    slots = client_for("Viewer").get("/api/v1/devices/cam-1").json()["slots"]
+
+    assert [(s["model"], s["state"], s["sequence"], s["desired"]["action"], s["desired"]["rollback"])
+            for s in slots] == [("detector", "refused", 3, "install", False), ("orientation", "removing", 5,
+                                                                               "remove", False),
+                                ("recogniser", "in_sync", 2, "install", True)]
+    detector, orientation, recogniser = slots
+    assert detector["refused_reason"] == "1.1.0 is older than what runs; mark it a rollback"
+    assert detector["desired"]["version"] == "detector-1.1.0" and detector["running"]["model_id"] == "detector-1.0.0"
+    assert (detector["last_install"]["status"], detector["last_install"]["error"]) == ("refused", "older")
+    assert detector["last_metric_window"] is None
+    assert orientation["desired"]["version"] is None and orientation["running"]["version"] == "1.0.0"
+    assert orientation["last_install"] is None and recogniser["refused_reason"] is None
+    assert recogniser["last_metric_window"]["inference_count"] == 600

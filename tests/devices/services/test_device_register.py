@@ -1,16 +1,16 @@
-"""device_register / device_preregister / device_update: validated writes, a DesiredState for every device."""
+"""device_register / device_preregister / device_update: validated writes; a new device has no model slots yet."""
 
 import pytest
 from django.core.exceptions import ValidationError
 
-from devices.models import DesiredState, Device, DeviceCredential
+from devices.models import Device, DeviceCredential
 from devices.services.registry import device_preregister, device_register, device_update
 from hotswap.exceptions import ApplicationError, ConflictError
 
 pytestmark = pytest.mark.django_db
 
 
-def test_it_registers_a_device_with_an_empty_desired_state():
+def test_it_registers_a_device_with_no_model_slots():
     device = device_register(device_id="cam-0001", name="Lobby", device_type="edge-camera", region="eu-west",
                              tags=["lobby", " gen2 ", "lobby", ""], cpu_cores=4, memory_mb=2048, storage_gb=32,
                              gpu=None)
@@ -19,8 +19,7 @@ def test_it_registers_a_device_with_an_empty_desired_state():
     assert device.status == Device.Status.ACTIVE
     assert device.tags == ["lobby", "gen2"]
     assert device.gpu == ""
-    desired = DesiredState.objects.get(device=device)
-    assert desired.version is None and desired.sequence == 0
+    assert not device.slots.exists()  # it runs whatever it has; its check-ins add its slots
 
 
 @pytest.mark.parametrize("device_id", ["enroll", "checkin", "manifest-key", "desired", "Enroll"])
@@ -73,19 +72,18 @@ def test_it_preregisters_a_device_with_its_first_credential(make_user):
     assert device.registered_by == operator
     assert credential.device == device and credential.created_by == operator
     assert key.startswith(f"hsd_{credential.prefix}_")
-    assert DesiredState.objects.filter(device=device).exists()
 
 
 def test_it_updates_descriptive_fields_and_leaves_reported_ones(make_device):
-    device = make_device(device_id="cam-1", region="eu-west", reported_model="resnet", cpu_percent=12.5)
+    device = make_device(device_id="cam-1", region="eu-west", cpu_percent=12.5)
     stale = Device.objects.get(pk=device.pk)
-    Device.objects.filter(pk=device.pk).update(reported_version="1.1.0")  # a check-in lands meanwhile
+    Device.objects.filter(pk=device.pk).update(memory_percent=33.0)  # a check-in lands meanwhile
 
     device_update(device=stale, region="us-east", tags=["a", "a", "b"], memory_mb=4096, gpu=None)
 
     device.refresh_from_db()
     assert (device.region, device.tags, device.memory_mb, device.gpu) == ("us-east", ["a", "b"], 4096, "")
-    assert (device.reported_model, device.reported_version, device.cpu_percent) == ("resnet", "1.1.0", 12.5)
+    assert (device.memory_percent, device.cpu_percent) == (33.0, 12.5)
 
 
 def test_it_refuses_to_update_reported_or_unknown_fields(make_device):

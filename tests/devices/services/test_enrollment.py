@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from devices import selectors
-from devices.models import DesiredState, Device, DeviceCredential, EnrollmentKey
+from devices.models import Device, DeviceCredential, EnrollmentKey
 from devices.services.enrollment import device_enroll, enrollment_key_create, enrollment_key_revoke
 from hotswap.exceptions import ApplicationError, ConflictError
 
@@ -44,7 +44,7 @@ def test_it_refuses_a_key_that_could_never_be_used(fields, field):
     assert not EnrollmentKey.objects.exists()
 
 
-def test_it_enrolls_a_device_with_its_desired_state_and_credential(make_enrollment_key):
+def test_it_enrolls_a_device_with_its_credential(make_enrollment_key):
     key, raw = make_enrollment_key(max_uses=5)
 
     device, credential = device_enroll(
@@ -54,7 +54,7 @@ def test_it_enrolls_a_device_with_its_desired_state_and_credential(make_enrollme
 
     device.refresh_from_db()
     assert (device.enrollment_key, device.memory_mb, device.gpu, device.tags) == (key, 2048, "", ["lobby", "gen2"])
-    assert DesiredState.objects.filter(device=device).exists()
+    assert not device.slots.exists()
     assert selectors.device_for_credential(raw_credential=credential) == device
     key.refresh_from_db()
     assert key.uses == 1

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import DesiredState
+from devices.models import ModelSlot
 from hotswap.accounts.roles import Role
 from rollouts.models import Assignment, Distribution
 from rollouts.orchestrator import distribution_advance
@@ -169,7 +169,7 @@ def test_it_rolls_back_every_device_it_touched(operator, fleet):
     body = response.json()
     assert (body["status"], body["status_reason"], body["reverted_devices"]) == (
         "rolled_back", "accuracy dropped", 10)
-    desired = DesiredState.objects.filter(device__in=fleet)
+    desired = ModelSlot.objects.filter(device__in=fleet)
     assert {(d.version.model_id, d.rollback) for d in desired} == {("resnet-1.0.0", True)}
     assert_error_shape(act(operator, pk, "rollback"), 409, "INVALID_TRANSITION")
 

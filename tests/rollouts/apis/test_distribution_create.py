@@ -216,3 +216,19 @@ def test_readers_cannot_create(client_for, make_fleet, versions, role):
 
     assert_error_shape(post(client_for(role), {"version": "resnet-1.1.0"}), 403, "PERMISSION_DENIED")
     assert not Distribution.objects.exists()
+
+
+def test_a_model_no_device_has_needs_a_target_and_an_ab_test_needs_one_model(operator, make_fleet, make_version):
+    make_fleet({"eu": 5})  # they run resnet only
+    yolo = make_version("yolo", "1.0.0")
+
+    missing = assert_error_shape(post(operator, {"version": yolo.model_id}), 400, "INSTALL_NEEDS_TARGET")
+    across = assert_error_shape(post(operator, {"version": make_version("resnet", "1.1.0").model_id,
+                                                "version_b": make_version("magika", "1.0.0").model_id}),
+                                400, "AB_TEST_ACROSS_MODELS")
+    installed = create(operator, version=yolo.model_id, target={"regions": ["eu"]})
+
+    assert missing["details"] == [{"field": "target", "message": "Required to install yolo on new devices."}]
+    assert across["details"] == [{"field": "version_b", "message": "Must be a version of resnet."}]
+    assert (installed["model"], installed["device_count"]) == ("yolo", 5)
+    assert Distribution.objects.count() == 1

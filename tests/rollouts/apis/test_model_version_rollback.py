@@ -2,10 +2,11 @@
 
 import pytest
 
-from devices.models import DesiredState
+from devices.models import ModelSlot
 from models_app.models import ModelVersion
 from rollouts.orchestrator import distribution_advance
 from tests.rollouts.apis.conftest import create
+from tests.rollouts.conftest import slots_run
 from tests.test_error_format import assert_error_shape
 
 
@@ -30,14 +31,14 @@ def test_it_restores_the_version_on_every_device_running_a_later_one(operator, f
     assert (body["strategy"], body["version"], body["is_rollback"], body["rollback_policy"]) == (
         "direct", "resnet-1.0.0", True, "manual")
     assert body["name"] == "Roll back to resnet-1.0.0" and body["created_by"] == "olga"
-    assert body["target"] == {"running_versions": ["resnet-1.1.0", "resnet-1.2.0"]}
+    assert body["target"] == {"versions": ["resnet-1.1.0", "resnet-1.2.0"]}
     assert body["device_count"] == 6 and body["stages"][0]["soak_seconds"] == 0
 
     distribution_advance(distribution_id=body["id"])
     later = fleet["on"]["1.1.0"] + fleet["on"]["1.2.0"]
-    desired = DesiredState.objects.filter(device__in=later)
+    desired = ModelSlot.objects.filter(device__in=later)
     assert {(d.version.model_id, d.rollback) for d in desired} == {("resnet-1.0.0", True)}
-    assert not DesiredState.objects.filter(device__in=fleet["on"]["1.0.0"], version__isnull=False).exists()
+    assert not ModelSlot.objects.filter(device__in=fleet["on"]["1.0.0"], version__isnull=False).exists()
 
 
 def test_a_deprecated_version_can_be_restored(operator, fleet):
@@ -59,9 +60,7 @@ def test_there_is_nothing_to_roll_back_from_the_latest_version(operator, fleet):
 
 
 def test_it_needs_a_device_running_a_later_version(operator, fleet):
-    for device in fleet["on"]["1.1.0"] + fleet["on"]["1.2.0"]:
-        device.current_version = fleet["versions"]["1.0.0"]
-        device.save(update_fields=["current_version"])
+    slots_run(fleet["on"]["1.1.0"] + fleet["on"]["1.2.0"], fleet["versions"]["1.0.0"])
 
     assert_error_shape(rollback(operator), 400, "NO_TARGET_DEVICES")
 

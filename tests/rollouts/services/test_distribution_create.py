@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 from django.test import override_settings
 
-from devices.models import Device
+from devices.models import Device, ModelSlot
 from hotswap.exceptions import ApplicationError
 from rollouts.models import Assignment, Distribution, Stage, Transition
 from rollouts.services import DistributionInProgress, distribution_create
@@ -171,7 +171,7 @@ def test_a_version_in_a_distributions_history_cannot_be_deleted(make_fleet, make
     make_fleet({"eu": 2}, running=old)
     new = make_version(version="1.1.0")
     distribution = distribution_create(version=new, strategy="direct")
-    Device.objects.update(current_version=None)
+    ModelSlot.objects.update(running_version=None)
     for version in (new, old):
         with pytest.raises(ApplicationError) as exc:
             model_version_delete(model_version=version, actor=None)

@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from devices.models import DesiredState, MetricWindow
+from devices.models import MetricWindow, ModelSlot
 from rollouts.health import health_judge
 from rollouts.models import Assignment
 from rollouts.orchestrator import distribution_advance
@@ -39,18 +39,21 @@ def _windows(assignments, version_of, *, start, latency=20.0, spread=2.0, errors
     MetricWindow.objects.bulk_create(rows)
 
 
-@pytest.fixture
-def canary(make_fleet, make_version):
-    """A 25 % canary of 1.1.0 over 40 devices on 1.0.0, installed at `now`: (distribution, now)."""
-    old = make_version(version="1.0.0")
-    make_fleet({"eu": 20, "us": 20}, running=old)
+def _installed_canary(new, *, soak: str = "PT10M"):
+    """A 25 % canary of `new` over the fleet, its stage installed at `now` + 1 s: (distribution, now)."""
     now = timezone.now()
-    distribution = distribution_create(version=make_version(version="1.1.0"), strategy="canary",
-                                       config={"percent": 25, "soak": "PT10M"}, now=now)
+    distribution = distribution_create(version=new, strategy="canary", config={"percent": 25, "soak": soak}, now=now)
     distribution_advance(distribution_id=distribution.pk, now=now)
     report_installs(offered(distribution, 0))
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
     return distribution, now
+
+
+@pytest.fixture
+def canary(make_fleet, make_version):
+    """A 25 % canary of 1.1.0 over 40 devices on 1.0.0, installed at `now`: (distribution, now)."""
+    make_fleet({"eu": 20, "us": 20}, running=make_version(version="1.0.0"))
+    return _installed_canary(make_version(version="1.1.0"))
 
 
 def _feed(distribution, now, *, new=None, base=None):
@@ -119,7 +122,7 @@ def test_the_orchestrator_rolls_back_on_the_judges_failing_verdict(canary):
     distribution.refresh_from_db()
     assert distribution.status == "rolled_back"
     assert "p99 latency" in distribution.status_reason
-    reverted = DesiredState.objects.filter(source=f"rollback:{distribution.pk}")
+    reverted = ModelSlot.objects.filter(source=f"rollback:{distribution.pk}")
     assert reverted.count() == 10
     assert set(reverted.values_list("version__version", "rollback")) == {("1.0.0", True)}
     stage = distribution.stages.get(index=0)
@@ -155,7 +158,9 @@ def test_an_ab_test_without_a_significant_difference_waits_for_an_operator(make_
     report_installs(offered(distribution, 0))
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=1))
     tested = list(Assignment.objects.filter(distribution=distribution).select_related("version__ai_model"))
-    _windows(tested, lambda t: t.version, start=now, latency=20.0, seed=6)
+    for version in (a, b):  # the same figures for both halves, whichever devices the hash put in each
+        _windows([t for t in tested if t.version_id == version.pk], lambda t: t.version, start=now, latency=20.0,
+                 seed=6)
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=6))
     stage = distribution.stages.get(index=0)
     assert stage.status == "awaiting_approval" and stage.verdict == "inconclusive"
@@ -214,7 +219,64 @@ def test_the_manual_policy_pauses_on_a_regression_and_waits(make_fleet, make_ver
     distribution.refresh_from_db()
     assert distribution.status == "paused"
     assert "p99 latency +" in distribution.status_reason
-    assert DesiredState.objects.filter(version=new).count() == 10  # nothing rolled back by itself
+    assert ModelSlot.objects.filter(version=new).count() == 10  # nothing rolled back by itself
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=20))
     distribution.refresh_from_db()
     assert distribution.status == "paused"
+
+
+def test_another_models_telemetry_on_the_same_devices_never_enters_the_verdict(make_fleet, make_version):
+    """Every device runs resnet and magika; resnet's canary is judged on resnet's windows alone."""
+    resnet, magika = make_version("resnet", "1.0.0"), make_version("magika", "1.0.0")
+    make_fleet({"eu": 20, "us": 20}, running=[resnet, magika])
+    distribution, now = _installed_canary(make_version("resnet", "1.1.0"))
+    _feed(distribution, now)  # resnet: new and baseline alike
+    everyone = list(Assignment.objects.filter(distribution=distribution))
+    # magika is terrible on the canary's devices and excellent elsewhere, in the same window.
+    canary_devices = [a for a in everyone if a.stage.index == 0]
+    _windows(canary_devices, lambda a: magika, start=now + timedelta(seconds=5), latency=90.0, errors=0.3, seed=7)
+    _windows([a for a in everyone if a.stage.index == 1], lambda a: magika, start=now + timedelta(seconds=5),
+             latency=5.0, seed=8)
+
+    verdict = _judge(distribution, now + timedelta(minutes=11))
+
+    assert verdict.result == "pass", verdict.reason
+    assert verdict.evidence["new"]["devices"] == 10 and verdict.evidence["new"]["error_rate"] < 0.01
+    assert verdict.evidence["baseline"]["devices"] == 30 and verdict.evidence["baseline"]["latency_p99_ms"] > 15
+    from rollouts.selectors import distribution_metrics, distribution_status
+
+    distribution.refresh_from_db()
+    live = distribution_status(distribution=distribution, now=now + timedelta(minutes=1))["live_metrics"]
+    assert live["new"]["latency_p99_ms"] < 30 and live["baseline"]["latency_p99_ms"] > 15
+    series = distribution_metrics(distribution=distribution, now=now + timedelta(minutes=3))["series"]
+    assert {s["version"] for s in series} == {"resnet-1.1.0", "resnet-1.0.0"}
+
+
+@override_settings(ROLLOUT_TELEMETRY_WINDOW_SECONDS=60, DEVICE_POLL_INTERVAL_SECONDS=60, METRIC_FLUSH_SECONDS=2)
+def test_a_short_soak_waits_for_the_first_windows_instead_of_pausing_empty(make_fleet, make_version):
+    make_fleet({"eu": 20, "us": 20}, running=make_version(version="1.0.0"))
+    distribution, now = _installed_canary(make_version(version="1.1.0"), soak="PT30S")  # installs done at +1 s
+    from rollouts.selectors import distribution_status
+
+    # The soak is over at +31 s but no window could have arrived before +1 s + 60 s + 60 s + 2 s.
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=40))
+    distribution.refresh_from_db()
+    assert distribution.status == "running" and distribution.stages.get(index=0).status == "soaking"
+    assert "first metric windows" in distribution_status(distribution=distribution,
+                                                         now=now + timedelta(seconds=40))["waiting_for"]
+
+    _feed(distribution, now)  # the windows arrive with the devices' next poll
+    distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=100))
+    assert distribution.stages.get(index=0).verdict == "pass"
+
+
+@override_settings(ROLLOUT_TELEMETRY_WINDOW_SECONDS=60, DEVICE_POLL_INTERVAL_SECONDS=60, METRIC_FLUSH_SECONDS=2)
+def test_a_short_soak_without_windows_is_inconclusive_once_they_were_due(canary):
+    distribution, now = canary
+    stage = distribution.stages.get(index=0)
+    stage.distribution = distribution
+    stage.soak_ends_at = now + timedelta(seconds=30)
+
+    assert health_judge(stage, now=now + timedelta(seconds=60)) is None
+    verdict = health_judge(stage, now=now + timedelta(seconds=124))
+    assert verdict.result == "inconclusive" and "one window and one poll after the installs" in verdict.reason

@@ -8,7 +8,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from devices.models import DesiredState
+from devices.models import ModelSlot
 from devices.services.desired_state import desired_state_set
 from hotswap.exceptions import ApplicationError
 from models_app.models import ModelVersion
@@ -26,7 +26,7 @@ from rollouts.services import (
     model_version_rollback,
 )
 from rollouts.transitions import TransitionRefused
-from tests.rollouts.conftest import offered, report_installs
+from tests.rollouts.conftest import offered, report_installs, slots_run
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture
     distribution_advance(distribution_id=distribution.pk, now=now)
     canary = offered(distribution, 0)
     assert len(canary) == 5
-    assert DesiredState.objects.filter(version=new).count() == 5
+    assert ModelSlot.objects.filter(version=new).count() == 5
     report_installs(canary)
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(seconds=5))
     assert Stage.objects.get(pk=stages[0].pk).status == "soaking"
@@ -63,7 +63,7 @@ def test_it_runs_a_canary_to_completion(make_fleet, make_version, django_capture
     distribution_advance(distribution_id=distribution.pk, now=now + timedelta(minutes=12))
     distribution.refresh_from_db()
     assert distribution.status == Distribution.Status.COMPLETED
-    assert DesiredState.objects.filter(version=new).count() == 50
+    assert ModelSlot.objects.filter(version=new).count() == 50
 
 
 def test_status_counts_what_devices_did(make_fleet, make_version):
@@ -100,7 +100,7 @@ def test_a_scheduled_distribution_waits_for_its_start(make_fleet, make_version):
     now = timezone.now()
     distribution = distribution_create(version=make_version(), scheduled_at=now + timedelta(hours=1), now=now)
     assert _advance(distribution, now).status == "scheduled"
-    assert not DesiredState.objects.filter(version=distribution.version).exists()
+    assert not ModelSlot.objects.filter(version=distribution.version).exists()
     assert _advance(distribution, now + timedelta(hours=1)).status == "running"
     assert len(offered(distribution)) == 5
 
@@ -110,11 +110,11 @@ def test_running_a_tick_twice_changes_nothing_more(make_fleet, make_version):
     now = timezone.now()
     distribution = distribution_create(version=make_version(), strategy="canary", now=now)
     _advance(distribution, now)
-    sequences = sorted(DesiredState.objects.values_list("device_id", "sequence"))
+    sequences = sorted(ModelSlot.objects.values_list("device_id", "sequence"))
     transitions = Transition.objects.count()
     _advance(distribution, now)
     _advance(distribution, now + timedelta(seconds=1))
-    assert sorted(DesiredState.objects.values_list("device_id", "sequence")) == sequences
+    assert sorted(ModelSlot.objects.values_list("device_id", "sequence")) == sequences
     assert Transition.objects.count() == transitions
 
 
@@ -163,7 +163,7 @@ def test_too_many_failures_roll_back_with_the_automatic_policy(make_fleet, make_
     assert distribution.status == "rolled_back"
     assert "2 of 10 installs" in distribution.status_reason
     assert _stage(distribution, 0).status == "failed"
-    assert set(DesiredState.objects.values_list("version_id", "rollback")) == {(old.pk, True)}
+    assert set(ModelSlot.objects.values_list("version_id", "rollback")) == {(old.pk, True)}
     assert not Assignment.objects.filter(distribution=distribution, is_open=True).exists()
 
 
@@ -179,7 +179,7 @@ def test_too_many_failures_pause_with_the_manual_policy_and_resume_accepts_them(
     report_installs(devices[7:], "failed", error="out of memory")
     assert _advance(distribution, now + timedelta(seconds=5)).status == "paused"
     assert "resume to accept" in distribution.status_reason
-    assert DesiredState.objects.filter(version=new).count() == 10  # nothing rolled back
+    assert ModelSlot.objects.filter(version=new).count() == 10  # nothing rolled back
     distribution_resume(distribution=distribution, actor=make_user(role="Operator"))
     assert _advance(distribution, now + timedelta(seconds=10)).status == "completed"
 
@@ -264,7 +264,7 @@ def test_abort_stops_for_good_and_frees_the_devices(make_fleet, make_version, ma
     distribution.refresh_from_db()
     assert distribution.status == "aborted"
     assert Assignment.objects.filter(distribution=distribution, state="cancelled").count() == 18
-    assert DesiredState.objects.filter(version=new).count() == 2  # the canary keeps what it got
+    assert ModelSlot.objects.filter(version=new).count() == 2  # the canary keeps what it got
     assert set(distribution.stages.values_list("status", flat=True)) == {"cancelled"}
     # The devices are free for the next distribution.
     assert distribution_create(version=make_version(version="1.2.0")).device_count == 20
@@ -275,16 +275,16 @@ def test_rollback_restores_previous_versions_but_not_devices_moved_on_since(make
     devices = make_fleet({"eu": 10}, running=old)
     now = timezone.now()
     new = make_version(version="1.1.0")
-    distribution = distribution_create(version=new, strategy="direct", now=now)
+    distribution = distribution_create(version=new, strategy="direct", config={"soak": "PT0S"}, now=now)
     _advance(distribution, now)
     report_installs(offered(distribution))
-    _advance(distribution, now)
+    assert _advance(distribution, now).status == "completed"  # the devices are free again
     other = make_version(version="1.2.0")
     desired_state_set(devices=[devices[0]], version=other, reason="hotfix for one device")
     reverted = distribution_rollback(distribution=distribution, actor=make_user(role="Operator"))
     assert reverted == 9
-    assert DesiredState.objects.get(device=devices[0]).version == other
-    assert set(DesiredState.objects.exclude(device=devices[0]).values_list("version_id", "rollback")) == {
+    assert ModelSlot.objects.get(device=devices[0]).version == other
+    assert set(ModelSlot.objects.exclude(device=devices[0]).values_list("version_id", "rollback")) == {
         (old.pk, True)}
     assert Assignment.objects.filter(distribution=distribution, state="rolled_back").count() == 10
 
@@ -305,17 +305,24 @@ def test_a_completed_distribution_can_still_be_rolled_back(make_fleet, make_vers
 
 
 def test_devices_that_start_matching_join_the_next_stage(make_fleet, make_version, make_device):
-    make_fleet({"eu": 20})
+    old = make_version(version="1.0.0")
+    make_fleet({"eu": 20}, running=old)
     now = timezone.now()
-    distribution = distribution_create(version=make_version(), strategy="canary", config={"soak": "PT0S"}, now=now)
+    distribution = distribution_create(version=make_version(version="1.1.0"), strategy="canary",
+                                       config={"soak": "PT0S"}, now=now)
     _advance(distribution, now)
     late = make_device(device_id="late-joiner", region="eu", memory_mb=4096)
+    slots_run([late], old)  # it now runs the model the distribution upgrades
+    without = make_device(device_id="other-model-only", region="eu", memory_mb=4096)
+    slots_run([without], make_version("magika", "1.0.0"))
     report_installs(offered(distribution, 0))
     _advance(distribution, now + timedelta(seconds=5))
     joined = Assignment.objects.get(distribution=distribution, device=late)
-    assert joined.stage.index == 1
-    assert joined.state == "offered"
+    assert (joined.stage.index, joined.state, joined.previous_version) == (1, "offered", old)
     assert _stage(distribution, 1).device_count == 19
+    # Without a target the distribution upgrades devices that have resnet: a device without it never joins.
+    assert not Assignment.objects.filter(device=without).exists()
+    assert not without.slots.filter(ai_model=old.ai_model).exists()
 
 
 def test_an_ab_test_waits_for_a_winner_then_gives_it_to_everyone(make_fleet, make_version, make_user):
@@ -341,7 +348,7 @@ def test_an_ab_test_waits_for_a_winner_then_gives_it_to_everyone(make_fleet, mak
     report_installs(promoted)
     assert _advance(distribution, now + timedelta(minutes=4)).status == "completed"
     assert distribution.winner == b
-    assert set(DesiredState.objects.values_list("version_id", flat=True)) == {b.pk}
+    assert set(ModelSlot.objects.values_list("version_id", flat=True)) == {b.pk}
 
 
 def _failing_judge(stage, *, now):
@@ -373,7 +380,7 @@ def test_rolling_a_model_back_restores_it_where_later_versions_run(make_fleet, m
     assert set(distribution.assignments.values_list("device_id", flat=True)) == {d.pk for d in on_v2 + on_v3}
     now = timezone.now()
     _advance(distribution, now)
-    assert set(DesiredState.objects.filter(version=v1).values_list("rollback", flat=True)) == {True}
+    assert set(ModelSlot.objects.filter(version=v1).values_list("rollback", flat=True)) == {True}
     with pytest.raises(ApplicationError):
         model_version_rollback(version=v3)
 
