@@ -257,19 +257,31 @@ def devices() -> None:
 @click.option("--device-type", default=None)
 @click.option("--tag", default=None)
 @click.option("--status", "statuses", multiple=True, help="active, offline, decommissioned (repeatable).")
+@click.option("--model", default=None, help="Name of a model the devices run or should run.")
 @click.option("--version", "version", default=None, help="model_id the devices run.")
+@click.option("--desired-version", default=None, help="model_id the devices should run.")
 @click.option("--search", default=None, help="Part of a device id or name.")
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--page-size", type=click.IntRange(1, 500), default=50, show_default=True)
-def devices_list(api: Api, output: Output, region, device_type, tag, statuses, version, search, page,
-                 page_size) -> None:
-    found = api.get("/devices", region=region, device_type=device_type, tag=tag, status=list(statuses),
-                    version=version, search=search, page=page, page_size=page_size)
-    output.result(found, lambda d: _page(output, d, ["device_id", "type", "region", "status", "running", "desired",
-                                                    "last seen"], lambda v: [
-        v["device_id"], v["device_type"], v["region"], v["status"],
-        (v.get("running") or {}).get("model_id") or "", (v.get("desired") or {}).get("version") or "",
-        (v.get("last_seen") or "")[:19]]))
+def devices_list(api: Api, output: Output, region, device_type, tag, statuses, model, version, desired_version,
+                 search, page, page_size) -> None:
+    found = api.get("/devices", region=region, device_type=device_type, tag=tag, status=list(statuses), model=model,
+                    version=version, desired_version=desired_version, search=search, page=page, page_size=page_size)
+    output.result(found, lambda d: _page(output, d, ["device_id", "type", "region", "status", "models", "last seen"],
+                                         lambda v: [v["device_id"], v["device_type"], v["region"], v["status"],
+                                                    ", ".join(_slot_text(slot) for slot in v.get("slots") or []),
+                                                    (v.get("last_seen") or "")[:19]]))
+
+
+def _slot_text(slot: dict) -> str:
+    """One model slot in a line: model, the version it runs, and what it should run when that differs."""
+    running = (slot.get("running") or {}).get("version") or "-"
+    desired = slot.get("desired") or {}
+    wanted = "remove" if desired.get("action") == "remove" else desired.get("version")
+    text = f"{slot['model']} {running}"
+    if slot.get("state") not in ("in_sync", "unmanaged") and wanted:
+        text += f" → {wanted} ({slot['state']})"
+    return text
 
 
 @api_command(devices, "show", help="One device: capabilities, health, what it runs and should run.")

@@ -29,7 +29,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from devices.models import DesiredState, Device
+from devices.models import Device
 from hotswap.accounts.roles import Role
 from hotswap_cli.main import cli
 from tests.artifacts import onnx_model_bytes
@@ -94,8 +94,8 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
             user = get_user_model().objects.create_user(username="cli-admin", password=PASSWORD)
             user.groups.add(Group.objects.get(name=Role.ADMIN))
             for device_id in DEVICES:
-                DesiredState.objects.create(device=Device.objects.create(
-                    device_id=device_id, name=device_id, device_type="edge-camera", region="cli-west"))
+                Device.objects.create(device_id=device_id, name=device_id, device_type="edge-camera",
+                                      region="cli-west")
             with gunicorn_server(env={"UPLOAD_PART_BYTES": str(PART)}) as (base, _server), \
                     celery_worker(beat=True, env=WORKER_ENV):
                 token = requests.post(f"{base}/api/v1/auth/token", timeout=30,
