@@ -113,7 +113,9 @@ class CapabilitiesInputSerializer(StrictSerializer):
 
 
 def _tags_field(**kwargs) -> serializers.ListField:
-    return serializers.ListField(child=serializers.CharField(max_length=64), max_length=MAX_TAGS, **kwargs)
+    # A tag is trimmed, so one of only whitespace is blank and refused: the pattern says so in the OpenAPI schema.
+    tag = serializers.RegexField(r"\S", max_length=64)
+    return serializers.ListField(child=tag, max_length=MAX_TAGS, **kwargs)
 
 
 class DeviceFieldsInputSerializer(StrictSerializer):
