@@ -317,7 +317,8 @@ class DeviceListApi(APIView):
             ordering_parameter(DEVICE_ORDERINGS),
             OpenApiParameter("status", str, many=True, enum=Device.Status.values),
             OpenApiParameter("online", bool),
-            OpenApiParameter("min_memory_mb", {"type": "number", "minimum": 0}),
+            # django-filter's NumberFilter refuses values above 1e50 (no huge decimals): the schema says so.
+            OpenApiParameter("min_memory_mb", {"type": "number", "minimum": 0, "maximum": 1e50}),
             *PAGE_PARAMETERS,
         ],
         responses={200: _paginated("PaginatedDeviceList", DeviceOutputSerializer(many=True)),
