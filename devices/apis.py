@@ -113,7 +113,9 @@ class CapabilitiesInputSerializer(StrictSerializer):
 
 
 def _tags_field(**kwargs) -> serializers.ListField:
-    return serializers.ListField(child=serializers.CharField(max_length=64), max_length=MAX_TAGS, **kwargs)
+    # A tag is trimmed, so one of only whitespace is blank and refused: the pattern says so in the OpenAPI schema.
+    tag = serializers.RegexField(r"\S", max_length=64)
+    return serializers.ListField(child=tag, max_length=MAX_TAGS, **kwargs)
 
 
 class DeviceFieldsInputSerializer(StrictSerializer):
@@ -315,7 +317,7 @@ class DeviceListApi(APIView):
             ordering_parameter(DEVICE_ORDERINGS),
             OpenApiParameter("status", str, many=True, enum=Device.Status.values),
             OpenApiParameter("online", bool),
-            # django-filter's NumberFilter refuses values above 1e50
+            # django-filter's NumberFilter refuses values above 1e50 (no huge decimals): the schema says so.
             OpenApiParameter("min_memory_mb", {"type": "number", "minimum": 0, "maximum": 1e50}),
             *PAGE_PARAMETERS,
         ],

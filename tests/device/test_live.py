@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from devices.heartbeats import heartbeats_flush
-from devices.models import DesiredState, Device, InstallReport, MetricWindow
+from devices.models import Device, InstallReport, MetricWindow, ModelSlot
 from devices.services.desired_state import desired_state_set
 from devices.services.enrollment import enrollment_key_create
 from devices.services.telemetry import metric_windows_flush
@@ -39,10 +39,10 @@ def make_agent(url: str, data_dir, raw_key: str | None, device_id: str) -> tuple
     return agent, downloads
 
 
-def set_desired(device_id: str, version: ModelVersion, *, rollback: bool = False) -> DesiredState:
+def set_desired(device_id: str, version: ModelVersion, *, rollback: bool = False) -> ModelSlot:
     desired_state_set(devices=Device.objects.filter(device_id=device_id), version=version, actor=None,
                       rollback=rollback, reason="agent live test")
-    return DesiredState.objects.get(device__device_id=device_id)
+    return ModelSlot.objects.get(device__device_id=device_id, ai_model=version.ai_model)
 
 
 def reports(device_id: str) -> list[tuple[str, str]]:
@@ -70,7 +70,8 @@ def test_it_enrolls_installs_reports_upgrades_refuses_and_rolls_back(tmp_path):
             assert active.duration_ms is not None and active.traceparent == desired.traceparent
             heartbeats_flush()
             device.refresh_from_db()
-            assert (device.reported_version, device.current_version, device.reported_sha256) == (
+            desired.refresh_from_db()
+            assert (desired.reported_version, desired.running_version, desired.reported_sha256) == (
                 "1.0.0", v1, v1.sha256)
             assert device.disk_percent is not None
 
@@ -91,11 +92,16 @@ def test_it_enrolls_installs_reports_upgrades_refuses_and_rolls_back(tmp_path):
             assert agent.run_once().action == "installed"
             assert agent.runtime.active("resnet").version == "1.1.0"
 
-            set_desired("live-1", v1)  # a downgrade that is not a rollback
+            # A downgrade that is not a rollback, set before the server heard that 1.1.0 runs: the agent refuses.
+            set_desired("live-1", v1)
             assert agent.run_once().action == "refused"
             refused = InstallReport.objects.get(device=device, status="refused")
             assert refused.model_version == "1.0.0" and "older than the running 1.1.0" in refused.error
             assert agent.runtime.active("resnet").version == "1.1.0"
+            heartbeats_flush()
+            desired.refresh_from_db()
+            assert (desired.running_version, desired.state) == (v2, ModelSlot.State.REFUSED)
+            assert "older than the running 1.1.0" in desired.refused_reason
 
             downloads.clear()
             set_desired("live-1", v1, rollback=True)

@@ -146,7 +146,7 @@ async def run_fleet_until(config: FleetConfig, done, timeout: float = 45.0) -> F
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_simulated_fleet_enrolls_checks_in_installs_and_reports_against_a_live_server(tmp_path):
-    from devices.models import DesiredState, Device, InstallReport, MetricWindow
+    from devices.models import Device, InstallReport, MetricWindow, ModelSlot
     from devices.services.desired_state import desired_state_set
     from devices.services.enrollment import enrollment_key_create
     from devices.services.telemetry import metric_windows_flush
@@ -183,7 +183,7 @@ def test_a_simulated_fleet_enrolls_checks_in_installs_and_reports_against_a_live
     assert second.fatal == "" and not second.errors, second.summary()
     assert second.enrolled_now == 0, "the second run reuses the cached credentials"
     assert second.versions == Counter({"simnet-1.1.0": 50}), second.summary()
-    sequences = dict(DesiredState.objects.filter(device__device_id__startswith="live-")
+    sequences = dict(ModelSlot.objects.filter(device__device_id__startswith="live-", ai_model=version.ai_model)
                      .values_list("device_id", "sequence"))
     active = InstallReport.objects.filter(status=InstallReport.Status.ACTIVE, version=version)
     assert active.values("device").distinct().count() == 50

@@ -120,7 +120,9 @@ class FakeServer:
         if code:
             return _error(400, code, "This server speaks device protocol 2.", details)
         try:
-            checkin_parse(request.content, now=now)  # the real server's validation, all or nothing
+            # The real server's validation, all or nothing: reports name a model the device was offered (a slot)
+            # or one it says it runs.
+            checkin_parse(request.content, now=now, slot_models=frozenset(self.devices[device_id]["desired"]))
         except CheckinInvalid as exc:
             return _error(400, exc.code, exc.message, exc.details)
         self.installs += [(device_id, item) for item in body.get("installs", [])]

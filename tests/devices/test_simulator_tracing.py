@@ -159,9 +159,9 @@ def _fleet_with_a_desired_version(prefix: str, count: int):
 
 
 def _desired_traceparents(device_ids: list[str]) -> dict[str, str]:
-    from devices.models import DesiredState
+    from devices.models import ModelSlot
 
-    return dict(DesiredState.objects.filter(device__device_id__in=device_ids)
+    return dict(ModelSlot.objects.filter(device__device_id__in=device_ids)
                 .values_list("device__device_id", "traceparent"))
 
 

@@ -46,7 +46,7 @@ def test_with_log_format_json_every_line_is_a_json_object_and_each_request_one_l
     with runstack_gunicorn(tmp_path, "json") as (base, out, err), requests.Session() as session:
         denied = session.get(f"{base}/api/v1/models?name=resnet", timeout=10)
         assert denied.status_code == 401
-        answered = session.post(f"{base}/api/v1/devices/checkin", json={"running": None}, timeout=10,
+        answered = session.post(f"{base}/api/v1/devices/checkin", json={"protocol": 2, "models": []}, timeout=10,
                                 headers={"Authorization": f"Device {credential}"})
         assert answered.status_code == 200, answered.text
 

@@ -123,9 +123,9 @@ def test_a_refused_action_is_an_error_in_the_trace_and_the_orchestrator_is_named
 def test_without_tracing_the_actions_run_the_same_and_record_nothing(make_fleet, make_version, make_user):
     previous = tracing.install(None)
     try:
-        make_fleet({"eu": 5})
+        make_fleet({"eu": 5}, running=make_version(version="1.0.0"))
         now = timezone.now()
-        distribution = distribution_create(version=make_version(), strategy="direct", now=now)
+        distribution = distribution_create(version=make_version(version="1.1.0"), strategy="direct", now=now)
         advance(distribution, now)
         operator = make_user("Operator")
         distribution_pause(distribution=distribution, actor=operator)

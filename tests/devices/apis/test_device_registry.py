@@ -54,6 +54,7 @@ def test_it_refuses_a_duplicate_with_409(client_for, make_device):
     ({"device_id": "ok", "capabilities": {"cpu_cores": True}}, "capabilities.cpu_cores"),
     ({"device_id": "ok", "capabilities": {"memory_mb": "1024"}}, "capabilities.memory_mb"),
     ({"device_id": "ok", "tags": ["ok", 7]}, "tags"),
+    ({"device_id": "ok", "tags": ["ok", "\u000b "]}, "tags.1"),  # only whitespace: blank once trimmed
 ])
 def test_it_refuses_invalid_devices(client_for, body, field):
     response = client_for("Operator").post("/api/v1/devices", body, format="json")
