@@ -181,7 +181,9 @@ class StageStatusOutputSerializer(serializers.Serializer):
     soak_ends_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     verdict = serializers.CharField(help_text="pass, fail, inconclusive, or empty before a verdict")
-    evidence = serializers.DictField(help_text="What the judge saw (metrics, baseline, reason, overrides).")
+    evidence = serializers.DictField(help_text=(
+        "What the judge saw (metrics, baseline, reason, overrides); `versions` names the model versions whose "
+        "windows each side read (always one model: the distribution's)."))
     progress = ProgressOutputSerializer()
 
 

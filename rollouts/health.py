@@ -40,6 +40,7 @@ class DeviceFigures:
     latency_p50_ms: float
     accuracy: float | None
     labelled: int
+    versions: tuple[str, ...] = ()  # the model versions (`name-version`) whose windows these figures come from
 
     @property
     def error_rate(self) -> float:
@@ -56,9 +57,11 @@ _FIGURES_SQL = """
            sum(w.latency_p99_ms * w.inference_count) / nullif(sum(w.inference_count), 0),
            sum(w.latency_p50_ms * w.inference_count) / nullif(sum(w.inference_count), 0),
            sum(w.accuracy * w.labelled_count) / nullif(sum(w.labelled_count) FILTER (WHERE w.accuracy IS NOT NULL), 0),
-           coalesce(sum(w.labelled_count) FILTER (WHERE w.accuracy IS NOT NULL), 0)
+           coalesce(sum(w.labelled_count) FILTER (WHERE w.accuracy IS NOT NULL), 0),
+           array_agg(DISTINCT v.model_id)
     FROM devices_metricwindow w
     JOIN rollouts_assignment a ON a.device_id = w.device_id
+    JOIN models_app_modelversion v ON v.id = w.version_id
     WHERE a.distribution_id = %(distribution)s AND {assignments}
       AND w.version_id = {version} AND w.window_end > %(since)s AND w.window_end <= %(until)s
     GROUP BY w.device_id
@@ -71,8 +74,8 @@ def _figures(*, distribution_id: int, assignments: str, version: str, since: dat
     with connection.cursor() as cursor:
         cursor.execute(_FIGURES_SQL.format(assignments=assignments, version=version),
                        {"distribution": distribution_id, "since": since, "until": until, **params})
-        return [DeviceFigures(int(n), int(e), float(p99 or 0), float(p50 or 0), acc, int(lab))
-                for _device, n, e, p99, p50, acc, lab in cursor.fetchall()]
+        return [DeviceFigures(int(n), int(e), float(p99 or 0), float(p50 or 0), acc, int(lab), tuple(versions))
+                for _device, n, e, p99, p50, acc, lab, versions in cursor.fetchall()]
 
 
 def stage_samples(stage: Stage, *, now: datetime) -> tuple[list[DeviceFigures], list[DeviceFigures], str]:
@@ -127,6 +130,11 @@ def _summary(sample: list[DeviceFigures]) -> dict:
     }
 
 
+def _versions(sample: list[DeviceFigures]) -> list[str]:
+    """Which versions' windows a sample read: the evidence shows a verdict compared one model with itself."""
+    return sorted({version for figures in sample for version in figures.versions})
+
+
 def _enough(sample: list[DeviceFigures], criteria: dict) -> bool:
     return len(sample) >= criteria["min_devices"] and sum(d.inferences for d in sample) >= criteria["min_inferences"]
 
@@ -153,6 +161,7 @@ def health_judge(stage: Stage, *, now: datetime) -> Verdict | None:
     soak_over = stage.soak_ends_at is not None and now >= stage.soak_ends_at
     new, baseline, baseline_is = stage_samples(stage, now=now)
     evidence = {"new": _summary(new), "baseline": _summary(baseline), "baseline_is": baseline_is,
+                "versions": {"new": _versions(new), "baseline": _versions(baseline)},
                 "judged_at": now.isoformat(), "criteria": criteria}
     if not _enough(new, criteria):
         if not soak_over:
@@ -216,6 +225,7 @@ def ab_judge(stage: Stage, *, now: datetime) -> Verdict | None:
     metric, higher_is_better = config["metric"], METRICS[config["metric"]]
     a_id, b_id = distribution.version_id, distribution.version_b_id
     evidence = {"metric": metric, "a": _summary(samples[a_id]), "b": _summary(samples[b_id]),
+                "versions": {"a": _versions(samples[a_id]), "b": _versions(samples[b_id])},
                 "judged_at": now.isoformat()}
     if not (_enough(samples[a_id], criteria) and _enough(samples[b_id], criteria)):
         return Verdict(Stage.Verdict.INCONCLUSIVE, "too little data from one of the groups to pick a winner", evidence)

@@ -27,6 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CHECKIN_PATH = "/api/v1/devices/checkin"
 READY = "slow clients ready"
+IDLE_CHECKIN = {"protocol": 2, "models": []}  # device protocol 2: a device that runs no model yet
 
 
 KINDS = ("headers", "body", "upload")
@@ -113,7 +114,7 @@ def checkin_latencies(base_url: str, credential: str, count: int, *, verify: str
     seconds = []
     for _ in range(count):
         started = time.perf_counter()
-        response = requests.post(f"{base_url}{CHECKIN_PATH}", json={"running": None}, timeout=15, verify=verify,
+        response = requests.post(f"{base_url}{CHECKIN_PATH}", json=IDLE_CHECKIN, timeout=15, verify=verify,
                                  headers={"Authorization": f"Device {credential}", "Connection": "close"})
         seconds.append(time.perf_counter() - started)
         assert response.status_code == 200, (response.status_code, response.text[:300])

@@ -17,8 +17,7 @@ from concurrent.futures import Future
 import pytest
 import requests
 
-from devices.credentials import DEVICE_KIND, new_secret
-from devices.models import DesiredState, Device, DeviceCredential, InstallReport
+from devices.models import Device, InstallReport
 from devices.services.enrollment import enrollment_key_create
 from hotswap.accounts.roles import Role
 from hotswap_device.fleet import DEFAULT_REGIONS, device_spec
@@ -26,6 +25,7 @@ from hotswap_device.simulator import FleetConfig, FleetStats, run_fleet
 from models_app.models import ModelVersion
 from models_app.validation_runs import model_version_approve, version_is_distributable
 from tests.devices.checkin_helpers import registry_version
+from tests.e2e.fleets import register_fleet
 from tests.live import celery_worker, gunicorn_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -42,18 +42,6 @@ WORKER_ENV = {"HEARTBEAT_FLUSH_SECONDS": "1", "OFFLINE_CHECK_SECONDS": "1",
               "GATE_MAX_LATENCY_P99_MS": "5000", "GATE_MIN_THROUGHPUT_IPS": "1", "GATE_MAX_LATENCY_INCREASE": "100",
               "VALIDATION_BENCHMARK_RUNS": "20"}
 PASSWORD = "0perator-Passw0rd"
-
-
-def register_fleet(specs) -> dict[str, str]:
-    """Bulk-registers devices as an operator would pre-register them; returns device_id → raw credential."""
-    devices = Device.objects.bulk_create([
-        Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
-               **{**s.capabilities, "gpu": s.capabilities["gpu"] or ""}) for s in specs])
-    DesiredState.objects.bulk_create([DesiredState(device=d) for d in devices])
-    secrets = [new_secret(DEVICE_KIND) for _ in devices]
-    DeviceCredential.objects.bulk_create([DeviceCredential(device=d, prefix=s.prefix, key_hash=s.key_hash)
-                                          for d, s in zip(devices, secrets, strict=True)])
-    return {d.device_id: s.raw for d, s in zip(devices, secrets, strict=True)}
 
 
 class FleetRunner:
@@ -166,8 +154,9 @@ def test_a_thousand_devices_converge_region_by_region_and_go_offline_and_back(ma
             for region in unchanged:
                 assert devices(region=region, version=new.model_id)["count"] == 0
                 assert devices(region=region, version=old.model_id)["count"] == per_region[region]
-            one = devices(region=upgraded)["results"][0]
-            assert (one["running"]["version"], one["desired"]["version"]) == ("1.1.0", new.model_id)
+            [slot] = devices(region=upgraded)["results"][0]["slots"]
+            assert (slot["model"], slot["state"]) == ("fleetnet", "in_sync")
+            assert (slot["running"]["version"], slot["desired"]["version"]) == ("1.1.0", new.model_id)
 
             quiet = wait_for(lambda: devices(online="false")["results"], "the quiet device goes offline",
                              timeout=OFFLINE_AFTER_SECONDS + 45)

@@ -6,11 +6,14 @@ only its region, so the six are launched together, as six operators would, and e
 disjoint devices, all starting on rollnet-1.0.0 (latency 20±2 ms, 0.1 % errors): a good canary completes; +50 %
 latency and 8 % errors are rolled back by the tick on its own and every device goes back; an A/B test promotes
 the faster version; too few devices is paused as inconclusive; the manual policy pauses and waits.
+
+Every device also runs a second model, pairnet-1.0.0, and a progressive rollout of pairnet-2.0.0 with no
+explicit target (so: every device that runs pairnet) goes over the whole fleet at the same time: it completes
+while rollnet's canaries are judged and rolled back, and neither model's verdicts read the other's windows.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db.models import Max, Min
 
-from devices.credentials import DEVICE_KIND, new_secret
-from devices.models import DesiredState, Device, DeviceCredential, InstallReport, MetricWindow
+from devices.models import Device, InstallReport, MetricWindow, ModelSlot
 from hotswap.accounts.roles import Role
 from hotswap_device.fleet import device_spec, parse_behaviours
 from hotswap_device.simulator import BackgroundFleet, FleetConfig
@@ -31,6 +33,7 @@ from models_app.models import ModelVersion
 from models_app.validation_runs import model_version_approve, version_is_distributable
 from rollouts.models import Assignment, Distribution, Transition
 from tests.devices.checkin_helpers import registry_version
+from tests.e2e.fleets import register_fleet, seed_simulator
 from tests.live import celery_worker, gunicorn_server
 
 # Plain django_db: each test only reads, inside a transaction it rolls back; the stack's rows were committed
@@ -44,7 +47,11 @@ POLL_SECONDS = 2
 TICK_SECONDS = 1
 ACT_WITHIN_SECONDS = 60.0  # the issue's bound from the first bad window to the rollback; the goal is 10 s
 PASSWORD = "0perator-Passw0rd"
-MODEL = "rollnet"
+MODEL = "rollnet"  # model A: every case ships a version of it to its own region
+OTHER = "pairnet"  # model B: every device runs it too, and one progressive rollout ships 2.0.0 to all of them
+OTHER_BEHAVIOURS = {"1.0.0": "latency:10±1,errors:0.001", "2.0.0": "latency:10±1,errors:0.001"}
+OTHER_LAUNCH = {"name": "health e2e: pairnet everywhere", "version": f"{OTHER}-2.0.0", "strategy": "progressive",
+                "strategy_config": {"percentages": [30, 100], "soak": "PT6S"}}
 # Per version: what the simulated devices measure when they run it.
 BEHAVIOURS = {
     "1.0.0": "latency:20±2,errors:0.001",  # what the fleet runs before every case: the baseline
@@ -86,32 +93,6 @@ def wait_for(condition, what: str, timeout: float = 45.0, log: Path | None = Non
     return result
 
 
-def register_fleet(running: ModelVersion) -> dict[str, str]:
-    """Registers the devices (as an operator pre-registers them) running `running`; device_id → credential."""
-    specs = [device_spec(i, prefix="hr-", regions=REGIONS) for i in range(1, DEVICES + 1)]
-    devices = Device.objects.bulk_create([
-        Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
-               current_version=running, reported_model=MODEL, reported_version=running.version,
-               **{k: v or "" if k == "gpu" else v for k, v in s.capabilities.items()}) for s in specs])
-    DesiredState.objects.bulk_create([DesiredState(device=d) for d in devices])
-    secrets, prefixes = [], set()
-    while len(secrets) < len(devices):  # 32-bit prefixes: skip the rare collision
-        if (secret := new_secret(DEVICE_KIND)).prefix not in prefixes:
-            prefixes.add(secret.prefix)
-            secrets.append(secret)
-    DeviceCredential.objects.bulk_create([DeviceCredential(device=d, prefix=s.prefix, key_hash=s.key_hash)
-                                          for d, s in zip(devices, secrets, strict=True)])
-    return {d.device_id: s.raw for d, s in zip(devices, secrets, strict=True)}
-
-
-def seed_simulator(path: Path, server: str, credentials: dict[str, str], running: ModelVersion) -> None:
-    """The simulator's state file: each device has its credential and runs `running` (it pins the key itself)."""
-    now_running = {"model": MODEL, "version": running.version, "sha256": running.sha256}
-    devices = {device_id: {"credential": raw, "running": now_running, "last_sequence": 0, "poll": POLL_SECONDS}
-               for device_id, raw in credentials.items()}
-    path.write_text(json.dumps({"version": 1, "servers": {server: devices}}))
-
-
 @dataclass
 class Stack:
     """The shared stack: the operator's API session, the versions by name, the fleet, the worker's log."""
@@ -121,7 +102,8 @@ class Stack:
     versions: dict[str, ModelVersion]
     fleet: BackgroundFleet
     worker_log: Path
-    launched: dict[str, int]  # case → distribution id
+    launched: dict[str, int]  # case → distribution id ("other": pairnet's rollout)
+    other: dict[str, ModelVersion]  # pairnet's versions
 
     def distribution(self, case: str) -> Distribution:
         return Distribution.objects.get(pk=self.launched[case])
@@ -154,10 +136,13 @@ class Stack:
     def region_runs(self, region: str, version: ModelVersion, timeout: float = 90.0) -> None:
         """Every simulated device of the region runs `version`, and the server's device list says so too."""
         label = version.model_id
-        wait_for(lambda: set(self.fleet.running([region])) == {label},
-                 f"every simulated device of {region} runs {label} (they run {dict(self.fleet.running([region]))})",
-                 timeout=timeout)
-        wait_for(lambda: not Device.objects.filter(region=region).exclude(current_version=version).exists(),
+        model = version.ai_model.name
+        wait_for(lambda: set(self.fleet.running([region], model)) == {label},
+                 f"every simulated device of {region} runs {label} (they run "
+                 f"{dict(self.fleet.running([region], model))})", timeout=timeout)
+        slots = ModelSlot.objects.filter(device__region=region, ai_model=version.ai_model)
+        wait_for(lambda: slots.count() == Device.objects.filter(region=region).count()
+                 and not slots.exclude(running_version=version).exists(),
                  f"the server sees every device of {region} on {label}", timeout=30)
 
 
@@ -169,13 +154,17 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
         try:
             versions = {v: registry_version(name=MODEL, version=v, hidden=8 + i)[0]
                         for i, v in enumerate(BEHAVIOURS)}
+            other = {v: registry_version(name=OTHER, version=v, hidden=24 + i)[0]
+                     for i, v in enumerate(OTHER_BEHAVIOURS)}
             operator = get_user_model().objects.create_user(username="health-operator", password=PASSWORD)
             operator.groups.add(Group.objects.get(name=Role.OPERATOR))
-            credentials = register_fleet(versions["1.0.0"])
+            specs = [device_spec(i, prefix="hr-", regions=REGIONS) for i in range(1, DEVICES + 1)]
+            runs = (versions["1.0.0"], other["1.0.0"])
+            credentials = register_fleet(specs, runs)
             state = tmp_path_factory.mktemp("health-fleet") / "state.json"
             with gunicorn_server(env=SERVER_ENV, workers=2) as (base, _server), \
                     celery_worker(beat=True, env=WORKER_ENV) as (_worker, log):
-                validated = ModelVersion.objects.filter(ai_model__name=MODEL)
+                validated = ModelVersion.objects.filter(ai_model__name__in=(MODEL, OTHER))
                 wait_for(lambda: not validated.filter(status__in=("uploaded", "validating")).exists(),
                          "the worker validates every version", timeout=180, log=log)
                 # This file is about health judging: a version whose validation a loaded machine failed is
@@ -190,19 +179,23 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                 token = api.post(f"{base}/api/v1/auth/token", json={"username": operator.username,
                                                                     "password": PASSWORD}, timeout=30)
                 api.headers["Authorization"] = f"Bearer {token.json()['access']}"
-                seed_simulator(state, base, credentials, versions["1.0.0"])
+                seed_simulator(state, base, credentials, runs, POLL_SECONDS)
                 fleet = BackgroundFleet(FleetConfig(
                     server=base, devices=DEVICES, prefix="hr-", regions=REGIONS, poll_seconds=POLL_SECONDS,
                     max_poll_seconds=POLL_SECONDS, download_seconds=0.5, concurrency=100, state_file=state,
-                    seed=5, behaviours=parse_behaviours(f"{MODEL}-{v}={b}" for v, b in BEHAVIOURS.items())))
+                    seed=5, behaviours=parse_behaviours(
+                        [f"{MODEL}-{v}={b}" for v, b in BEHAVIOURS.items()]
+                        + [f"{OTHER}-{v}={b}" for v, b in OTHER_BEHAVIOURS.items()])))
                 try:
                     wait_for(lambda: fleet.fleet.stats.checked_in_devices == DEVICES, "every device checks in",
                              timeout=60)
                     stack = Stack(base=base, api=api, versions={v: ModelVersion.objects.get(pk=m.pk)
                                                                 for v, m in versions.items()},
-                                  fleet=fleet, worker_log=log, launched={})
+                                  fleet=fleet, worker_log=log, launched={},
+                                  other={v: ModelVersion.objects.get(pk=m.pk) for v, m in other.items()})
                     for case in CASES:
                         stack.launch(case)
+                    stack.launched["other"] = stack.post("distributions", OTHER_LAUNCH)["id"]
                     yield stack
                 finally:
                     stats = fleet.stop()
@@ -240,12 +233,12 @@ def assert_rolled_back_everywhere(stack: Stack, distribution: Distribution, bad:
     """
     old, region = stack.versions["1.0.0"], distribution.target["regions"][0]
     touched = canary_devices(distribution)
-    desired = DesiredState.objects.filter(device_id__in=touched)
+    desired = ModelSlot.objects.filter(device_id__in=touched, ai_model=old.ai_model)
     assert desired.count() == len(touched) > 0
     assert not desired.exclude(version=old, rollback=True).exists(), \
         list(desired.exclude(version=old, rollback=True).values_list("device__device_id", "version_id", "rollback"))
     untouched = Device.objects.filter(region=region).exclude(pk__in=touched)
-    assert not DesiredState.objects.filter(device__in=untouched, version__isnull=False).exists()
+    assert not ModelSlot.objects.filter(device__in=untouched, ai_model=old.ai_model, version__isnull=False).exists()
     assert not Assignment.objects.filter(distribution=distribution, is_open=True).exists()
     assert MetricWindow.objects.filter(device_id__in=touched, version=bad).exists()
     stack.region_runs(region, old)
@@ -363,7 +356,7 @@ def test_the_manual_policy_pauses_and_waits_for_the_operator(stack, capsys):
     distribution.refresh_from_db()
     assert distribution.status == "paused"
     assert not Transition.objects.filter(distribution=distribution, to_status="rolled_back").exists()
-    assert not DesiredState.objects.filter(device_id__in=canary).exclude(version=bad).exists()
+    assert not ModelSlot.objects.filter(device_id__in=canary, ai_model=bad.ai_model).exclude(version=bad).exists()
     assert stack.fleet.running(["hr-manual"])[bad.model_id] == len(canary)
 
     stack.post(f"distributions/{distribution.pk}/rollback", {"reason": "confirmed the regression"})
@@ -375,8 +368,50 @@ def test_the_manual_policy_pauses_and_waits_for_the_operator(stack, capsys):
     assert lag <= ACT_WITHIN_SECONDS
 
 
+def test_the_other_models_rollout_completes_over_the_same_devices_untouched_by_the_rollbacks(stack, capsys):
+    """pairnet-2.0.0 goes to every device (no explicit target: every device that runs pairnet) while rollnet's
+    canaries are judged on the same devices; rollnet's rollbacks leave pairnet's slots as pairnet's rollout set
+    them, device by device, and every verdict of either model read windows of that model only."""
+    old, new = stack.other["1.0.0"], stack.other["2.0.0"]
+    distribution = stack.settles("other", timeout=240)
+
+    assert distribution.status == "completed", distribution.status_reason
+    assert distribution.assignments.values("device").distinct().count() == DEVICES
+    for stage in distribution.stages.order_by("index"):
+        assert (stage.status, stage.verdict) == ("passed", "pass"), (stage.name, stage.evidence)
+        assert stage.evidence["versions"] == {"new": [new.model_id], "baseline": [old.model_id]}, stage.evidence
+    for region in REGIONS:
+        stack.region_runs(region, new)
+
+    # Device by device: pairnet's slot holds what its own rollout set (never a rollback, never rollnet's
+    # writer), while the latency and errors canaries on the same devices were sent back to rollnet-1.0.0.
+    set_by_rollout = f"distribution:{distribution.pk}"
+    pairnet = {s.device_id: s for s in ModelSlot.objects.filter(ai_model=new.ai_model)}
+    assert len(pairnet) == DEVICES
+    wrong = [(s.device_id, s.version_id, s.running_version_id, s.rollback, s.source) for s in pairnet.values()
+             if (s.version_id, s.running_version_id, s.rollback, s.remove, s.source)
+             != (new.pk, new.pk, False, False, set_by_rollout)]
+    assert not wrong, wrong[:10]
+    rolled_back = [d for case in ("latency", "errors") for d in canary_devices(stack.distribution(case))]
+    assert rolled_back
+    rollnet_back = ModelSlot.objects.filter(device_id__in=rolled_back, ai_model=stack.versions["1.0.0"].ai_model)
+    assert set(rollnet_back.values_list("version", "rollback")) == {(stack.versions["1.0.0"].pk, True)}
+    assert all(pairnet[d].sequence == 1 for d in rolled_back), "only pairnet's rollout wrote its slot"
+
+    # rollnet's verdicts read rollnet's windows only.
+    for case in CASES:
+        named = [v for stage in stack.distribution(case).stages.all()
+                 for side in (stage.evidence or {}).get("versions", {}).values() for v in side]
+        assert named and all(v.startswith(f"{MODEL}-") for v in named), (case, named)
+    report(capsys, f"(g) {new.model_id} went to all {DEVICES} devices in "
+                   f"{(distribution.finished_at - distribution.started_at).total_seconds():.1f} s next to rollnet's "
+                   f"six distributions; the {len(rolled_back)} devices whose rollnet canary was rolled back kept "
+                   f"pairnet as its rollout set it")
+
+
 def test_no_case_touched_another_region(stack):
-    """Each distribution only ever assigned devices of its own region."""
-    for case, pk in stack.launched.items():
+    """Each of rollnet's distributions only ever assigned devices of its own region (pairnet's went everywhere)."""
+    for case in CASES:
+        pk = stack.launched[case]
         regions = set(Device.objects.filter(assignments__distribution_id=pk).values_list("region", flat=True))
         assert regions == {f"hr-{case}"}, (case, regions)

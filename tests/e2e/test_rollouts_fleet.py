@@ -31,14 +31,14 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count, Max, Min
 
-from devices.credentials import DEVICE_KIND, new_secret
-from devices.models import DesiredState, Device, DeviceCredential, InstallReport
+from devices.models import Device, InstallReport, ModelSlot
 from hotswap.accounts.roles import Role
 from hotswap_device.fleet import device_spec
 from hotswap_device.simulator import BackgroundFleet, FleetConfig
 from models_app.models import ModelVersion
 from rollouts.models import Assignment, Distribution, Stage, Transition
 from tests.artifacts import onnx_model_bytes
+from tests.e2e.fleets import register_fleet
 from tests.live import celery_worker, gunicorn_server
 
 # Plain django_db: the tests only read, in a transaction they roll back; the stack's rows are committed by the
@@ -164,24 +164,6 @@ class Stack:
         assert sum(self.get("devices", region=region)["count"] for region in regions) == size
 
 
-def fleet_register() -> dict[str, str]:
-    """The devices as an operator pre-registers them (enrollment is not under test here); device_id → credential."""
-    specs = [device_spec(i, prefix="ro-", regions=REGIONS) for i in range(1, DEVICES + 1)]
-    devices = Device.objects.bulk_create([
-        Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
-               cpu_cores=s.capabilities["cpu_cores"], memory_mb=s.capabilities["memory_mb"],
-               storage_gb=s.capabilities["storage_gb"], gpu=s.capabilities["gpu"] or "") for s in specs])
-    DesiredState.objects.bulk_create([DesiredState(device=d) for d in devices])
-    issued = {}
-    for device in devices:
-        while (secret := new_secret(DEVICE_KIND)).prefix in issued:  # 32-bit prefixes: skip a collision
-            pass
-        issued[secret.prefix] = (device, secret)
-    DeviceCredential.objects.bulk_create([DeviceCredential(device=d, prefix=prefix, key_hash=s.key_hash)
-                                          for prefix, (d, s) in issued.items()])
-    return {d.device_id: s.raw for d, s in issued.values()}
-
-
 def upload(api: requests.Session, base: str, version: str, hidden: int) -> str:
     """A real ONNX model through POST /api/v1/models, as CI uploads it; returns its model_id."""
     content = onnx_model_bytes(hidden=hidden)
@@ -222,8 +204,11 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                     stack.old, stack.new = versions.get(model_id=ids[0]), versions.get(model_id=ids[1])
                     # No inferences, so no metric windows: the soak judge does not read them, and generating
                     # and storing them would take half of what two cores give the fleet and the server.
+                    # Pre-registered by an operator (enrollment is not under test here), running nothing yet.
+                    credentials = register_fleet(device_spec(i, prefix="ro-", regions=REGIONS)
+                                                 for i in range(1, DEVICES + 1))
                     stack.fleet = BackgroundFleet(FleetConfig(
-                        server=base, credentials=fleet_register(), devices=DEVICES, prefix="ro-", regions=REGIONS,
+                        server=base, credentials=credentials, devices=DEVICES, prefix="ro-", regions=REGIONS,
                         poll_seconds=POLL_SECONDS, max_poll_seconds=POLL_SECONDS, download=True, concurrency=100,
                         inference_rate=0, state_file=tmp_path_factory.mktemp("rollouts-fleet") / "state.json",
                         seed=7))
@@ -234,7 +219,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
                         stack.post("devices/desired", {"version": stack.old.model_id, "regions": list(REGIONS)})
                         wait_for(lambda: stack.fleet.running(list(REGIONS)) == Counter({stack.old.model_id: DEVICES}),
                                  "the fleet runs OLD")
-                        wait_for(lambda: Device.objects.filter(current_version=stack.old).count() == DEVICES,
+                        wait_for(lambda: ModelSlot.objects.filter(running_version=stack.old).count() == DEVICES,
                                  "the heartbeat flush records OLD on every device", timeout=30)
                         for case in ("canary", "gated", "regional"):
                             stack.launch(case)
@@ -288,7 +273,7 @@ def assert_each_device_offered_once(distribution: Distribution) -> None:
     assert set(assignments.values_list("state", "attempts").distinct()) == {("active", 1)}
     assert not assignments.filter(is_open=True).exists()
     # Set by hand to OLD (sequence 1), then once by the distribution.
-    desired = DesiredState.objects.filter(device__assignments__distribution=distribution)
+    desired = ModelSlot.objects.filter(device__assignments__distribution=distribution, ai_model=distribution.ai_model)
     assert set(desired.values_list("version", "sequence").distinct()) == {(distribution.version_id, 2)}
 
 
@@ -329,7 +314,7 @@ def test_a_progressive_rollout_waits_at_its_manual_gate_until_approved_through_t
     last = distribution.stages.get(index=2)
     assert last.status == "pending" and not Assignment.objects.filter(stage=last).exclude(state="pending").exists()
     untouched = Device.objects.filter(assignments__stage=last)
-    assert not untouched.exclude(current_version=stack.old).exists()
+    assert not untouched.exclude(slots__running_version=stack.old).exists()
 
     approved = time.monotonic()
     stack.post(f"distributions/{distribution.pk}/approve")

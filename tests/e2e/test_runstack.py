@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,8 +127,10 @@ def test_it_serves_the_console_runs_a_worker_and_a_demo_fleet_and_stops_cleanly_
         assert status_of(f"{base}/api/docs/") == 200
         assert status_of(f"{base}/api/schema/") == 200
 
-        wait_until(lambda: "ready." in log.read_text(errors="replace"), timeout=60, proc=proc, log=log,
-                   what="'ready.' from the Celery worker")
+        # Both workers (fleet tasks, validations) start side by side; the ping below needs each of them ready.
+        wait_until(lambda: all(re.search(rf"\b{name}@\S+ ready\.", log.read_text(errors="replace"))
+                               for name in ("fleet", "validation")), timeout=60, proc=proc, log=log,
+                   what="'ready.' from both Celery workers")
         children = stack_processes(proc.pid)
         worker = next(p for p in children if " worker " in " ".join(p.cmdline()) and p.ppid() == proc.pid)
         # The worker's own environment carries the broker URL runstack resolved for it.

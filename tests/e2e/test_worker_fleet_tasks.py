@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import Device, MetricRollup, MetricWindow
-from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version
+from devices.models import Device, MetricRollup, MetricWindow, ModelSlot
+from tests.devices.checkin_helpers import checkin, device_with_credential, metric_window, registry_version, running
 from tests.live import celery_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -26,8 +26,9 @@ def test_beat_and_worker_flush_heartbeats_and_roll_up_metrics(client):
     device, credential = device_with_credential()
     registry_version()
     end = timezone.now() - timedelta(seconds=5)
-    checkin(client, credential, {"running": {"model": "resnet", "version": "1.0.0", "sha256": ""},
-                                 "metrics": [metric_window(end=end)]})
+    response = checkin(client, credential, {"models": [running("resnet", "1.0.0")],
+                                            "metrics": [metric_window(end=end)]})
+    assert response.status_code == 200, response.content
     assert Device.objects.get(pk=device.pk).last_seen is None
     assert not MetricWindow.objects.exists()  # buffered in Redis
 
@@ -41,5 +42,6 @@ def test_beat_and_worker_flush_heartbeats_and_roll_up_metrics(client):
     assert flushed, worker_log[-3000:]
     assert windows_flushed, worker_log[-3000:]
     assert rolled_up, worker_log[-3000:]
-    assert Device.objects.get(pk=device.pk).reported_version == "1.0.0"
+    slot = ModelSlot.objects.get(device=device)
+    assert (slot.ai_model.name, slot.reported_version) == ("resnet", "1.0.0")
     assert MetricRollup.objects.get().inference_count == 600

@@ -146,6 +146,7 @@ def test_an_ab_test_promotes_the_significantly_better_version(make_fleet, make_v
     assert distribution.winner == b
     stage = distribution.stages.get(index=0)
     assert stage.status == "passed" and stage.evidence["improvement_pct"] > 10
+    assert stage.evidence["versions"] == {"a": [a.model_id], "b": [b.model_id]}
     assert {x.version_id for x in offered(distribution, 1)} == {b.pk}
 
 
@@ -243,6 +244,7 @@ def test_another_models_telemetry_on_the_same_devices_never_enters_the_verdict(m
     assert verdict.result == "pass", verdict.reason
     assert verdict.evidence["new"]["devices"] == 10 and verdict.evidence["new"]["error_rate"] < 0.01
     assert verdict.evidence["baseline"]["devices"] == 30 and verdict.evidence["baseline"]["latency_p99_ms"] > 15
+    assert verdict.evidence["versions"] == {"new": ["resnet-1.1.0"], "baseline": ["resnet-1.0.0"]}
     from rollouts.selectors import distribution_metrics, distribution_status
 
     distribution.refresh_from_db()
