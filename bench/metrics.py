@@ -43,17 +43,17 @@ def timed(function, repeat: int) -> float:
 def load(cursor, *, devices: int, rollouts: int, days: int) -> None:
     cursor.execute("""
         INSERT INTO models_app_aimodel (name, description, framework, task, tags, quality_gates, accuracy_metric,
-                                        created_at, updated_at)
-        VALUES ('bench', '', 'onnx', 'other', '{}', '{}', 'top1', now(), now())
+                                        input_profiles, output_tolerances, created_at, updated_at)
+        VALUES ('bench', '', 'onnx', 'other', '{}', '{}', 'top1', '[]', '{}', now(), now())
     """)
     cursor.execute("""
         INSERT INTO models_app_modelversion (ai_model_id, version, model_id, major, minor, patch, prerelease,
             is_release, storage_key, sha256, size_bytes, detected_format, format_details, original_filename,
             input_schema, output_schema, target_device_type, min_memory_mb, accelerator, status, uploaded_at,
-            updated_at, approval_reason, traceparent, scrub_error)
+            updated_at, approval_reason, traceparent, scrub_error, input_profiles, sha256_verified)
         SELECT (SELECT id FROM models_app_aimodel), '1.' || v || '.0', 'bench-1.' || v || '.0', 1, v, 0, '', true,
                'bench/' || v, repeat('0', 64), 1, 'onnx', '{}', '', '[]', '[]', '', NULL, 'none', 'passed', now(),
-               now(), '', '', ''
+               now(), '', '', '', '[]', true
         FROM generate_series(0, %s - 1) AS v
     """, [VERSIONS])
     cursor.execute("""

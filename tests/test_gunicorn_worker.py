@@ -51,7 +51,7 @@ def exchange(port: int, pieces: list[bytes], pause: float = 0.0) -> bytes:
 @pytest.mark.django_db(transaction=True)
 def test_it_answers_trickled_pipelined_chunked_and_oversized_requests(tmp_path):
     _device, credential = device_with_credential("cam-worker-1")
-    body = json.dumps({"running": None}).encode()
+    body = json.dumps({"protocol": 2, "models": []}).encode()
     checkin = (f"POST /api/v1/devices/checkin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Device {credential}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     with live.runstack_gunicorn(tmp_path) as (base, _out, _err):
