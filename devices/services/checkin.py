@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -40,6 +41,7 @@ from hotswap_device.protocol import (
     MODEL_FIELDS,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_UNSUPPORTED,
+    V1_RUNNING_FIELD,
 )
 from models_app.models import ModelVersion
 from models_app.shipping import status_ships
@@ -49,6 +51,8 @@ from models_app.storage import artifact_store
 # without a query per item, and a version uploaded meanwhile is found within this.
 UNKNOWN_VERSION_SECONDS = 10.0
 INSTALL_STATUSES = set(InstallReport.Status.values)
+_CHECKIN_KEYS = frozenset(CHECKIN_FIELDS)
+_MODEL_KEYS = frozenset(MODEL_FIELDS)
 
 
 class CheckinSlot(NamedTuple):
@@ -216,7 +220,7 @@ def checkin_parse(body: bytes, *, now: datetime, slot_models: frozenset[str] = f
         problems.add("", "The body must be a JSON object.")
         problems.raise_if_any()
     _protocol(data)
-    problems.unknown_keys("", data, set(CHECKIN_FIELDS))
+    problems.unknown_keys("", data, _CHECKIN_KEYS)
     models = _models(data.get("models"), problems)
     health = _health(data.get("health"), problems)
     reportable = slot_models | {entry["model"] for entry in models}
@@ -231,7 +235,7 @@ def checkin_parse(body: bytes, *, now: datetime, slot_models: frozenset[str] = f
 def _protocol(data: dict) -> None:
     """Refuses a body of another protocol version before reading any of it: no silent misreading."""
     version = data.get("protocol")
-    if type(version) is int and version == PROTOCOL_VERSION and "running" not in data:
+    if type(version) is int and version == PROTOCOL_VERSION and V1_RUNNING_FIELD not in data:
         return
     if "protocol" not in data:
         said = "This body has no `protocol` field (a version 1 body)"
@@ -366,7 +370,7 @@ def _models(value: Any, problems: _Problems) -> list[dict]:
         if not isinstance(item, dict):
             problems.add(where, "Must be an object {model, version, sha256}.")
             continue
-        problems.unknown_keys(where, item, set(MODEL_FIELDS))
+        problems.unknown_keys(where, item, _MODEL_KEYS)
         entry = {"model": _string(item.get("model"), f"{where}.model", problems),
                  "version": _string(item.get("version"), f"{where}.version", problems),
                  "sha256": _string(item.get("sha256"), f"{where}.sha256", problems, required=False)}
@@ -379,7 +383,7 @@ def _models(value: Any, problems: _Problems) -> list[dict]:
     return models
 
 
-def _reportable(report: dict, where: str, problems: _Problems, reportable: frozenset[str] | set[str]) -> None:
+def _reportable(report: dict, where: str, problems: _Problems, reportable: frozenset[str]) -> None:
     """A report belongs to one of the device's slots, or to a model the device says it runs."""
     model = report.get("model")
     if model and model not in reportable:
@@ -398,7 +402,7 @@ def _health(value: Any, problems: _Problems) -> dict | None:
             if key in ("cpu_percent", "memory_percent", "disk_percent")}
 
 
-def _install(item: Any, where: str, problems: _Problems, now: datetime, reportable: set[str]) -> dict:
+def _install(item: Any, where: str, problems: _Problems, now: datetime, reportable: frozenset[str]) -> dict:
     if not isinstance(item, dict):
         problems.add(where, "Must be an object.")
         return {}
@@ -423,7 +427,7 @@ def _install(item: Any, where: str, problems: _Problems, now: datetime, reportab
     return report
 
 
-def _window(item: Any, where: str, problems: _Problems, now: datetime, reportable: set[str]) -> dict:
+def _window(item: Any, where: str, problems: _Problems, now: datetime, reportable: frozenset[str]) -> dict:
     if not isinstance(item, dict):
         problems.add(where, "Must be an object.")
         return {}
@@ -677,28 +681,27 @@ def checkin_desired(*, device: CheckinDevice, now: datetime, request=None) -> li
 def _slot_manifest(device: CheckinDevice, slot: CheckinSlot, *, now: datetime, expires_at: datetime,
                    request) -> dict:
     if slot.remove:
-        key = (device.pk, slot.model, slot.sequence, ACTION_REMOVE, expires_at)
-        signed = _manifests.get(key)
-        if signed is None:
-            signed = manifests.sign({
-                "action": ACTION_REMOVE, "device_id": device.device_id, "model": slot.model,
-                "issued_at": _iso(now), "expires_at": _iso(expires_at), "sequence": slot.sequence,
-            })
-            _manifests.put(key, signed)
-        return signed
+        return _signed((device.pk, slot.model, slot.sequence, ACTION_REMOVE, expires_at), lambda: {
+            "action": ACTION_REMOVE, "device_id": device.device_id, "model": slot.model,
+            "issued_at": _iso(now), "expires_at": _iso(expires_at), "sequence": slot.sequence,
+        })
     version = _manifest_version(slot.version_id)
     url = _download_url(version, expires_at, now)
     if request is not None and url.startswith("/"):
         url = request.build_absolute_uri(url)  # local storage links are paths on the host the device called
-    key = (device.pk, slot.model, slot.sequence, slot.version_id, slot.rollback, url)
+    return _signed((device.pk, slot.model, slot.sequence, slot.version_id, slot.rollback, url), lambda: {
+        "action": ACTION_INSTALL, "device_id": device.device_id, "model": version.model,
+        "version": version.version, "sha256": version.sha256, "size": version.size, "url": url,
+        "format": version.detected_format, "issued_at": _iso(now), "expires_at": _iso(expires_at),
+        "rollback": slot.rollback, "sequence": slot.sequence,
+    })
+
+
+def _signed(key: tuple, manifest: Callable[[], dict]) -> dict:
+    """The signed manifest cached under key, signed and cached now when it is not there."""
     signed = _manifests.get(key)
     if signed is None:
-        signed = manifests.sign({
-            "action": ACTION_INSTALL, "device_id": device.device_id, "model": version.model,
-            "version": version.version, "sha256": version.sha256, "size": version.size, "url": url,
-            "format": version.detected_format, "issued_at": _iso(now), "expires_at": _iso(expires_at),
-            "rollback": slot.rollback, "sequence": slot.sequence,
-        })
+        signed = manifests.sign(manifest())
         _manifests.put(key, signed)
     return signed
 
