@@ -132,8 +132,10 @@ class ModelSlot(models.Model):
         REMOVED = "removed", "Removed"  # removed: nothing runs
         UNMANAGED = "unmanaged", "Not managed"  # nothing desired: the device runs what it has
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="slots")
-    ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.CASCADE, related_name="slots")
+    # No index of their own: one_slot_per_device_model leads with device, slot_model_running_idx with ai_model.
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="slots", db_index=False)
+    ai_model = models.ForeignKey("models_app.AIModel", on_delete=models.CASCADE, related_name="slots",
+                                 db_index=False)
 
     # Desired state.
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
@@ -169,8 +171,6 @@ class ModelSlot(models.Model):
         indexes = [
             # Fleet filters and rollout targets by model and version stay index scans at 1M devices.
             models.Index(fields=["ai_model", "running_version"], name="slot_model_running_idx"),
-            models.Index(fields=["running_version"], name="slot_running_idx"),
-            models.Index(fields=["version"], name="slot_desired_idx"),
         ]
 
     def __str__(self) -> str:
@@ -201,7 +201,8 @@ class InstallReport(models.Model):
         ROLLED_BACK = "rolled_back"
         REMOVED = "removed"  # the model was unloaded and deleted (a removal's answer)
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="install_reports")
+    # No index of its own: install_device_time_idx and install_report_once lead with device.
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="install_reports", db_index=False)
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="install_reports")
     model_name = models.CharField(max_length=64)
@@ -231,9 +232,11 @@ class InstallReport(models.Model):
 class MetricWindow(models.Model):
     """Inference metrics one device measured for one model version over [window_start, window_end)."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="metric_windows")
+    # No index of their own (each would cost every window stored): metric_window_once and
+    # metric_device_time_idx lead with device, metric_version_time_idx with version.
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="metric_windows", db_index=False)
     version = models.ForeignKey("models_app.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
-                                related_name="metric_windows")
+                                related_name="metric_windows", db_index=False)
     model_name = models.CharField(max_length=64)
     model_version = models.CharField(max_length=64)
     window_start = models.DateTimeField()
