@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
+import orjson
 import redis
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
@@ -97,7 +98,7 @@ def heartbeat_record(*, device_pk: int, models: list[dict], health: dict | None,
     count, period = _rate(settings.THROTTLE_RATES["device_checkin"])
     window = int(now.timestamp()) // period
     rate_key = f"{settings.CACHES['default']['KEY_PREFIX']}:checkin-rate:{device_pk}:{window}"
-    payload = json.dumps({"at": now.isoformat(), "models": models, "health": health}, separators=(",", ":"))
+    payload = orjson.dumps({"at": now, "models": models, "health": health})
     args = (rate_key, _buffer_key(), metric_buffer_key(), period + 1, device_pk, payload, metric_windows, count,
             settings.METRIC_BUFFER_MAX_CHECKINS)
     try:
@@ -275,7 +276,7 @@ _HEARTBEATS_SQL = """
 def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
     beats, running = [], []
     for pk, raw in raw_entries:
-        entry = json.loads(raw)
+        entry = orjson.loads(raw)
         health = entry.get("health") or {}
         beats.append({"pk": pk, "seen": entry["at"], "cpu": health.get("cpu_percent"),
                       "mem": health.get("memory_percent"), "disk": health.get("disk_percent")})
@@ -284,7 +285,8 @@ def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
         running.extend({**model, "device": pk} for model in models)
     # A savepoint: a refused batch rolls back alone, and the flush bisects it.
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_HEARTBEATS_SQL, {"devices": json.dumps(beats), "models": json.dumps(running)})
+        cursor.execute(_HEARTBEATS_SQL, {"devices": orjson.dumps(beats).decode(),
+                                      "models": orjson.dumps(running).decode()})
         return cursor.fetchone()[0]
 
 

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from devices.models import Device, EnrollmentKey
 from devices.services.enrollment import enrollment_key_create
-from hotswap.lib.untrusted import MAX_JSON_DEPTH, too_deep
+from hotswap.lib.untrusted import MAX_JSON_DEPTH, InputRejected, json_parse, too_deep
 from models_app.models import AIModel, ModelVersion
 from tests.artifacts import onnx_model_bytes
 from tests.models_app.conftest import upload
@@ -204,3 +204,24 @@ def test_a_user_can_still_log_in_with_a_non_ascii_name(make_user):
 
     assert response.status_code == 200, response.content
     assert get_user_model().objects.filter(username="zoë-😀").exists()
+
+
+def _parsed(body: bytes, **options):
+    try:
+        return json_parse(body, allow_nan=True, **options)
+    except InputRejected as exc:
+        return exc.code, exc.message, exc.details
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a": [1, 2.5, "x", null, true]}', b'{"a": NaN, "b": -Infinity}', b'{"a": 1e400}', b'{"a": "\\ud800"}',
+    b'{"a": "b\\u0000c", "\\u0000": 1}', b'{"a": "\xed\xa0\x80"}', b'\xef\xbb\xbf{}', b'{"a": 1,}', b'{"a": 1, "a": 2}',
+    b'[' * (MAX_JSON_DEPTH + 1) + b']' * (MAX_JSON_DEPTH + 1), b'{"a": "\\ud83d\\ude00"}', b'"\xff"',
+])
+def test_the_fast_parse_of_bounded_bodies_reads_and_refuses_exactly_as_the_standard_one(body):
+    assert _parsed(body, bounded_integers=True) == _parsed(body)
+
+
+def test_the_fast_parse_reads_integers_beyond_64_bits_as_floats_which_bounded_callers_refuse_anyway():
+    assert _parsed(b'{"n": 18446744073709551616}', bounded_integers=True) == {"n": 1.8446744073709552e19}
+    assert _parsed(b'{"n": 18446744073709551615}', bounded_integers=True) == {"n": 18446744073709551615}

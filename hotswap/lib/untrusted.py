@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from itertools import accumulate
 from typing import Any
 
+import orjson
+
 from hotswap.exceptions import ApplicationError
 
 # Deeper than any body HotSwap accepts (a check-in is 4 levels, a tensor schema about 6), far below
@@ -75,16 +77,29 @@ def too_deep(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> bool:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > max_depth
 
 
-def json_parse(body: bytes | str, *, allow_nan: bool = False, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def json_parse(body: bytes | str, *, allow_nan: bool = False, max_depth: int = MAX_JSON_DEPTH,
+               bounded_integers: bool = False) -> Any:
     """json.loads for a body from outside: UTF-8, at most max_depth deep, every string and key storable.
 
     Raises InputRejected: MALFORMED_REQUEST for what is not JSON or nests too deep, VALIDATION_ERROR
     naming each field that holds NUL or a lone surrogate. allow_nan lets NaN and ±Infinity through as
     floats, for callers that validate every number and name the bad ones.
+
+    bounded_integers: the caller refuses every integer beyond 64 bits (the check-in bounds each one), so the
+    body is parsed with orjson, three times faster than json, which reads such integers as floats. What
+    orjson refuses (NaN, a lone surrogate, broken JSON) is parsed again by json, which then decides and words
+    the error as it always does.
     """
     raw = body.encode(errors="surrogatepass") if isinstance(body, str) else body
     if too_deep(raw, max_depth=max_depth):
         raise _nested_too_deep(max_depth)
+    if bounded_integers:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return _storable(raw, data)
     try:
         # Strict UTF-8: json.loads would decode bytes with 'surrogatepass' and let encoded surrogates in.
         text = raw.decode()
@@ -93,6 +108,10 @@ def json_parse(body: bytes | str, *, allow_nan: bool = False, max_depth: int = M
         raise _nested_too_deep(max_depth) from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise InputRejected(f"The body is not valid JSON: {exc}.", code="MALFORMED_REQUEST") from None
+    return _storable(raw, data)
+
+
+def _storable(raw: bytes, data: Any) -> Any:
     # A raw NUL is not valid JSON and strict UTF-8 has no surrogates: only escapes can bring them in.
     if b"\\u" in raw and _RISKY_ESCAPE.search(raw) and (details := unstorable_fields(data)):
         raise rejected(details)

@@ -178,9 +178,10 @@ def test_it_sets_a_heartbeat_the_database_refuses_aside_and_flushes_and_detects_
     counted = heartbeats.set_aside_counts().get("heartbeats", 0)
     for device in fleet[:2]:
         heartbeats.heartbeat_record(device_pk=device.pk, models=[], health={"cpu_percent": 5.0}, now=now)
-    # What a check-in buffered before the edge refused such names (PostgreSQL cannot store either).
-    heartbeats.heartbeat_record(device_pk=poisoned.pk, models=[running(model)],
-                                health=None, now=now)
+    # What a check-in buffered before the edge refused such names (PostgreSQL cannot store either), as an
+    # older server wrote it (json escapes a lone surrogate; today's encoder refuses to write one at all).
+    heartbeats.redis_client().hset(heartbeats._buffer_key(), poisoned.pk, json.dumps(
+        {"at": now.isoformat(), "models": [running(model)], "health": None}))
     for device in fleet[2:]:
         heartbeats.heartbeat_record(device_pk=device.pk, models=[], health={"cpu_percent": 5.0}, now=now)
 
