@@ -6,6 +6,7 @@ removed) and leaves every other model on the device as it is.
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -78,26 +79,25 @@ class FilterSerializer(serializers.Serializer):
         return attrs
 
 
-def _answer(devices: list[Device], result: DesiredStateResult) -> Response:
-    return Response({"matched": len(devices), "changed": result.changed, "unchanged": result.unchanged,
+def _answer(result: DesiredStateResult) -> Response:
+    return Response({"matched": result.matched, "changed": result.changed, "unchanged": result.unchanged,
                      "skipped": result.skipped})
 
 
-def _set(request: Request, data: dict, devices) -> Response:
+def _set(request: Request, data: dict, devices: list[Device] | QuerySet[Device]) -> Response:
     version = model_version_get(model_id=data["version"])
-    devices = list(devices)
-    return _answer(devices, desired_state_set(devices=devices, version=version, actor=request.user,
-                                              rollback=data["rollback"], reason=data["reason"], source="manual"))
+    # A filter goes to the service as a QuerySet: it sorts the devices out in the database (no instances).
+    return _answer(desired_state_set(devices=devices, version=version, actor=request.user,
+                                     rollback=data["rollback"], reason=data["reason"], source="manual"))
 
 
-def _remove(request: Request, data: dict, devices) -> Response:
+def _remove(request: Request, data: dict, devices: list[Device] | QuerySet[Device]) -> Response:
     ai_model = AIModel.objects.filter(name=data["model"]).first()
     if ai_model is None:
         raise ApplicationError(f"No model is named '{data['model']}'.", code="VALIDATION_ERROR",
                                details=[{"field": "model", "message": "Unknown model."}])
-    devices = list(devices)
-    return _answer(devices, desired_model_remove(devices=devices, ai_model=ai_model, actor=request.user,
-                                                 reason=data["reason"], source="manual"))
+    return _answer(desired_model_remove(devices=devices, ai_model=ai_model, actor=request.user,
+                                        reason=data["reason"], source="manual"))
 
 
 def _one_device(device_id: str) -> list[Device]:
@@ -107,7 +107,7 @@ def _one_device(device_id: str) -> list[Device]:
     return [device]
 
 
-def _filtered(data: dict):
+def _filtered(data: dict) -> QuerySet[Device]:
     return devices_targeted(regions=data["regions"], device_types=data["device_types"], tags=data["tags"],
                             device_ids=data["device_ids"], min_memory_mb=data["min_memory_mb"])
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import BooleanField, Case, F, Lookup, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from devices.models import Device, ModelSlot
@@ -46,6 +46,7 @@ def slot_has_model_sql(alias: str) -> str:
 class DesiredStateResult:
     """How a desired-state change went: devices changed, already there, and skipped with a reason."""
 
+    matched: int = 0  # devices given (changed + unchanged + skipped)
     changed: int = 0
     unchanged: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -114,27 +115,69 @@ def _slots_write(write: SlotWrite) -> list[tuple[int, int, int | None]]:
         return cursor.fetchall()
 
 
-def _skip_reason(device: Device, version: ModelVersion | None) -> str | None:
-    if device.status == Device.Status.DECOMMISSIONED:
+def _skip_reason(status: str, memory_mb: int | None, device_type: str, version: ModelVersion | None) -> str | None:
+    """Why a device with these fields does not get the change, or None. `_unfit` says the same in SQL."""
+    if status == Device.Status.DECOMMISSIONED:
         return "decommissioned"
     if version is None:
         return None
-    if version.min_memory_mb and device.memory_mb is not None and device.memory_mb < version.min_memory_mb:
-        return f"has {device.memory_mb} MB of memory, {version.model_id} needs {version.min_memory_mb} MB"
-    if version.target_device_type and device.device_type and device.device_type != version.target_device_type:
-        return f"is a {device.device_type}, {version.model_id} targets {version.target_device_type}"
+    if version.min_memory_mb and memory_mb is not None and memory_mb < version.min_memory_mb:
+        return f"has {memory_mb} MB of memory, {version.model_id} needs {version.min_memory_mb} MB"
+    if version.target_device_type and device_type and device_type != version.target_device_type:
+        return f"is a {device_type}, {version.model_id} targets {version.target_device_type}"
     return None
 
 
+def _unfit(version: ModelVersion | None) -> Case:
+    """SQL true for the devices `_skip_reason` skips, false for the others (a NULL memory never skips)."""
+    unfit = Q(status=Device.Status.DECOMMISSIONED)
+    if version is not None and version.min_memory_mb:
+        unfit |= Q(memory_mb__lt=version.min_memory_mb)
+    if version is not None and version.target_device_type:
+        unfit |= ~Q(device_type="") & ~Q(device_type=version.target_device_type)
+    return Case(When(unfit, then=Value(True)), default=Value(False), output_field=BooleanField())
+
+
+def _skip(result: DesiredStateResult, device_id: str, reason: str) -> None:
+    result.skipped.append({"device_id": device_id, "reason": f"{device_id} {reason}"})
+
+
 def _eligible(devices: Iterable[Device] | QuerySet[Device], version: ModelVersion | None,
-              result: DesiredStateResult) -> dict[int, Device]:
-    eligible: dict[int, Device] = {}
+              result: DesiredStateResult) -> list[int]:
+    """The pks of the devices to change, in order; the others go to result.skipped with their reason."""
+    if isinstance(devices, QuerySet) and not devices.query.is_sliced:
+        # A filter may match the whole fleet: the database splits it, and only the skipped devices' fields and
+        # the others' pks come back (no model instances).
+        rows = devices.annotate(unfit=_unfit(version))
+        for device_id, status, memory_mb, device_type in rows.filter(unfit=True).values_list(
+                "device_id", "status", "memory_mb", "device_type"):
+            _skip(result, device_id, _skip_reason(status, memory_mb, device_type, version) or "is not eligible")
+        eligible = list(rows.filter(unfit=False).order_by("pk").values_list("pk", flat=True))
+        result.matched = len(eligible) + len(result.skipped)
+        return eligible
+    pks = set()
     for device in devices:
-        if skip := _skip_reason(device, version):
-            result.skipped.append({"device_id": device.device_id, "reason": f"{device.device_id} {skip}"})
+        result.matched += 1
+        if skip := _skip_reason(device.status, device.memory_mb, device.device_type, version):
+            _skip(result, device.device_id, skip)
         else:
-            eligible[device.pk] = device
-    return eligible
+            pks.add(device.pk)
+    return sorted(pks)
+
+
+class _AnyOf(Lookup):
+    """`field = ANY(array)`: the devices go as one array parameter, where `__in` makes one parameter each."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s::bigint[])", [*lhs_params, list(self.rhs)]
+
+
+def _any_of(field_name: str, pks: Sequence[int]) -> _AnyOf:
+    return _AnyOf(F(field_name), pks)
 
 
 def _refuse(message: str, problems: list[tuple[str, str]], *, code: str, error=ApplicationError,
@@ -152,53 +195,54 @@ class DistributionHoldsDevices(ConflictError):
     code = "DISTRIBUTION_IN_PROGRESS"
 
 
-def _check_not_held(eligible: dict[int, Device], ai_model: AIModel) -> None:
+def _check_not_held(eligible: list[int], ai_model: AIModel) -> None:
     """409 naming the open distributions of this model that hold any of the devices: never a silent override."""
     from rollouts.models import Assignment  # rollouts depends on devices, not the other way round
 
-    held = list(Assignment.objects.filter(device_id__in=list(eligible), ai_model=ai_model, is_open=True)
-                .values_list("device_id", "distribution_id", "distribution__name").order_by("device_id"))
+    held = list(Assignment.objects.filter(_any_of("device_id", eligible), ai_model=ai_model, is_open=True)
+                .values_list("device__device_id", "distribution_id", "distribution__name").order_by("device_id"))
     if not held:
         return
     distributions = sorted({(pk, name or f"distribution {pk}") for _device, pk, name in held})
     listed = ", ".join(f"{name} (#{pk})" for pk, name in distributions)
     _refuse(f"A distribution of {ai_model.name} holds these devices: {listed}. Pause or abort it first, or let it "
-            "finish", [(eligible[device].device_id, f"held by distribution #{pk}") for device, pk, _name in held],
+            "finish", [(device_id, f"held by distribution #{pk}") for device_id, pk, _name in held],
             code="DISTRIBUTION_IN_PROGRESS", error=DistributionHoldsDevices,
             extra={"distributions": [{"id": pk, "name": name} for pk, name in distributions]})
 
 
-def _check_not_older(eligible: dict[int, Device], version: ModelVersion) -> None:
+def _check_not_older(eligible: list[int], version: ModelVersion) -> None:
     """400 when a device's slot runs a later version and the change is not marked a rollback: the agent
     would refuse the older version for ever (it only goes back on a rollback)."""
-    later = list(ModelSlot.objects.filter(device_id__in=list(eligible), ai_model_id=version.ai_model_id,
+    later = list(ModelSlot.objects.filter(_any_of("device_id", eligible), ai_model_id=version.ai_model_id,
                                           running_version__precedence__gt=version.precedence)
-                 .values_list("device_id", "running_version__model_id").order_by("device_id"))
+                 .values_list("device__device_id", "running_version__model_id").order_by("device_id"))
     if later:
         _refuse(f"{version.model_id} is older than the version some devices run; set rollback to true to roll them "
-                "back to it", [(eligible[device].device_id, f"runs {running}; {version.model_id} is older, so it "
-                                "is a rollback") for device, running in later],
+                "back to it", [(device_id, f"runs {running}; {version.model_id} is older, so it is a rollback")
+                               for device_id, running in later],
                 code="ROLLBACK_NOT_MARKED")
 
 
-def _check_slot_limit(eligible: dict[int, Device], ai_model: AIModel) -> None:
+def _check_slot_limit(eligible: list[int], ai_model: AIModel) -> None:
     """400 when a device would get one model slot more than protocol.MAX_MODELS."""
     with connection.cursor() as cursor:
         cursor.execute(f"""
-            SELECT s.device_id, count(*) FROM devices_modelslot s
-            WHERE s.device_id = ANY(%s) AND {slot_occupies_sql("s")}
+            SELECT d.device_id, count(*) FROM devices_modelslot s JOIN devices_device d ON d.id = s.device_id
+            WHERE s.device_id = ANY(%s::bigint[]) AND {slot_occupies_sql("s")}
               AND NOT EXISTS (SELECT 1 FROM devices_modelslot m WHERE m.device_id = s.device_id
                               AND m.ai_model_id = %s AND {slot_occupies_sql("m")})
-            GROUP BY s.device_id HAVING count(*) >= %s ORDER BY s.device_id
-        """, [list(eligible), ai_model.pk, MAX_MODELS])  # noqa: S608 - a fixed fragment
+            GROUP BY s.device_id, d.device_id HAVING count(*) >= %s ORDER BY s.device_id
+        """, [eligible, ai_model.pk, MAX_MODELS])  # noqa: S608 - a fixed fragment
         full = cursor.fetchall()
     if full:
         _refuse(f"A device runs at most {MAX_MODELS} models; remove one before adding {ai_model.name}",
-                [(eligible[device].device_id, f"already has {count} models") for device, count in full],
+                [(device_id, f"already has {count} models") for device_id, count in full],
                 code="TOO_MANY_MODELS")
 
 
-def _finish(result: DesiredStateResult, eligible: dict, changed: list, what: str, source: str) -> DesiredStateResult:
+def _finish(result: DesiredStateResult, eligible: list[int], changed: list, what: str,
+            source: str) -> DesiredStateResult:
     result.changed = len(changed)
     result.unchanged = len(eligible) - result.changed
     logger.info("desired state set", extra={"desired": what, "source": source, "changed": result.changed,
@@ -234,10 +278,9 @@ def desired_state_set(
     if not rollback:
         _check_not_older(eligible, version)
     _check_slot_limit(eligible, version.ai_model)
-    pks = sorted(eligible)
     changed = _slots_write(SlotWrite(
-        ai_model_id=version.ai_model_id, device_ids=pks, version_ids=[version.pk] * len(pks), rollback=rollback,
-        source=source, reason=reason, traceparent=traceparent, now=timezone.now(),
+        ai_model_id=version.ai_model_id, device_ids=eligible, version_ids=[version.pk] * len(eligible),
+        rollback=rollback, source=source, reason=reason, traceparent=traceparent, now=timezone.now(),
         actor_id=getattr(actor, "pk", None)))
     return _finish(result, eligible, changed, version.model_id, source)
 
@@ -259,8 +302,9 @@ def desired_model_remove(
     result = DesiredStateResult()
     eligible = _eligible(devices, None, result)
     _check_not_held(eligible, ai_model)
-    having = sorted(ModelSlot.objects.filter(device_id__in=list(eligible), ai_model=ai_model).exclude(
-        version__isnull=True, running_version__isnull=True, remove=False).values_list("device_id", flat=True))
+    having = list(ModelSlot.objects.filter(_any_of("device_id", eligible), ai_model=ai_model).exclude(
+        version__isnull=True, running_version__isnull=True, remove=False).order_by("device_id")
+        .values_list("device_id", flat=True))
     changed = _slots_write(SlotWrite(
         ai_model_id=ai_model.pk, device_ids=having, version_ids=[None] * len(having), rollback=False,
         source=source, reason=reason, traceparent="", now=timezone.now(), actor_id=getattr(actor, "pk", None)))

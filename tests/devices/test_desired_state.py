@@ -1,6 +1,9 @@
 """The desired-state writer: one model's slot per change, idempotent, refusing what a device or a rollout would undo."""
 
+from unittest import mock
+
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from devices.models import Device, ModelSlot
@@ -217,3 +220,93 @@ def test_a_version_desired_on_a_device_cannot_be_deleted(make_device, make_versi
 
     assert response.status_code == 409
     assert "desired on 1" in response.json()["error"]["message"]
+
+
+def _mixed_fleet(make_device, make_version):
+    """Devices fit, unfit and gone for a version that needs 1024 MB on a camera; one already has the version."""
+    version = make_version("resnet", "2.0.0", min_memory_mb=1024, target_device_type="camera")
+    make_device(device_id="mix-fit", device_type="camera", memory_mb=4096)
+    make_device(device_id="mix-unknown-memory", device_type="camera")
+    make_device(device_id="mix-untyped", memory_mb=2048)
+    make_device(device_id="mix-gone", device_type="camera", memory_mb=4096, status=Device.Status.DECOMMISSIONED)
+    make_device(device_id="mix-small", device_type="camera", memory_mb=512)
+    make_device(device_id="mix-gateway", device_type="gateway", memory_mb=4096)
+    there = make_device(device_id="mix-there", device_type="camera", memory_mb=2048)
+    make_device(device_id="other-fit", device_type="camera", memory_mb=4096)  # outside the filter
+    desired_state_set(devices=[there], version=version)
+    return version
+
+
+def _undone(call):
+    """What `call` returns, with its writes rolled back (so the next call starts from the same slots)."""
+    savepoint = transaction.savepoint()
+    try:
+        return call()
+    finally:
+        transaction.savepoint_rollback(savepoint)
+
+
+def test_a_filter_gives_the_same_result_as_the_list_of_its_devices_without_loading_them(make_device, make_version):
+    version = _mixed_fleet(make_device, make_version)
+    matching = Device.objects.filter(device_id__startswith="mix-")
+
+    by_list = _undone(lambda: desired_state_set(devices=list(matching), version=version))
+    with mock.patch.object(Device, "from_db", side_effect=AssertionError("a Device instance was loaded")):
+        by_filter = desired_state_set(devices=matching, version=version)
+        again = desired_state_set(devices=matching, version=version)
+
+    assert by_filter == by_list
+    assert (by_filter.matched, by_filter.changed, by_filter.unchanged) == (7, 3, 1)
+    assert by_filter.skipped == [
+        {"device_id": "mix-gateway", "reason": "mix-gateway is a gateway, resnet-2.0.0 targets camera"},
+        {"device_id": "mix-gone", "reason": "mix-gone decommissioned"},
+        {"device_id": "mix-small", "reason": "mix-small has 512 MB of memory, resnet-2.0.0 needs 1024 MB"},
+    ]
+    assert (again.changed, again.unchanged, again.skipped) == (0, 4, by_filter.skipped)  # runs twice, same result
+    assert sorted(ModelSlot.objects.filter(version=version).values_list("device__device_id", flat=True)) == [
+        "mix-fit", "mix-there", "mix-unknown-memory", "mix-untyped"]
+
+
+def test_removing_by_a_filter_gives_the_same_result_as_the_list_of_its_devices(make_device, make_version):
+    version = _mixed_fleet(make_device, make_version)
+    matching = Device.objects.filter(device_id__startswith="mix-")
+    desired_state_set(devices=matching, version=version)
+
+    by_list = _undone(lambda: desired_model_remove(devices=list(matching), ai_model=version.ai_model))
+    by_filter = desired_model_remove(devices=matching, ai_model=version.ai_model)
+
+    assert by_filter == by_list
+    assert (by_filter.matched, by_filter.changed, by_filter.unchanged) == (7, 4, 2)
+    assert by_filter.skipped == [{"device_id": "mix-gone", "reason": "mix-gone decommissioned"}]
+
+
+def test_refusals_over_a_filter_name_the_devices(make_device, make_version):
+    old, new = make_version("resnet", "1.0.0"), make_version("resnet", "1.1.0")
+    ahead, behind, full = (make_device(device_id=f"f-{name}") for name in ("ahead", "behind", "full"))
+    _running(ahead, new)
+    _running(behind, old)
+    for n in range(MAX_MODELS):
+        _running(full, make_version(f"model-{n}", "1.0.0"))
+    matching = Device.objects.filter(device_id__startswith="f-")
+
+    with pytest.raises(ApplicationError) as older:
+        desired_state_set(devices=matching, version=old)
+    with pytest.raises(ApplicationError) as too_many:
+        desired_state_set(devices=matching, version=old, rollback=True)
+    distribution = distribution_create(version=new, strategy="direct", target={"device_ids": ["f-behind"]},
+                                       name="resnet pilot")
+    with pytest.raises(ApplicationError) as held:
+        desired_state_set(devices=matching, version=old, rollback=True)
+    with pytest.raises(ApplicationError) as held_removal:
+        desired_model_remove(devices=matching, ai_model=old.ai_model)
+
+    assert (older.value.code, older.value.details) == ("ROLLBACK_NOT_MARKED", [
+        {"field": "devices.f-ahead", "message": "runs resnet-1.1.0; resnet-1.0.0 is older, so it is a rollback"}])
+    assert (too_many.value.code, too_many.value.details) == ("TOO_MANY_MODELS", [
+        {"field": "devices.f-full", "message": f"already has {MAX_MODELS} models"}])
+    for refused in (held, held_removal):
+        assert (refused.value.status_code, refused.value.code) == (409, "DISTRIBUTION_IN_PROGRESS")
+        assert f"resnet pilot (#{distribution.pk})" in refused.value.message
+        assert refused.value.details == [{"field": "devices.f-behind",
+                                          "message": f"held by distribution #{distribution.pk}"}]
+    assert not ModelSlot.objects.filter(version=old).exists()  # all or nothing

@@ -113,6 +113,19 @@ def test_an_operator_sets_a_filters_version(operator, make_device, make_version)
            "VALIDATION_ERROR")
 
 
+def test_a_filters_answer_counts_and_lists_the_devices_it_skips(operator, make_device, make_version):
+    make_device(device_id="eu-1", region="eu-west", memory_mb=4096)
+    make_device(device_id="eu-2", region="eu-west", memory_mb=512)
+    make_device(device_id="eu-3", region="eu-west", memory_mb=4096, status="decommissioned")  # never targeted
+    version = make_version(min_memory_mb=1024)
+
+    answer = operator.post("/api/v1/devices/desired", {"version": version.model_id, "regions": ["eu-west"]},
+                           format="json").json()
+
+    assert answer == {"matched": 2, "changed": 1, "unchanged": 0, "skipped": [
+        {"device_id": "eu-2", "reason": "eu-2 has 512 MB of memory, resnet-1.0.0 needs 1024 MB"}]}
+
+
 def test_a_viewer_cannot_change_desired_state(client_for, make_device, make_version):
     make_device(device_id="cam-1")
     version = make_version()
