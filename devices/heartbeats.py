@@ -232,23 +232,25 @@ def _write_heartbeats(entries: list[tuple[int, bytes]]) -> int:
 # last_seen nor a slot backwards: only the devices the first UPDATE touched go on. A model the registry
 # does not know has no slot (the join drops it). A device has one heartbeat per batch (the buffer is a hash
 # by device) and lists each model once (checkin_parse), so no slot is upserted twice in one statement.
+# Each device carries its own models (a JSON array per heartbeat, read LATERAL): no step joins two sets of
+# the batch with each other. Such a join has no index, and PostgreSQL, which guesses 100 rows for a JSON
+# set, planned the old "models no longer listed" anti-join as a nested loop once the tables had statistics:
+# quadratic, 32 s for a batch of 6,000 three-model devices. Now every step is linear in the batch.
 _HEARTBEATS_SQL = """
-    WITH beats AS (
-        SELECT * FROM jsonb_to_recordset(%(devices)s::jsonb)
-            AS b(pk bigint, seen timestamptz, cpu float8, mem float8, disk float8)
-    ), seen AS (
+    WITH seen AS (
         UPDATE devices_device AS d SET
             last_seen = b.seen,
             cpu_percent = COALESCE(b.cpu, d.cpu_percent), memory_percent = COALESCE(b.mem, d.memory_percent),
             disk_percent = COALESCE(b.disk, d.disk_percent),
             status = CASE WHEN d.status = 'offline' THEN 'active' ELSE d.status END
-        FROM beats b
+        FROM jsonb_to_recordset(%(devices)s::jsonb)
+            AS b(pk bigint, seen timestamptz, cpu float8, mem float8, disk float8, models jsonb)
         WHERE d.id = b.pk AND (d.last_seen IS NULL OR d.last_seen <= b.seen)
-        RETURNING d.id, b.seen
+        RETURNING d.id, b.seen, b.models
     ), running AS (
         SELECT s.id AS device, m.id AS ai_model, mv.id AS version, r.version AS reported, r.sha256, s.seen
-        FROM jsonb_to_recordset(%(models)s::jsonb) AS r(device bigint, model text, version text, sha256 text)
-        JOIN seen s ON s.id = r.device
+        FROM seen s
+        CROSS JOIN LATERAL jsonb_to_recordset(s.models) AS r(model text, version text, sha256 text)
         JOIN models_app_aimodel m ON m.name = r.model
         LEFT JOIN models_app_modelversion mv ON mv.model_id = r.model || '-' || r.version
     ), upserted AS (
@@ -264,29 +266,28 @@ _HEARTBEATS_SQL = """
     ), stopped AS (
         UPDATE devices_modelslot AS slot SET
             running_version_id = NULL, reported_version = '', reported_sha256 = '', reported_at = s.seen
-        FROM seen s
-        WHERE slot.device_id = s.id AND (slot.reported_version <> '' OR slot.running_version_id IS NOT NULL)
+        FROM seen s, models_app_aimodel m
+        WHERE slot.device_id = s.id AND m.id = slot.ai_model_id
+          AND (slot.reported_version <> '' OR slot.running_version_id IS NOT NULL)
           AND (slot.reported_at IS NULL OR slot.reported_at <= s.seen)
-          AND NOT EXISTS (SELECT 1 FROM running r WHERE r.device = slot.device_id AND r.ai_model = slot.ai_model_id)
+          AND NOT s.models @> jsonb_build_array(jsonb_build_object('model', m.name))
     )
     SELECT count(*) FROM seen
 """
 
 
 def _update_heartbeats(raw_entries: list[tuple[int, bytes]]) -> int:
-    beats, running = [], []
+    beats = []
     for pk, raw in raw_entries:
         entry = orjson.loads(raw)
         health = entry.get("health") or {}
-        beats.append({"pk": pk, "seen": entry["at"], "cpu": health.get("cpu_percent"),
-                      "mem": health.get("memory_percent"), "disk": health.get("disk_percent")})
         # A heartbeat buffered by a version 1 server before an upgrade names one model in "running".
         models = entry["models"] if "models" in entry else [entry["running"]] if entry.get("running") else []
-        running.extend({**model, "device": pk} for model in models)
+        beats.append({"pk": pk, "seen": entry["at"], "cpu": health.get("cpu_percent"),
+                      "mem": health.get("memory_percent"), "disk": health.get("disk_percent"), "models": models})
     # A savepoint: a refused batch rolls back alone, and the flush bisects it.
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_HEARTBEATS_SQL, {"devices": orjson.dumps(beats).decode(),
-                                      "models": orjson.dumps(running).decode()})
+        cursor.execute(_HEARTBEATS_SQL, {"devices": orjson.dumps(beats).decode()})
         return cursor.fetchone()[0]
 
 

@@ -225,3 +225,54 @@ def test_a_heartbeat_a_version_1_server_buffered_before_the_upgrade_is_flushed_i
     assert device.slots.get().running_version == version
     device.refresh_from_db()
     assert device.last_seen == seen
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.django_db
+def test_the_heartbeat_flush_never_compares_every_model_of_a_batch_with_every_other():
+    """A batch is written in steps linear in its size, whatever PostgreSQL's statistics make it guess.
+
+    With analyzed tables, the flush once planned "the models a device no longer lists" as a nested loop
+    over every model of the batch for every slot: 32 s for 6,000 devices. PostgreSQL picks nested loops when
+    it guesses few rows, and it guesses 100 for any JSON set: here it may use nothing else. Counted in rows,
+    not seconds: no step of the plan may handle more than a few rows per slot of the batch.
+    """
+    from django.db import connection
+
+    from devices.models import ModelSlot
+    from models_app.models import AIModel
+
+    models = [AIModel.objects.create(name=f"flushnet-{i}", framework="onnx") for i in range(3)]
+    now = timezone.now()
+    devices = Device.objects.bulk_create([Device(device_id=f"flush-{i:04d}", device_type="edge-camera",
+                                                 region="eu-west") for i in range(400)])
+    ModelSlot.objects.bulk_create([ModelSlot(device=device, ai_model=model, reported_version="1.0.0",
+                                             reported_at=now - timedelta(minutes=1))
+                                   for device in devices for model in models])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE devices_device; ANALYZE devices_modelslot; ANALYZE models_app_aimodel")
+    # Each device now lists two of its three models: every step of the statement has work to do.
+    beats = [{"pk": device.pk, "seen": now.isoformat(), "cpu": 1.0, "mem": 2.0, "disk": 3.0,
+              "models": [running(model.name) for model in models[:2]]} for device in devices]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT plan")
+        cursor.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + heartbeats._HEARTBEATS_SQL, {"devices": json.dumps(beats)})
+        plan = cursor.fetchone()[0][0]["Plan"]
+        cursor.execute("ROLLBACK TO SAVEPOINT plan")
+
+    slots = len(devices) * len(models)
+    handled = {f"{node['Node Type']} {node.get('Relation Name') or node.get('CTE Name') or ''}":
+               node["Actual Rows"] * node["Actual Loops"] for node in _plan_nodes(plan)}
+    assert max(handled.values()) <= 10 * slots, handled
+    heartbeats._write_heartbeats([(b["pk"], json.dumps({"at": b["seen"], "models": b["models"]}).encode())
+                                  for b in beats])
+    assert ModelSlot.objects.filter(ai_model=models[2], reported_version="").count() == len(devices)
+    assert ModelSlot.objects.filter(ai_model__in=models[:2], reported_version="1.0.0",
+                                    reported_at=now).count() == 2 * len(devices)
