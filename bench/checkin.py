@@ -17,9 +17,10 @@ All four must stay at >= 0.5 of the ceiling. (a) and (b) also run twice: as fast
 every 60 s), where p99 is judged. A saturated closed loop's latency is only its queue (connections ÷
 throughput); the fleet's load is the paced one.
 
-A flusher runs beside gunicorn all along, as Celery beat runs it in the product (metric_windows_flush
-every METRIC_FLUSH_SECONDS); its CPU is counted with the rest, and at the end the bench checks that
-every window a check-in was answered for is in PostgreSQL.
+A flusher runs beside gunicorn all along, as Celery beat runs them in the product: metric_windows_flush every
+METRIC_FLUSH_SECONDS and heartbeats_flush (last_seen, health, each slot's running version) every
+HEARTBEAT_FLUSH_SECONDS. Its CPU is counted with the rest, and at the end the bench checks that every window a
+check-in was answered for is in PostgreSQL.
 
 Under the table, the CPU time each request cost the web workers, the flusher, PostgreSQL, Redis and
 wrk (all share the two cores, so every microsecond saved anywhere is throughput). Each measure is the median of
@@ -188,17 +189,25 @@ def check_window_body(base: str, credential: str, etag: str, template: str) -> N
 
 CPU_GROUPS = ("web", "flush", "postgres", "redis", "wrk")
 FLUSHER_MARK = "hotswap-bench-metric-flusher"
-# What Celery beat does in the product, without Celery: the flush every METRIC_FLUSH_SECONDS.
+# What Celery beat does in the product, without Celery: both flushes on their schedules.
 FLUSHER = f"""# {FLUSHER_MARK}
 import sys, time, django
 django.setup()
 from django.conf import settings
+from devices.heartbeats import heartbeats_flush
 from devices.services.telemetry import metric_windows_flush
+schedule = settings.CELERY_BEAT_SCHEDULE
+windows_every = schedule["flush-metric-windows"]["schedule"].total_seconds()
+heartbeats_every = schedule["flush-device-heartbeats"]["schedule"].total_seconds()
+heartbeats_due = time.monotonic() + heartbeats_every
 while True:
     metric_windows_flush()
+    if "--once" in sys.argv or time.monotonic() >= heartbeats_due:
+        heartbeats_flush()
+        heartbeats_due = time.monotonic() + heartbeats_every
     if "--once" in sys.argv:
         break
-    time.sleep(settings.CELERY_BEAT_SCHEDULE["flush-metric-windows"]["schedule"].total_seconds())
+    time.sleep(windows_every)
 """
 
 

@@ -172,7 +172,9 @@ class SlotRunningOutputSerializer(serializers.Serializer):
     version = serializers.CharField(source="reported_version")
     model_id = serializers.CharField(source="running_version.model_id", allow_null=True, default=None)
     sha256 = serializers.CharField(source="reported_sha256")
-    reported_at = serializers.DateTimeField(allow_null=True)
+    reported_at = serializers.DateTimeField(
+        allow_null=True, help_text="Since when the device reports this (the device's last_seen: when it last "
+                                   "reported at all).")
 
 
 class SlotOutputSerializer(serializers.Serializer):

@@ -226,9 +226,10 @@ def _write_heartbeats(entries: list[tuple[int, bytes]]) -> int:
         return _write_heartbeats(entries[:middle]) + _write_heartbeats(entries[middle:])
 
 
-# The devices' last_seen and health, then what each runs, model by model, into its slot: upserted (a model
-# the device runs but was never offered gets a slot with no desired state), and the slots of models it no
-# longer lists say it runs nothing. A heartbeat older than what is stored (a late flush) moves neither
+# The devices' last_seen and health, then what each runs, model by model, into its slot: upserted when it
+# changed (a model the device runs but was never offered gets a slot with no desired state; a slot's
+# reported_at is when the device began to report what it runs), and the slots of models it no longer lists
+# say it runs nothing. A heartbeat older than what is stored (a late flush) moves neither
 # last_seen nor a slot backwards: only the devices the first UPDATE touched go on. A model the registry
 # does not know has no slot (the join drops it). A device has one heartbeat per batch (the buffer is a hash
 # by device) and lists each model once (checkin_parse), so no slot is upserted twice in one statement.
@@ -248,16 +249,21 @@ _HEARTBEATS_SQL = """
         WHERE d.id = b.pk AND (d.last_seen IS NULL OR d.last_seen <= b.seen)
         RETURNING d.id, b.seen, b.models
     ), running AS (
-        SELECT s.id AS device, m.id AS ai_model, mv.id AS version, r.version AS reported, r.sha256, s.seen
+        SELECT s.id AS device, m.id AS ai_model, mv.id AS version, r.version AS reported,
+               coalesce(r.sha256, '') AS sha256, s.seen
         FROM seen s
         CROSS JOIN LATERAL jsonb_to_recordset(s.models) AS r(model text, version text, sha256 text)
         JOIN models_app_aimodel m ON m.name = r.model
         LEFT JOIN models_app_modelversion mv ON mv.model_id = r.model || '-' || r.version
+        LEFT JOIN devices_modelslot slot ON slot.device_id = s.id AND slot.ai_model_id = m.id
+        -- What a slot already says is not written again (nearly every heartbeat): no row version, no lock.
+        WHERE slot.id IS NULL OR (slot.running_version_id, slot.reported_version, slot.reported_sha256)
+                                 IS DISTINCT FROM (mv.id, r.version, coalesce(r.sha256, ''))
     ), upserted AS (
         INSERT INTO devices_modelslot AS slot (device_id, ai_model_id, running_version_id, reported_version,
                                                reported_sha256, reported_at, remove, rollback, sequence, source,
                                                reason, traceparent, refused_reason)
-        SELECT device, ai_model, version, reported, coalesce(sha256, ''), seen, false, false, 0, '', '', '', ''
+        SELECT device, ai_model, version, reported, sha256, seen, false, false, 0, '', '', '', ''
         FROM running
         ON CONFLICT (device_id, ai_model_id) DO UPDATE SET
             running_version_id = EXCLUDED.running_version_id, reported_version = EXCLUDED.reported_version,

@@ -156,6 +156,7 @@ class ModelSlot(models.Model):
                                         on_delete=models.SET_NULL, related_name="running_slots")
     reported_version = models.CharField(max_length=64, blank=True)
     reported_sha256 = models.CharField(max_length=64, blank=True)
+    # Since when: the heartbeat that changed it (the device's last_seen says when it last reported at all).
     reported_at = models.DateTimeField(null=True, blank=True)
 
     # The device's last word on this slot's current desired state when it did not take it (refused, failed).

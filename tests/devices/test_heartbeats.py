@@ -64,6 +64,30 @@ def test_each_running_model_is_written_into_its_own_slot_and_a_model_no_longer_l
     assert other.slots.get().running_version == recogniser
 
 
+def test_a_slot_is_written_when_what_the_device_runs_changes_and_says_since_when(client):
+    device, credential = device_with_credential()
+    registry_version("detector", "1.0.0")
+    registry_version("detector", "1.1.0", hidden=9)
+    checkin(client, credential, {"models": [running("detector", "1.0.0")]})
+    heartbeats.heartbeats_flush()
+    first = device.slots.get()
+
+    checkin(client, credential, {"models": [running("detector", "1.0.0")]})  # the same again: nothing to write
+    heartbeats.heartbeats_flush()
+
+    device.refresh_from_db()
+    slot = device.slots.get()
+    assert device.last_seen > first.reported_at  # the device's heartbeat moved on...
+    assert (slot.reported_version, slot.reported_at) == ("1.0.0", first.reported_at)  # ...its slot says since when
+
+    checkin(client, credential, {"models": [running("detector", "1.1.0")]})
+    heartbeats.heartbeats_flush()
+
+    device.refresh_from_db()
+    slot = device.slots.get()
+    assert (slot.running_version.version, slot.reported_at) == ("1.1.0", device.last_seen)
+
+
 def test_it_keeps_unknown_versions_as_reported_and_models_the_registry_does_not_know_have_no_slot(client):
     registry_version("resnet", "1.0.0")
     device, credential = device_with_credential()
@@ -274,5 +298,5 @@ def test_the_heartbeat_flush_never_compares_every_model_of_a_batch_with_every_ot
     heartbeats._write_heartbeats([(b["pk"], json.dumps({"at": b["seen"], "models": b["models"]}).encode())
                                   for b in beats])
     assert ModelSlot.objects.filter(ai_model=models[2], reported_version="").count() == len(devices)
-    assert ModelSlot.objects.filter(ai_model__in=models[:2], reported_version="1.0.0",
-                                    reported_at=now).count() == 2 * len(devices)
+    assert ModelSlot.objects.filter(ai_model__in=models[:2], reported_version="1.0.0",  # unchanged: since then
+                                    reported_at=now - timedelta(minutes=1)).count() == 2 * len(devices)
