@@ -130,10 +130,17 @@ def _cursor():
     """A server-binding cursor on Django's connection, with Django's error mapping and query log.
 
     Its statements are prepared unless CHECKIN_PREPARED_STATEMENTS=false (a connection pooler that cannot
-    keep prepared statements).
+    keep prepared statements). It is kept on the connection (Django's are per thread) and used again by
+    the next check-in: making a psycopg cursor and its adapters costs more CPU than the query it runs.
+    Callers execute and fetch without closing it; a new connection gets a new cursor.
     """
     connection.ensure_connection()
-    raw = (_PreparedCursor if _prepared_statements() else psycopg.Cursor)(connection.connection)
+    prepared = _prepared_statements()
+    kept = getattr(connection, "_checkin_cursor", None)
+    if kept is None or kept[0] is not connection.connection or kept[1] is not prepared:
+        raw = (_PreparedCursor if prepared else psycopg.Cursor)(connection.connection)
+        kept = connection._checkin_cursor = (connection.connection, prepared, raw)
+    raw = kept[2]
     return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
@@ -144,9 +151,9 @@ def checkin_device(*, prefix: str) -> CheckinDevice | None:
         # connection that died while idle fails the query instead, and the read is retried on a new one.
         connection.health_check_done = True
         try:
-            with _cursor() as cursor:
-                cursor.execute(_IDENTITY_SQL, [prefix])
-                row = cursor.fetchone()
+            cursor = _cursor()
+            cursor.execute(_IDENTITY_SQL, [prefix])
+            row = cursor.fetchone()
             break
         except (OperationalError, InterfaceError):
             if attempt == 2 or connection.in_atomic_block:
@@ -643,9 +650,9 @@ def reports_insert(*, device_pk: int | None, installs: str = "[]", windows: str 
     synchronous = settings.TELEMETRY_SYNCHRONOUS_COMMIT if synchronous is None else synchronous
     params = {"device": device_pk, "installs": installs, "windows": windows,
               "synchronous_commit": "on" if synchronous else "off"}
-    with _cursor() as cursor:
-        cursor.execute(_REPORTS_SQL, params)
-        return cursor.fetchone()[0]
+    cursor = _cursor()
+    cursor.execute(_REPORTS_SQL, params)
+    return cursor.fetchone()[0]
 
 
 def checkin_record(*, device: CheckinDevice, report: CheckinReport, now: datetime) -> int | None:
