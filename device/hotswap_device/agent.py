@@ -263,7 +263,8 @@ class Agent:
         `expected` is either True/False (the application's own verdict), a class index (compared with the
         argmax of the first output, or its value when that output is an integer), or the expected outputs
         (an array for the first output, or a mapping of output name to array; equal within 1e-3). Counts in
-        the accuracy of the window open now, for the version that served the call. Each inference takes one
+        the accuracy of the window open now, for the version that served the call (if that version serves no
+        call in this window, in its next window that has calls, within an hour). Each inference takes one
         feedback; UnknownInference for an id that is unknown, among more than the last 10,000, or already
         labelled.
         """

@@ -16,6 +16,9 @@ from hotswap_device.protocol import HISTOGRAM_LENGTH, LATENCY_BUCKETS_MS, MAX_LA
 # Upper bounds (ms) of the protocol's fixed histogram buckets; one open bucket follows (13 counts).
 # The server refuses latencies above this; a call that slow is reported at the cap, not dropped.
 DEFAULT_MAX_SAMPLES = 100_000
+# Labels that arrived in a window where their version served no call wait up to this many windows' time for
+# one that does (a window must count calls: the protocol caps labelled_count at inference_count); then they go.
+LABELS_KEPT_WINDOWS = 60
 
 
 def bucket_index(latency_ms: float) -> int:
@@ -91,6 +94,8 @@ class MetricsRecorder:
         self._start: float | None = None
         self._open: dict[tuple[str, str], _Accumulator] = {}
         self._closed: list[dict[str, Any]] = []
+        # (model, version) -> [labelled, correct, end of the window they first waited in].
+        self._waiting_labels: dict[tuple[str, str], list[int]] = {}
 
     def record(self, model: str, version: str, latency_ms: float, ok: bool = True, *, now: float | None = None) -> None:
         now = self._clock() if now is None else now
@@ -108,7 +113,8 @@ class MetricsRecorder:
                     acc.samples = None  # memory stays bounded on a busy device
 
     def record_feedback(self, model: str, version: str, correct: bool, *, now: float | None = None) -> None:
-        """Ground truth for an earlier call of this version: counts in the window open when it arrives."""
+        """Ground truth for an earlier call of this version: counts in the window open when it arrives, or, if the
+        version serves no call in that one, in its next window with calls (within LABELS_KEPT_WINDOWS)."""
         now = self._clock() if now is None else now
         with self._lock:
             acc = self._accumulator_locked(model, version, now)
@@ -157,9 +163,19 @@ class MetricsRecorder:
     def _close_locked(self, end: float) -> None:
         start = self._start
         assert start is not None
-        for (model, version), acc in self._open.items():
+        too_old = end - LABELS_KEPT_WINDOWS * self.window_seconds
+        self._waiting_labels = {key: labels for key, labels in self._waiting_labels.items() if labels[2] > too_old}
+        for key, acc in self._open.items():
+            waiting = self._waiting_labels.pop(key, None)
+            if waiting:
+                acc.labelled += waiting[0]
+                acc.correct += waiting[1]
             if acc.count:
-                self._closed.append(window_dict(model, version, acc, start=start, end=end))
+                self._closed.append(window_dict(*key, acc, start=start, end=end))
+            elif acc.labelled:
+                # Feedback for calls of an earlier window, and this version served none in this one: kept for
+                # its next window with calls rather than lost.
+                self._waiting_labels[key] = [acc.labelled, acc.correct, waiting[2] if waiting else end]
         self._open = {}
 
 

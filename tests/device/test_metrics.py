@@ -62,6 +62,32 @@ def test_it_rolls_windows_on_a_grid_and_skips_empty_ones():
     assert (second["window_start"], second["window_end"]) == ("2027-01-15T08:00:30.000Z", "2027-01-15T08:00:40.000Z")
 
 
+def test_labels_arriving_where_their_version_served_no_call_count_in_its_next_window_with_calls():
+    recorder = MetricsRecorder(window_seconds=60)
+    for i in range(4):
+        recorder.record("m", "1.0.0", 2.0, now=T0 + i)
+    # The application labels those four calls a window later, when the device served nothing.
+    for correct in (True, True, False, True):
+        recorder.record_feedback("m", "1.0.0", correct, now=T0 + 70)
+    assert [w["inference_count"] for w in recorder.collect(now=T0 + 125)] == [4]  # no window without calls
+    recorder.record("m", "1.0.0", 2.0, now=T0 + 130)
+
+    [window] = recorder.collect(now=T0 + 185)
+
+    assert (window["inference_count"], window["accuracy"], window["labelled_count"]) == (1, 0.75, 1)
+
+
+def test_labels_waiting_for_a_version_that_never_serves_again_go_after_an_hour():
+    recorder = MetricsRecorder(window_seconds=60)
+    recorder.record_feedback("m", "1.0.0", True, now=T0 + 10)
+    recorder.collect(now=T0 + 61)
+    recorder.record("m", "1.0.0", 2.0, now=T0 + 61 * 60)  # more than an hour later
+
+    [window] = recorder.collect(now=T0 + 63 * 60)
+
+    assert "accuracy" not in window and window["inference_count"] == 1
+
+
 def test_it_switches_to_the_histogram_beyond_the_sample_cap():
     recorder = MetricsRecorder(window_seconds=60, max_samples=100)
     for i in range(1000):
