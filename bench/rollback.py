@@ -2,20 +2,26 @@
 
 Run with `make bench-rollback` (or `.venv/bin/python bench/rollback.py --runs 3`). Two parts:
 
-1. Live, 10,000 simulated devices. It starts its own SeaweedFS, gunicorn, a Celery worker and beat (as runstack
-   does, with ROLLOUT_JUDGE=rollouts.health.health_judge and the default 5 s tick), uses the machine's PostgreSQL
-   and Redis when they answer, registers the devices in bulk (credentials issued, every device on rollnet-1.0.0)
-   and runs the fleet simulator in this process, every device a virtual one checking in over HTTP on the
-   server's poll interval (--poll-seconds, default 60) with a metric window per check-in: 1.0.0 measures
-   20±2 ms, each bad version 30±3 ms (+50 %). Each run creates a canary (10 %, soak PT30M) of a new bad version
-   over the whole fleet and times, from the first window of the bad version reaching the server
-   (devices_metricwindow.received_at):
+1. Live, 10,000 simulated devices, each running two models as real fleets do: rollnet and pairnet. It starts
+   its own SeaweedFS, gunicorn, a Celery worker and beat (as runstack does, with
+   ROLLOUT_JUDGE=rollouts.health.health_judge and the default 5 s tick), uses the machine's PostgreSQL and Redis
+   when they answer, registers the devices in bulk as the end-to-end tests do (tests/e2e/fleets.py: credentials
+   issued, one slot per model, every device on rollnet-1.0.0 and pairnet-1.0.0) and runs the fleet simulator in
+   this process, every device a virtual one checking in over HTTP on the server's poll interval (--poll-seconds,
+   default 60) with a metric window per model slot per check-in: rollnet-1.0.0 measures 20±2 ms, each bad
+   rollnet version 30±3 ms (+50 %), pairnet-1.0.0 10±1 ms. Each run creates a canary (10 %, soak PT30M) of a
+   new bad rollnet version over the whole fleet and times, from the first window of the bad version reaching
+   the server (devices_metricwindow.received_at):
      - enough data to judge: the window that brought the bad version to min_devices devices and min_inferences,
      - the tick that rolls back: its start (the transition's `at`) and its commit (seen by polling the row),
      - the rollback being visible in check-in answers: the first canary device whose check-in answer carries
        the rollback manifest (rollback=true, version 1.0.0), recorded by the simulator as it reads it,
      - every canary device having had that answer, and every one running 1.0.0 again (its install report).
    Medians over --runs runs; target: visible within 10 s (the issue's bound is 60 s).
+   After each run it checks that the rollback left the other model alone, and fails if not: on every device
+   the pairnet slot's desired state (version, sequence, rollback, remove) is what it was before the first run,
+   the server records every device running pairnet-1.0.0 (devices_modelslot), and so does every simulated
+   device; and the rolled-back canary was judged on rollnet's windows only.
    Every device is simulated (none is only a row): the judge's baseline is the 9,000 devices still on 1.0.0,
    so they must really report, and the check-in load is that of a 10,000-device fleet. On a 2-core machine the
    simulator and the server share the cores: when they cannot check every device in each poll interval the
@@ -37,12 +43,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,12 +73,14 @@ from hotswap_device.simulator import CHECKIN_PATH, BackgroundFleet, Fleet, Fleet
 BUCKET = "hotswap-bench-rollback"
 BENCH_DB = "hotswap_bench_rollback"
 REDIS_DB = 10
-MODEL = "rollnet"
+MODEL = "rollnet"  # the model whose bad versions are canaried and rolled back
+OTHER = "pairnet"  # the second model every device runs; no distribution ever targets it
 TARGET_SECONDS = 10.0
 BOUND_SECONDS = 60.0
 PREFIX = "rb-"
 GOOD = "latency:20±2,errors:0.001"
 BAD = "latency:30±3,errors:0.001"  # +50 % latency
+OTHER_BEHAVIOUR = "latency:10±1,errors:0.001"
 TICK_LINE = re.compile(r"distributions_tick\[[^\]]+\] succeeded in ([0-9.e-]+)s: (\d+)")
 
 
@@ -81,7 +89,7 @@ class TimedFleet(Fleet):
 
     def __init__(self, config: FleetConfig, stop: asyncio.Event):
         super().__init__(config, stop)
-        self.rollback_answers: dict[tuple[int, int], float] = {}  # (device index, sequence) → epoch seconds
+        self.rollback_answers: dict[tuple[int, int], float] = {}  # (device index, rollnet sequence) → epoch s
         self.answered: list[float] = []  # epoch seconds of every answered check-in
 
     async def request(self, method: str, path: str, *, index: int = 0, **kwargs):
@@ -93,7 +101,8 @@ class TimedFleet(Fleet):
         if response.status_code == 200:
             for entry in response.json().get("desired") or []:  # protocol 2: one signed manifest per model slot
                 manifest = (entry.get("manifest") if isinstance(entry, dict) else None) or {}
-                if manifest.get("rollback") and isinstance(manifest.get("sequence"), int):
+                if manifest.get("model") == MODEL and manifest.get("rollback") \
+                        and isinstance(manifest.get("sequence"), int):
                     self.rollback_answers.setdefault((index, manifest["sequence"]), at)
         return response
 
@@ -108,44 +117,21 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float, log: Pa
     return result
 
 
-def upload_version(scratch: Path, minor: int):
-    """rollnet-1.<minor>.0 through the registry service (a small real ONNX model, its own bytes); validation is
+def upload_version(scratch: Path, minor: int, name: str = MODEL, size: int = 4096):
+    """<name>-1.<minor>.0 through the registry service (a small real ONNX model, its own bytes); validation is
     queued for the worker."""
     from models_app.services import model_version_upload
     from models_app.storage import artifact_store
     from models_app.uploads import PendingArtifact
 
-    path = scratch / f"{MODEL}-{minor}.onnx"
-    make_onnx(path, 4096 + 16 * minor)
+    path = scratch / f"{name}-{minor}.onnx"
+    make_onnx(path, size + 16 * minor)
     with path.open("rb") as handle:
         artifact = PendingArtifact.receive(artifact_store(), iter(lambda: handle.read(1024 * 1024), b""),
                                            filename=path.name, max_bytes=10**9)
-    version, _ = model_version_upload(artifact=artifact, name=MODEL, version=f"1.{minor}.0", framework="onnx",
+    version, _ = model_version_upload(artifact=artifact, name=name, version=f"1.{minor}.0", framework="onnx",
                                       uploaded_by=None)
     return version
-
-
-def register_fleet(count: int, running) -> dict[str, str]:
-    """Bulk-registers the devices (as an operator would), all running `running`; device_id → raw credential."""
-    from devices.credentials import DEVICE_KIND, new_secret
-    from devices.models import Device, DeviceCredential, ModelSlot
-
-    specs = [device_spec(i, prefix=PREFIX) for i in range(1, count + 1)]
-    devices = Device.objects.bulk_create([
-        Device(device_id=s.device_id, name=s.name, device_type=s.device_type, region=s.region, tags=list(s.tags),
-               cpu_cores=s.capabilities["cpu_cores"], memory_mb=s.capabilities["memory_mb"],
-               storage_gb=s.capabilities["storage_gb"], gpu=s.capabilities["gpu"] or "") for s in specs],
-        batch_size=2000)
-    ModelSlot.objects.bulk_create([ModelSlot(device=d, ai_model_id=running.ai_model_id, running_version=running,
-                                             reported_version=running.version) for d in devices], batch_size=2000)
-    secrets, prefixes = [], set()
-    while len(secrets) < len(devices):  # 32-bit prefixes: a collision among 10,000 is likely enough to matter
-        if (secret := new_secret(DEVICE_KIND)).prefix not in prefixes:
-            prefixes.add(secret.prefix)
-            secrets.append(secret)
-    DeviceCredential.objects.bulk_create([DeviceCredential(device=d, prefix=s.prefix, key_hash=s.key_hash)
-                                          for d, s in zip(devices, secrets, strict=True)], batch_size=2000)
-    return {d.device_id: s.raw for d, s in zip(devices, secrets, strict=True)}
 
 
 def median(values: list[float]) -> float:
@@ -197,6 +183,9 @@ def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log:
     wait_for(lambda: back.values("device").distinct().count() == len(keys),
              f"run {number}: every canary device runs {old.model_id} again", timeout=3 * poll + 60)
     stage = distribution.stages.get(index=0)
+    judged_on = [v for side in (stage.evidence.get("versions") or {}).values() for v in side]
+    if not judged_on or not all(v.startswith(f"{MODEL}-") for v in judged_on):
+        raise BenchError(f"run {number}: the canary of {bad.model_id} was judged on {judged_on}, not {MODEL} alone")
     answers = sorted(answered())
     t0 = first_bad.timestamp()
     # How often each device really checked in meanwhile: the poll interval, or longer when the machine cannot
@@ -220,6 +209,45 @@ def live_run(number: int, bad, old, fleet: BackgroundFleet, *, poll: float, log:
     return result
 
 
+def other_desired_state(other) -> dict[int, tuple]:
+    """device pk → its pairnet slot's desired state: (version, sequence, rollback, remove)."""
+    from devices.models import ModelSlot
+
+    return {pk: tuple(desired) for pk, *desired in ModelSlot.objects.filter(ai_model=other.ai_model_id)
+            .values_list("device_id", "version_id", "sequence", "rollback", "remove").iterator(chunk_size=5000)}
+
+
+def check_other_untouched(number: int, other, before: dict[int, tuple], fleet: BackgroundFleet,
+                          since: datetime) -> int:
+    """Fails the bench unless rollnet's rollback left pairnet alone on every device: its slot's desired state as
+    before the first run, and every device running pairnet-1.0.0 by the server's records and by its own account.
+    Returns how many pairnet windows reached the server since `since` (pairnet kept reporting)."""
+    from devices.models import MetricWindow, ModelSlot
+
+    devices = len(fleet.fleet.devices)
+    after = other_desired_state(other)
+    changed = sorted(pk for pk in before.keys() | after.keys() if before.get(pk) != after.get(pk))
+    if len(after) != devices or changed:
+        examples = [(pk, before.get(pk), after.get(pk)) for pk in changed[:5]]
+        raise BenchError(f"run {number}: {OTHER}'s slots changed: {len(after):,} slots for {devices:,} devices, "
+                         f"{len(changed):,} with another desired state (device pk, (version, sequence, rollback, "
+                         f"remove) before, after): {examples}")
+    elsewhere = ModelSlot.objects.filter(ai_model=other.ai_model_id) \
+        .exclude(running_version=other, reported_version=other.version)
+    if elsewhere.exists():
+        examples = list(elsewhere.values_list("device__device_id", "running_version", "reported_version")[:5])
+        raise BenchError(f"run {number}: {elsewhere.count():,} device(s) no longer run {other.model_id} by the "
+                         f"server's records (device, running version pk, reported version), e.g. {examples}")
+    simulated = Counter(label for d in list(fleet.fleet.devices) for label in d.version_labels(OTHER))
+    if simulated != {other.model_id: devices}:
+        raise BenchError(f"run {number}: the simulated devices run {dict(simulated)} of {OTHER}")
+    windows = MetricWindow.objects.filter(version=other, received_at__gte=since).count()
+    print(f"  run {number}: {other.model_id} untouched: on all {devices:,} devices its slot's desired state is as "
+          f"before the first run and it runs {other.model_id} (server and simulator); {windows:,} of its windows "
+          "received during the run", flush=True)
+    return windows
+
+
 def _enough_at(bad, criteria: dict) -> datetime:
     """When the bad version's windows first covered min_devices devices and min_inferences inferences."""
     from devices.models import MetricWindow
@@ -241,12 +269,15 @@ def tick_durations(log: Path) -> list[float]:
 
 def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
     from models_app.models import ModelVersion
+    from tests.e2e.fleets import register_fleet, seed_simulator
 
     versions = [upload_version(stack.scratch, n) for n in range(args.runs + 1)]
+    other = upload_version(stack.scratch, 0, name=OTHER, size=3072)
     old, bad_versions = versions[0], versions[1:]
     started = time.monotonic()
-    credentials = register_fleet(args.devices, old)
-    print(f"registered {args.devices:,} devices on {old.model_id} in {time.monotonic() - started:.1f} s", flush=True)
+    credentials = register_fleet([device_spec(i, prefix=PREFIX) for i in range(1, args.devices + 1)], (old, other))
+    print(f"registered {args.devices:,} devices on {old.model_id} and {other.model_id} in "
+          f"{time.monotonic() - started:.1f} s", flush=True)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -255,18 +286,17 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
     worker, beat, log = start_celery(stack.env, stack.scratch)
     fleet = None
     try:
-        validated = ModelVersion.objects.filter(pk__in=[v.pk for v in versions])
+        validated = ModelVersion.objects.filter(pk__in=[v.pk for v in (*versions, other)])
         wait_for(lambda: not validated.filter(status__in=("uploaded", "validating")).exists(),
                  "the worker validates the versions", timeout=300, log=log)
         if set(validated.values_list("status", flat=True)) != {"passed"}:
             raise BenchError(f"validation: {list(validated.values_list('model_id', 'status'))}")
-        old, *bad_versions = validated.order_by("minor")
+        old, *bad_versions = validated.filter(ai_model__name=MODEL).order_by("minor")
+        other = validated.get(ai_model__name=OTHER)
         state = stack.scratch / "fleet-state.json"
-        running = {"model": MODEL, "version": old.version, "sha256": old.sha256}
-        state.write_text(json.dumps({"version": 1, "servers": {base: {
-            device_id: {"credential": raw, "running": running, "poll": args.poll_seconds}
-            for device_id, raw in credentials.items()}}}))
-        behaviours = [f"{MODEL}-{old.version}={GOOD}"] + [f"{MODEL}-{v.version}={BAD}" for v in bad_versions]
+        seed_simulator(state, base, credentials, (old, other), args.poll_seconds)
+        behaviours = ([f"{MODEL}-{old.version}={GOOD}", f"{OTHER}-{other.version}={OTHER_BEHAVIOUR}"]
+                      + [f"{MODEL}-{v.version}={BAD}" for v in bad_versions])
         fleet = BackgroundFleet(FleetConfig(server=base, devices=args.devices, prefix=PREFIX,
                                             poll_seconds=args.poll_seconds, behaviours=parse_behaviours(behaviours),
                                             concurrency=args.concurrency, state_file=state, seed=3),
@@ -283,8 +313,12 @@ def live(stack: Stack, args) -> tuple[list[dict], list[float]]:
               f"{rate:,.0f} check-ins/s (poll interval {args.poll_seconds:g} s)", flush=True)
         results = []
         criteria = {"min_inferences": args.min_inferences} if args.min_inferences else {}
+        other_before = other_desired_state(other)
         for number, bad in enumerate(bad_versions, start=1):
-            results.append(live_run(number, bad, old, fleet, poll=args.poll_seconds, log=log, criteria=criteria))
+            run_started = datetime.now(UTC)
+            result = live_run(number, bad, old, fleet, poll=args.poll_seconds, log=log, criteria=criteria)
+            result["other_windows"] = check_other_untouched(number, other, other_before, fleet, since=run_started)
+            results.append(result)
         errors = fleet.fleet.stats.errors
         if errors:
             print(f"  simulator errors: {dict(errors)}")
@@ -471,6 +505,10 @@ def report_live(args, results: list[dict], ticks: list[float]) -> None:
               f"max {max(ticks) * 1000:.0f} ms")
     after_enough = median([r["visible"] - r["enough"] for r in results])
     print(f"  from the moment the judge had enough data to the first answer: {after_enough:.1f} s (median)")
+    print(f"  {OTHER}-1.0.0, every device's second model, untouched by the {len(results)} rollback(s): on all "
+          f"{args.devices:,} devices its slot's desired state (version, sequence) unchanged and it still runs\n"
+          f"  {OTHER}-1.0.0 (devices_modelslot and the simulator); it kept reporting "
+          f"({median([r['other_windows'] for r in results]):,.0f} windows a run, median)")
     interval = median([r["interval"] for r in results])
     print(f"  A device sees the rollback at its next check-in: the whole canary within one check-in interval; each "
           f"device checked in every {interval:.0f} s\n  meanwhile (poll interval {args.poll_seconds:g} s; longer when "
