@@ -405,6 +405,11 @@ def _models(value: Any, problems: _Problems) -> list[dict]:
     return models
 
 
+def _is_name(value: Any) -> bool:
+    """What _string accepts as a required name, as one test for the one-pass readings."""
+    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
+
+
 def _valid_models(value: list) -> list[dict] | None:
     """The list when every entry is valid by the rules of _models, read in one pass (the hot path); else None."""
     models = []
@@ -412,8 +417,7 @@ def _valid_models(value: list) -> list[dict] | None:
         if type(item) is not dict or not item.keys() <= _MODEL_KEYS:
             return None
         model, version, sha256 = item.get("model"), item.get("version"), item.get("sha256")
-        if (type(model) is not str or type(version) is not str or not 0 < len(model) <= MAX_NAME_LENGTH
-                or not 0 < len(version) <= MAX_NAME_LENGTH
+        if (not _is_name(model) or not _is_name(version)
                 or (sha256 is not None and (type(sha256) is not str or len(sha256) > MAX_NAME_LENGTH))):
             return None
         models.append({"model": model, "version": version, "sha256": sha256 or ""})
@@ -481,8 +485,7 @@ def _valid_window(item: Any, now: datetime, reportable: frozenset[str]) -> dict 
         return None
     model, version, count, errors = item.get("model"), item.get("version"), item.get("inference_count"), \
         item.get("error_count")
-    if (type(model) is not str or type(version) is not str or not 0 < len(model) <= MAX_NAME_LENGTH
-            or not 0 < len(version) <= MAX_NAME_LENGTH or model not in reportable
+    if (not _is_name(model) or not _is_name(version) or model not in reportable
             or type(count) is not int or type(errors) is not int or not 0 <= errors <= count <= MAX_COUNT):
         return None
     start, end = _moment(item.get("window_start"), now), _moment(item.get("window_end"), now)
